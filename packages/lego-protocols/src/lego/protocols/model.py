@@ -1,0 +1,113 @@
+"""Causal language model contracts: what lego-train, lego-generate and lego-peft need.
+
+lego-generate works on any :class:`CausalLM`; when the model is also a
+:class:`CachedCausalLM` it decodes incrementally on the model's own preallocated cache,
+otherwise it recomputes the whole prefix each step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from lego.protocols.kv_cache import KVCache
+
+__all__ = ["ModelConfigLike", "CausalLM", "CachedCausalLM"]
+
+
+@runtime_checkable
+class ModelConfigLike(Protocol):
+    """What every model configuration tells: vocabulary size, context length, its data.
+
+    :class:`lego.protocols.ModelConfig` satisfies it; so does any object with these members.
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model embeds and predicts."""
+        ...
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt plus generated tokens) the model supports."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-compatible data."""
+        ...
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+    """A decoder-only language model: token ids in, next-token logits out."""
+
+    @property
+    def config(self) -> ModelConfigLike:
+        """The model's configuration."""
+        ...
+
+    def __call__(
+        self,
+        input_ids: Tensor,
+        /,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """Compute next-token logits for every position.
+
+        Args:
+            input_ids: Token ids, shape ``(B, T)``, dtype long.
+            attention_mask: 1 for real tokens and 0 for padding, shape ``(B, S)`` where
+                ``S`` is the cached length plus ``T``; None means no padding.
+            position_ids: Positions of the ``T`` tokens, shape ``(B, T)``; None means
+                ``cache.seq_len + arange(T)`` (or ``arange(T)`` without a cache).
+            kv_cache: A cache from :meth:`CachedCausalLM.new_kv_cache`; the new keys and
+                values are appended to it.
+
+        Returns:
+            Logits, shape ``(B, T, vocab_size)``.
+        """
+        ...
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        /,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """Same as calling the model (``torch.nn.Module`` routes ``__call__`` here)."""
+        ...
+
+
+@runtime_checkable
+class CachedCausalLM(CausalLM, Protocol):
+    """A causal LM that can allocate its own key/value cache for incremental decoding."""
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """Allocate an empty cache for ``batch_size`` rows of up to ``max_seq_len`` positions.
+
+        Args:
+            batch_size: Number of sequences decoded together.
+            max_seq_len: Prompt length plus new tokens, at most ``config.context_length``.
+            dtype: Cache dtype; None means the model's parameter dtype.
+            device: Cache device; None means the model's device.
+
+        Returns:
+            An empty cache (``seq_len == 0``) with one layer cache per block.
+        """
+        ...

@@ -1,0 +1,99 @@
+"""Conformance suites: one set of tests that every implementation of a contract passes.
+
+Subclass a contract in your tests, name the subclass ``Test...`` so pytest collects it, and
+implement the factory. The suites use plain ``assert`` and need no test framework import::
+
+    from lego.protocols.testing import TokenizerContract
+
+    class TestCharTokenizer(TokenizerContract):
+        def make_tokenizer(self) -> Tokenizer:
+            return CharTokenizer.from_text("abc ...")
+
+        round_trip_texts = ("abc", "cab")   # what this tokenizer can represent
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from lego.protocols.tokenizer import Tokenizer
+
+__all__ = ["TokenizerContract", "DEFAULT_TEXTS"]
+
+DEFAULT_TEXTS: tuple[str, ...] = (
+    "hello world",
+    "Hello, World! 123 4567 89012",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnew\r\nlines\n\n\n",
+    "naïve café, Straße, ĳ, ﬁ",
+    "Ελληνικά, русский, עברית, العربية, हिन्दी",
+    "日本語のテキスト, 中文文本, 한국어 텍스트",
+    "emoji 👩‍👩‍👧 🇺🇳 🤖 and symbols ∑∫√ ≠ ≤",
+    "code: def f(x):\n    return x ** 2  # comment",
+    "'s 't 're 've 'm 'll 'd 'S",
+)
+"""Texts that exercise ASCII, accents, many scripts, emoji sequences, whitespace and code."""
+
+
+class TokenizerContract(ABC):
+    """The :class:`~lego.protocols.Tokenizer` conformance suite.
+
+    Attributes:
+        round_trip_texts: Texts that must survive ``decode(encode(text))`` unchanged.
+            Lossy tokenizers (e.g. word-level with ``<unk>``) set their own.
+        any_texts: Texts that must encode to in-range ids (lossless or not).
+    """
+
+    round_trip_texts: ClassVar[tuple[str, ...]] = DEFAULT_TEXTS
+    any_texts: ClassVar[tuple[str, ...]] = DEFAULT_TEXTS
+
+    @abstractmethod
+    def make_tokenizer(self) -> Tokenizer:
+        """Return the tokenizer under test (called once per test)."""
+
+    def test_satisfies_protocol(self) -> None:
+        """The object passes ``isinstance(obj, Tokenizer)``."""
+        assert isinstance(self.make_tokenizer(), Tokenizer)
+
+    def test_vocab_size_is_positive_int(self) -> None:
+        """``vocab_size`` is a positive ``int``."""
+        vocab_size = self.make_tokenizer().vocab_size
+        assert isinstance(vocab_size, int)
+        assert vocab_size > 0
+
+    def test_round_trip(self) -> None:
+        """``decode(encode(text)) == text`` for every round-trip text."""
+        tokenizer = self.make_tokenizer()
+        for text in self.round_trip_texts:
+            ids = tokenizer.encode(text)
+            assert tokenizer.decode(ids) == text, f"round trip changed {text!r}"
+
+    def test_ids_are_ints_in_range(self) -> None:
+        """``encode`` returns a list of ``int`` in ``range(vocab_size)``."""
+        tokenizer = self.make_tokenizer()
+        for text in self.any_texts:
+            ids = tokenizer.encode(text)
+            assert isinstance(ids, list)
+            assert all(type(i) is int and 0 <= i < tokenizer.vocab_size for i in ids), text
+
+    def test_empty_text(self) -> None:
+        """The empty string encodes to no ids and no ids decode to it."""
+        tokenizer = self.make_tokenizer()
+        assert tokenizer.encode("") == []
+        assert tokenizer.decode([]) == ""
+
+    def test_encode_is_deterministic(self) -> None:
+        """Encoding the same text twice gives the same ids."""
+        tokenizer = self.make_tokenizer()
+        for text in self.any_texts:
+            assert tokenizer.encode(text) == tokenizer.encode(text)
+
+    def test_special_tokens_fit_vocab(self) -> None:
+        """Special tokens are non-empty strings with distinct in-range ids."""
+        tokenizer = self.make_tokenizer()
+        specials = dict(tokenizer.special_tokens)
+        assert all(isinstance(t, str) for t in specials)
+        assert "" not in specials
+        assert len(set(specials.values())) == len(specials), "two specials share an id"
+        assert all(0 <= i < tokenizer.vocab_size for i in specials.values())
