@@ -133,8 +133,11 @@ class FakeState:
 
 
 class FakeAdapter:
-    adapter_config: dict[str, Any] = {"peft_type": "LORA", "r": 8}
     merged = False
+
+    @property
+    def adapter_config(self) -> dict[str, Any]:
+        return {"peft_type": "LORA", "r": 8}
 
     def adapter_state_dict(self) -> dict[str, Any]:
         return {}
@@ -173,9 +176,7 @@ CASES: list[tuple[type, object, object]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("contract", "good", "bad"), CASES, ids=[c[0].__name__ for c in CASES]
-)
+@pytest.mark.parametrize(("contract", "good", "bad"), CASES, ids=[c[0].__name__ for c in CASES])
 def test_conforming_and_non_conforming_are_told_apart(
     contract: type, good: object, bad: object
 ) -> None:
