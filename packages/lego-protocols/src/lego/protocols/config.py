@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import json
+import operator
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from lego.protocols.errors import ConfigError, FormatError, LegoError, did_you_mean
 
@@ -52,15 +54,12 @@ class Config:
     override :meth:`validate` for rules that involve several fields.
     """
 
-    _hints_cache: ClassVar[dict[type, dict[str, Any]]] = {}
-
     def __post_init__(self) -> None:
-        hints = _field_hints(type(self))
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            converted = _convert(value, hints[field.name], field.name)
+        for name, convert in _plan(type(self)):
+            value = self.__dict__[name]
+            converted = convert(value, name)
             if converted is not value:
-                object.__setattr__(self, field.name, converted)
+                object.__setattr__(self, name, converted)
         self.validate()
 
     def validate(self) -> None:
@@ -137,7 +136,8 @@ class Config:
         Returns:
             Field names to values, nested configs as dictionaries, in field order.
         """
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        values = self.__dict__
+        return {name: _plain(values[name]) for name, _ in _plan(type(self))}
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the config as indented JSON (UTF-8, trailing newline).
@@ -191,11 +191,20 @@ class ModelConfig(Config):
                 raise ConfigError(f"{name} must be at least 1", key=name)
 
 
-def _field_hints(cls: type) -> dict[str, Any]:
-    cache = Config._hints_cache
-    if cls not in cache:
-        cache[cls] = typing.get_type_hints(cls)
-    return cache[cls]
+Converter = Callable[[Any, str], Any]
+"""Checks a value against one annotation and returns it normalized; the str is its key."""
+
+_PLANS: dict[type, tuple[tuple[str, Converter], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, Converter], ...]:
+    """The (field name, converter) pairs of a config class, compiled once per class."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        plan = _PLANS[cls] = tuple((f.name, _converter(hints[f.name], f.name)) for f in fields)
+    return plan
 
 
 def _from_mapping(cls: type[C], data: Mapping[str, Any], *, prefix: str) -> C:
@@ -225,10 +234,8 @@ def _from_mapping(cls: type[C], data: Mapping[str, Any], *, prefix: str) -> C:
             key=prefix + missing[0],
             hint="add the key(s) to the config",
         )
-    hints = _field_hints(cls)
-    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
     try:
-        return cls(**kwargs)
+        return cls(**data)  # __post_init__ checks every value once
     except ConfigError as err:
         if not prefix:
             raise
@@ -247,91 +254,172 @@ def _describe(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against ``hint`` and return it, normalized (lists to tuples, ...)."""
+@functools.cache
+def _converter(hint: Any, field: str) -> Converter:
+    """Compile one annotation into a converter (``field`` names it in errors about itself)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any or hint is object:
-        return value
+        return _identity
     if hint is None or hint is type(None):
-        if value is None:
-            return None
-        raise _type_error(key, "None", value)
+        return _none
     if origin is typing.Union or origin is types.UnionType:
-        errors: list[ConfigError] = []
-        for arm in args:
-            try:
-                return _convert(value, arm, key)
-            except ConfigError as err:
-                errors.append(err)
-        not_none = [err for arm, err in zip(args, errors, strict=True) if arm is not type(None)]
-        if value is not None and len(not_none) == 1:
-            raise not_none[0]  # `X | None`: the X error is the precise one
-        raise _type_error(key, " | ".join(_describe(a) for a in args), value)
+        return _union(args, field)
     if origin is typing.Literal:
-        if value in args and all(type(value) is type(a) for a in args if a == value):
-            return value
-        choices = [str(a) for a in args]
-        hint_text = did_you_mean(value, choices) if isinstance(value, str) else None
-        raise ConfigError(
-            f"{key} must be one of {', '.join(repr(a) for a in args)}, got {value!r}",
-            key=key,
-            hint=hint_text,
-        )
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, "bool", value)
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(key, "int", value)
-    if hint is float:
-        if isinstance(value, float):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        raise _type_error(key, "float", value)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(key, "str", value)
+        return _literal(args)
+    if hint in _SCALARS:
+        return _SCALARS[hint]
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, _describe(hint), value)
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}", key=key)
-            items = [
-                _convert(v, a, f"{key}[{i}]")
-                for i, (v, a) in enumerate(zip(value, args, strict=True))
-            ]
-        else:
-            item_hint = args[0] if args else Any
-            items = [_convert(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _sequence(hint, origin, args, field)
     if origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, Mapping):
-            raise _type_error(key, _describe(hint), value)
-        key_hint, value_hint = args if args else (Any, Any)
-        return {
-            _convert(k, key_hint, key): _convert(v, value_hint, f"{key}.{k}")
-            for k, v in value.items()
-        }
+        return _mapping(hint, args, field)
     if isinstance(hint, type) and issubclass(hint, Config):
-        if isinstance(value, hint):
+        return _nested(hint)
+    raise TypeError(f"Config field {field!r} has an unsupported annotation {hint!r}")
+
+
+def _identity(value: Any, key: str) -> Any:
+    return value
+
+
+def _none(value: Any, key: str) -> None:
+    if value is not None:
+        raise _type_error(key, "None", value)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if value is True or value is False:
+        return bool(value)
+    raise _type_error(key, "bool", value)
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _type_error(key, "int", value)
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise _type_error(key, "float", value)
+
+
+def _str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise _type_error(key, "str", value)
+
+
+_SCALARS: dict[Any, Converter] = {bool: _bool, int: _int, float: _float, str: _str}
+
+
+def _union(args: tuple[Any, ...], field: str) -> Converter:
+    optional = type(None) in args
+    arms = [_converter(arm, field) for arm in args if arm is not type(None)]
+    expected = " | ".join(_describe(a) for a in args)
+    if len(arms) == 1:
+        only = arms[0]  # `X | None`: X's own error is the precise one
+
+        def convert_optional(value: Any, key: str) -> Any:
+            return None if value is None else only(value, key)
+
+        return convert_optional
+
+    def convert(value: Any, key: str) -> Any:
+        if value is None and optional:
+            return None
+        for arm in arms:
+            try:
+                return arm(value, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, expected, value)
+
+    return convert
+
+
+def _literal(args: tuple[Any, ...]) -> Converter:
+    allowed = {(type(a), a) for a in args}
+    choices = [str(a) for a in args]
+    listed = ", ".join(repr(a) for a in args)
+
+    def convert(value: Any, key: str) -> Any:
+        try:
+            if (type(value), value) in allowed:
+                return value
+        except TypeError:  # unhashable value
+            pass
+        raise ConfigError(
+            f"{key} must be one of {listed}, got {value!r}",
+            key=key,
+            hint=did_you_mean(value, choices) if isinstance(value, str) else None,
+        )
+
+    return convert
+
+
+def _sequence(hint: Any, origin: type, args: tuple[Any, ...], field: str) -> Converter:
+    expected = _describe(hint)
+    fixed = origin is tuple and bool(args) and not (len(args) == 2 and args[1] is Ellipsis)
+    if fixed:
+        items = [_converter(a, field) for a in args]
+    else:
+        item = _converter(args[0], field) if args else _identity
+
+    def convert(value: Any, key: str) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, expected, value)
+        if fixed:
+            if len(value) != len(items):
+                raise ConfigError(f"{key} must have {len(items)} items, got {len(value)}", key=key)
+            out = [c(v, f"{key}[{i}]") for i, (c, v) in enumerate(zip(items, value, strict=True))]
+        else:
+            out = [item(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            return (
+                value if type(value) is tuple and all(map(operator.is_, out, value)) else tuple(out)
+            )
+        return out
+
+    return convert
+
+
+def _mapping(hint: Any, args: tuple[Any, ...], field: str) -> Converter:
+    expected = _describe(hint)
+    key_of, value_of = (_converter(a, field) for a in args) if args else (_identity, _identity)
+
+    def convert(value: Any, key: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, expected, value)
+        return {key_of(k, key): value_of(v, f"{key}.{k}") for k, v in value.items()}
+
+    return convert
+
+
+def _nested(cls: type[Config]) -> Converter:
+    def convert(value: Any, key: str) -> Any:
+        if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            return _from_mapping(hint, value, prefix=key + ".")
-        raise _type_error(key, hint.__name__, value)
-    raise TypeError(f"Config field {key!r} has an unsupported annotation {hint!r}")
+            return _from_mapping(cls, value, prefix=key + ".")
+        raise _type_error(key, cls.__name__, value)
+
+    return convert
 
 
 def _type_error(key: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})", key=key)
 
 
+_ATOMS = frozenset({int, float, str, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _ATOMS:
+        return value
     if isinstance(value, Config):
         return value.to_dict()
     if isinstance(value, (tuple, list)):

@@ -165,10 +165,14 @@ def closest(word: str, choices: Iterable[str], *, n: int = 3) -> list[str]:
     Returns:
         The close matches (possibly empty), best first.
     """
-    scored = sorted(
-        ((difflib.SequenceMatcher(None, word.lower(), c.lower()).ratio(), c) for c in choices),
-        key=lambda pair: -pair[0],
-    )
+    matcher = difflib.SequenceMatcher(None)
+    matcher.set_seq2(word.lower())  # seq2 is the side SequenceMatcher precomputes
+    scored: list[tuple[float, str]] = []
+    for choice in choices:
+        matcher.set_seq1(choice.lower())
+        if matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6:
+            scored.append((matcher.ratio(), choice))
+    scored.sort(key=lambda pair: -pair[0])
     if not scored or scored[0][0] < 0.6:
         return []
     best = scored[0][0]
