@@ -179,18 +179,23 @@ def build(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def release(session: nox.Session) -> None:
-    """Release one brick: nox -s release -- <brick> <major|minor|patch>."""
-    if len(session.posargs) != 2 or session.posargs[1] not in ("major", "minor", "patch"):
-        session.error("usage: nox -s release -- <brick> <major|minor|patch>")
-    short, part = session.posargs
+    """Release one brick: nox -s release -- <brick> <major|minor|patch|first>."""
+    parts = ("major", "minor", "patch", "first")
+    if len(session.posargs) != 2 or session.posargs[1] not in parts:
+        session.error(f"usage: nox -s release -- <brick> <{'|'.join(parts)}>")
+    name, part = session.posargs
+    try:
+        brick_tools.find(BRICKS, name)
+    except brick_tools.BrickError as err:
+        session.error(str(err))
     install(session, *group("release"))
-    session.run("python", "tools/release.py", short, part)
+    session.run("python", "tools/release.py", name, part)
     bricks = brick_tools.discover(ROOT)  # versions changed
-    brick = bricks.get(f"lego-{short}") or session.error(f"no brick named {short!r}")
+    brick = brick_tools.find(bricks, name)
     build_dists(session, brick_tools.closure(bricks, brick.name))
     check_wheel_alone(session, brick, bricks)
     session.log(
-        f"released {brick.name} {brick.version}: push the tag lego-{short}-v{brick.version}"
+        f"released {brick.name} {brick.version}: push the tag {brick.name}-v{brick.version}"
     )
 
 

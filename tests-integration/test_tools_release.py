@@ -241,6 +241,32 @@ def test_only_dependents_with_narrow_ranges_are_widened(repo: Path) -> None:
     assert "packages/lego-layers/pyproject.toml" in changed
 
 
+def test_first_release_keeps_the_in_tree_version(repo: Path) -> None:
+    changelog = repo / "packages/lego-protocols/CHANGELOG.md"
+    text = changelog.read_text()
+    changelog.write_text(text[: text.index("## [0.1.0]")])  # never released
+    about = repo / "packages/lego-protocols/src/lego/protocols/__about__.py"
+    before = about.read_text()
+    result = release.release(repo, "lego-protocols", "first", DATE)
+    assert (result.old_version, result.version, result.tag) == (
+        "0.1.0",
+        "0.1.0",
+        "lego-protocols-v0.1.0",
+    )
+    assert result.widened == []
+    assert about.read_text() == before
+    released = changelog.read_text()
+    assert f"## [0.1.0] - {DATE}" in released
+    assert released.index("## [Unreleased]") < released.index("## [0.1.0]")
+
+
+def test_first_release_refuses_a_released_version(repo: Path) -> None:
+    before = snapshot(repo)
+    with pytest.raises(ReleaseError, match=r"already in CHANGELOG\.md"):
+        release.release(repo, "protocols", "first", DATE)
+    assert snapshot(repo) == before
+
+
 # --- errors -------------------------------------------------------------------------------
 
 

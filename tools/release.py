@@ -47,7 +47,7 @@ __all__ = [
     "widen",
 ]
 
-PARTS = ("major", "minor", "patch")
+PARTS = ("major", "minor", "patch", "first")
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _UNRELEASED = re.compile(r"## \[Unreleased\]\s*", re.IGNORECASE)
 _LINK_DEFINITION = re.compile(r"\[[^\]]+\]:\s")
@@ -273,7 +273,8 @@ def release(root: Path, short: str, part: str, date: str) -> ReleaseResult:
     Args:
         root: The monorepo root.
         short: The brick's short name (``"tokenize"``) or distribution name.
-        part: ``"major"``, ``"minor"`` or ``"patch"``.
+        part: ``"major"``, ``"minor"`` or ``"patch"``; or ``"first"`` to release the
+            in-tree version unchanged (a brick's first release).
         date: The release date, ``YYYY-MM-DD``.
 
     Raises:
@@ -288,8 +289,16 @@ def release(root: Path, short: str, part: str, date: str) -> ReleaseResult:
         raise ReleaseError(f"date {date!r} is not YYYY-MM-DD") from exc
     found = bricks.discover(root)
     brick = bricks.find(found, short)
-    version = bump_version(brick.version, part)
     changelog = brick.path / "CHANGELOG.md"
+    if part == "first":  # the in-tree version was never released: release it as it is
+        version = brick.version
+        if re.search(rf"^## \[{re.escape(version)}\]", _read(changelog), flags=re.MULTILINE):
+            raise ReleaseError(
+                f"{brick.name} {version} is already in {changelog.name}; "
+                "release major, minor or patch instead"
+            )
+    else:
+        version = bump_version(brick.version, part)
     about = brick.about_file
     edits = {
         about: _set_version(_read(about), brick.version, version, about),

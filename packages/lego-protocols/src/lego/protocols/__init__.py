@@ -3,16 +3,23 @@
 ``lego.protocols`` has no dependencies and never imports torch at run time (tensor types
 appear only under ``TYPE_CHECKING``). It holds:
 
-- ``typing.Protocol`` contracts, one per seam: :class:`Tokenizer`,
-  :class:`TrainableTokenizer`, :class:`CausalLM`, :class:`CachedCausalLM`,
-  :class:`Attention`, :class:`Norm`, :class:`FeedForward`, :class:`PositionalEncoding`,
-  :class:`KVCache`, :class:`LayerKVCache`, :class:`LogitsProcessor`, :class:`BatchSource`,
-  :class:`Checkpointable`, :class:`TrainerCallback`, :class:`Adapter`;
-- the error hierarchy: :class:`LegoError` and its kinds;
-- shared value types: :class:`Config` / :class:`ModelConfig` (validated configs as data),
-  :class:`SpecialTokens`, :class:`LMBatch` and :data:`IGNORE_INDEX`;
-- the command-line conventions (:func:`run_cli`, :func:`make_parser`) and conformance
-  suites (:mod:`lego.protocols.testing`).
+- ``typing.Protocol`` contracts, one per seam: [`Tokenizer`][lego.protocols.Tokenizer],
+  [`TrainableTokenizer`][lego.protocols.TrainableTokenizer], [`CausalLM`][lego.protocols.CausalLM],
+  [`CachedCausalLM`][lego.protocols.CachedCausalLM], [`Attention`][lego.protocols.Attention],
+  [`Norm`][lego.protocols.Norm], [`FeedForward`][lego.protocols.FeedForward],
+  [`PositionalEncoding`][lego.protocols.PositionalEncoding], [`KVCache`][lego.protocols.KVCache],
+  [`LayerKVCache`][lego.protocols.LayerKVCache],
+  [`LogitsProcessor`][lego.protocols.LogitsProcessor], [`BatchSource`][lego.protocols.BatchSource],
+  [`Checkpointable`][lego.protocols.Checkpointable],
+  [`TrainerCallback`][lego.protocols.TrainerCallback], [`Adapter`][lego.protocols.Adapter];
+- the error hierarchy: [`LegoError`][lego.protocols.LegoError] and its kinds;
+- shared value types: [`Config`][lego.protocols.Config] /
+  [`ModelConfig`][lego.protocols.ModelConfig] (validated configs as data),
+  [`SpecialTokens`][lego.protocols.SpecialTokens], [`LMBatch`][lego.protocols.LMBatch] and
+  [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX];
+- the command-line conventions ([`run_cli()`][lego.protocols.run_cli],
+  [`make_parser()`][lego.protocols.make_parser]) and conformance suites
+  ([`lego.protocols.testing`][lego.protocols.testing]).
 """
 
 from lego.protocols.__about__ import __version__

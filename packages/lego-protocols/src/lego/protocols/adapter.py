@@ -1,9 +1,10 @@
 """Parameter-efficient fine-tuning contract (LoRA, QLoRA and their kin).
 
-An adapter wraps a base :class:`~lego.protocols.CausalLM` and trains a small set of extra
+An adapter wraps a base [`CausalLM`][lego.protocols.CausalLM] and trains a small set of extra
 weights. Its state is saved in PEFT's layout (``adapter_config.json`` +
 ``adapter_model.safetensors``), so adapters move between LegoLLM and PEFT. Alignment
-(DPO, PPO) uses :meth:`Adapter.disabled` to get the frozen reference model for free.
+(DPO, PPO) uses [`Adapter.disabled()`][lego.protocols.Adapter.disabled] to get the frozen reference
+model for free.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Adapter(Protocol):
         ...
 
     def load_adapter_state_dict(self, state_dict: dict[str, Tensor], /) -> None:
-        """Load tensors returned by :meth:`adapter_state_dict` (all names must match)."""
+        """Load tensors returned by ``Adapter.adapter_state_dict()`` (all names must match)."""
         ...
 
     def merge(self) -> None:
@@ -48,7 +49,7 @@ class Adapter(Protocol):
         ...
 
     def unmerge(self) -> None:
-        """Undo :meth:`merge`, restoring the base weights."""
+        """Undo [`Adapter.merge()`][lego.protocols.Adapter.merge], restoring the base weights."""
         ...
 
     def disabled(self) -> AbstractContextManager[None]:

@@ -1,7 +1,7 @@
 """The command-line conventions every ``lego-<brick>`` tool shares.
 
 Exit codes: 0 success, 1 unexpected failure (a bug: the traceback is shown), 2 bad input (a
-:class:`~lego.protocols.LegoError`: one clear message, no traceback unless ``--debug``),
+[`LegoError`][lego.protocols.LegoError]: one clear message, no traceback unless ``--debug``),
 130 interrupted. Help texts end with an example.
 
 Example:
@@ -47,7 +47,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 """Exit code of an unexpected failure (a bug)."""
 EXIT_BAD_INPUT = 2
-"""Exit code of bad input: a :class:`~lego.protocols.LegoError` or a usage error."""
+"""Exit code of bad input: a [`LegoError`][lego.protocols.LegoError] or a usage error."""
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT)."""
 

@@ -1,7 +1,7 @@
 """Configs as data: validated, frozen, keyword-only dataclasses that round-trip through JSON.
 
-Subclass :class:`Config` (or :class:`ModelConfig` for a model family) and decorate the
-subclass with ``@dataclass(frozen=True, kw_only=True)``::
+Subclass [`Config`][lego.protocols.Config] (or [`ModelConfig`][lego.protocols.ModelConfig] for a
+model family) and decorate the subclass with ``@dataclass(frozen=True, kw_only=True)``::
 
     @dataclass(frozen=True, kw_only=True)
     class GPTConfig(ModelConfig):
@@ -17,12 +17,12 @@ subclass with ``@dataclass(frozen=True, kw_only=True)``::
 
 Every field is checked against its annotation when the object is built (``int`` refuses
 ``True``, ``float`` accepts an ``int`` and stores a ``float``, lists become tuples for
-``tuple[...]`` fields, nested configs may be given as mappings), then :meth:`Config.validate`
-runs for the cross-field rules. :meth:`Config.from_dict` refuses unknown keys and suggests
-the closest valid one. Supported annotations: ``bool``, ``int``, ``float``, ``str``,
-``None``, unions (``X | None``), ``Literal[...]``, ``tuple[X, ...]``, ``tuple[X, Y]``,
-``list[X]``, ``dict[str, X]`` / ``Mapping[str, X]``, nested :class:`Config` subclasses and
-``Any``.
+``tuple[...]`` fields, nested configs may be given as mappings), then
+[`Config.validate()`][lego.protocols.Config.validate] runs for the cross-field rules.
+[`Config.from_dict()`][lego.protocols.Config.from_dict] refuses unknown keys and suggests the
+closest valid one. Supported annotations: ``bool``, ``int``, ``float``, ``str``, ``None``, unions
+(``X | None``), ``Literal[...]``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]``
+/ ``Mapping[str, X]``, nested [`Config`][lego.protocols.Config] subclasses and ``Any``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Config:
     """Base of every LegoLLM configuration: frozen, keyword-only, validated, serializable.
 
     Subclasses add fields (each with a type annotation from the supported set) and may
-    override :meth:`validate` for rules that involve several fields.
+    override [`Config.validate()`][lego.protocols.Config.validate] for rules that involve several
+    fields.
     """
 
     def __post_init__(self) -> None:
@@ -63,7 +64,7 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        """Check rules that involve several fields; raise :class:`ConfigError` on a breach.
+        """Check rules that involve several fields; raise ``ConfigError`` on a breach.
 
         The base implementation accepts everything. Overrides should call ``super()``.
         """
@@ -87,7 +88,8 @@ class Config:
 
         Raises:
             ConfigError: On an unknown key (with the closest valid one), a missing required
-                key, a value of the wrong type or a failed :meth:`validate` rule.
+                key, a value of the wrong type or a failed
+                [`Config.validate()`][lego.protocols.Config.validate] rule.
         """
         try:
             return _from_mapping(cls, data, prefix="")
@@ -98,7 +100,7 @@ class Config:
 
     @classmethod
     def from_json(cls: type[C], path: str | os.PathLike[str]) -> C:
-        """Read a config from a JSON file written by :meth:`to_json`.
+        """Read a config from a JSON file written by ``Config.to_json()``.
 
         Args:
             path: The JSON file.
@@ -108,7 +110,8 @@ class Config:
 
         Raises:
             FormatError: The file is not valid JSON or does not hold an object.
-            ConfigError: The object is not a valid config (see :meth:`from_dict`).
+            ConfigError: The object is not a valid config (see
+                [`Config.from_dict()`][lego.protocols.Config.from_dict]).
         """
         file = Path(path)
         try:

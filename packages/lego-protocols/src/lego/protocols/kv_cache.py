@@ -1,9 +1,10 @@
 """Key/value cache contracts for incremental (token-by-token) decoding.
 
-A model-level :class:`KVCache` holds one :class:`LayerKVCache` per transformer block. All
-layers fill the same slots, so the cache has one ``seq_len``: the number of positions
-written so far (padding included for left-padded batches). Decoders pass the cache to
-``CausalLM.forward``; each attention layer calls ``update`` on its own layer cache.
+A model-level [`KVCache`][lego.protocols.KVCache] holds one
+[`LayerKVCache`][lego.protocols.LayerKVCache] per transformer block. All layers fill the same slots,
+so the cache has one ``seq_len``: the number of positions written so far (padding included for
+left-padded batches). Decoders pass the cache to ``CausalLM.forward``; each attention layer calls
+``update`` on its own layer cache.
 """
 
 from __future__ import annotations

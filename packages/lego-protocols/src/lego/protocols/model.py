@@ -1,8 +1,8 @@
 """Causal language model contracts: what lego-train, lego-generate and lego-peft need.
 
-lego-generate works on any :class:`CausalLM`; when the model is also a
-:class:`CachedCausalLM` it decodes incrementally on the model's own preallocated cache,
-otherwise it recomputes the whole prefix each step.
+lego-generate works on any [`CausalLM`][lego.protocols.CausalLM]; when the model is also a
+[`CachedCausalLM`][lego.protocols.CachedCausalLM] it decodes incrementally on the model's own
+preallocated cache, otherwise it recomputes the whole prefix each step.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ __all__ = ["ModelConfigLike", "CausalLM", "CachedCausalLM"]
 class ModelConfigLike(Protocol):
     """What every model configuration tells: vocabulary size, context length, its data.
 
-    :class:`lego.protocols.ModelConfig` satisfies it; so does any object with these members.
+    [`lego.protocols.ModelConfig`][lego.protocols.ModelConfig] satisfies it; so does any object with
+    these members.
     """
 
     @property
@@ -66,8 +67,9 @@ class CausalLM(Protocol):
                 ``S`` is the cached length plus ``T``; None means no padding.
             position_ids: Positions of the ``T`` tokens, shape ``(B, T)``; None means
                 ``cache.seq_len + arange(T)`` (or ``arange(T)`` without a cache).
-            kv_cache: A cache from :meth:`CachedCausalLM.new_kv_cache`; the new keys and
-                values are appended to it.
+            kv_cache: A cache from
+                [`CachedCausalLM.new_kv_cache()`][lego.protocols.CachedCausalLM.new_kv_cache]; the
+                new keys and values are appended to it.
 
         Returns:
             Logits, shape ``(B, T, vocab_size)``.

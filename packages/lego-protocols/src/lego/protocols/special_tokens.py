@@ -2,7 +2,7 @@
 
 Tokenizers register special tokens with explicit ids; data preparation appends the
 end-of-text id after each document; generation stops on the end-of-text or end-of-turn ids.
-:class:`SpecialTokens` is the one value type all of them pass around.
+[`SpecialTokens`][lego.protocols.SpecialTokens] is the one value type all of them pass around.
 """
 
 from __future__ import annotations

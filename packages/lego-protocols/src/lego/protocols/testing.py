@@ -37,7 +37,7 @@ DEFAULT_TEXTS: tuple[str, ...] = (
 
 
 class TokenizerContract(ABC):
-    """The :class:`~lego.protocols.Tokenizer` conformance suite.
+    """The [`Tokenizer`][lego.protocols.Tokenizer] conformance suite.
 
     Attributes:
         round_trip_texts: Texts that must survive ``decode(encode(text))`` unchanged.

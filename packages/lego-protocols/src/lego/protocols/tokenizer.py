@@ -74,7 +74,7 @@ class TrainableTokenizer(Tokenizer, Protocol):
         """Learn the vocabulary from ``data``, replacing any previous one.
 
         Args:
-            data: The training text (see :data:`TrainingData`).
+            data: The training text (see [`TrainingData`][lego.protocols.TrainingData]).
             vocab_size: The size of the final id space, special tokens included.
             special_tokens: Special-token strings to ids to register.
             verbose: Show progress.

@@ -1,8 +1,8 @@
 """Training contracts: batch sources, checkpointable state, trainer state and callbacks.
 
-lego-train runs any model on any :class:`BatchSource`; lego-data's loaders, SFT and
-preference datasets implement it. Exact resume works because every stateful piece (model,
-optimizer, scheduler, batch source, callback) is :class:`Checkpointable`.
+lego-train runs any model on any [`BatchSource`][lego.protocols.BatchSource]; lego-data's loaders,
+SFT and preference datasets implement it. Exact resume works because every stateful piece (model,
+optimizer, scheduler, batch source, callback) is [`Checkpointable`][lego.protocols.Checkpointable].
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class LMBatch(TypedDict, total=False):
     Attributes:
         input_ids: Token ids, shape ``(B, T)``, dtype long.
         labels: Targets aligned with ``input_ids`` *already shifted* (``labels[:, t]`` is the
-            token after ``input_ids[:, t]``), shape ``(B, T)``; :data:`IGNORE_INDEX` is skipped.
+            token after ``input_ids[:, t]``), shape ``(B, T)``;
+            [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX] is skipped.
         attention_mask: 1 for real tokens, 0 for padding, shape ``(B, T)``.
         position_ids: Positions, shape ``(B, T)`` (packed sequences restart at 0).
     """
@@ -61,7 +62,7 @@ class Checkpointable(Protocol):
         ...
 
     def load_state_dict(self, state_dict: dict[str, Any], /) -> Any:
-        """Restore a state returned by :meth:`state_dict` (the return value is ignored)."""
+        """Restore a state from ``state_dict()``; the return value is ignored."""
         ...
 
 
@@ -74,7 +75,7 @@ class BatchSource(Checkpointable, Protocol[BatchT_co]):
     """
 
     def __iter__(self) -> Iterator[BatchT_co]:
-        """Yield batches (e.g. :class:`LMBatch`) from the current position."""
+        """Yield batches (e.g. [`LMBatch`][lego.protocols.LMBatch]) from the current position."""
         ...
 
 
