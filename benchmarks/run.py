@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default all)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run")
     parser.add_argument(
-        "--out", type=Path, default=HERE / "results", help="results folder (%(default)s)"
+        "--quick", action="store_true", help="fewer repeats: a smoke run that writes no results"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"results folder (default {HERE / 'results'})"
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser
@@ -103,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         result.params.setdefault("quick", args.quick)
-        paths = write_result(result, args.out, machine)
         print(to_markdown(result))
+        if args.quick and args.out is None:
+            continue  # a smoke run must not replace measured results
+        paths = write_result(result, args.out or HERE / "results", machine)
         log(f"[{name}] wrote {', '.join(str(p) for p in paths)}")
     if failed:
         log(f"failed: {', '.join(failed)}")
