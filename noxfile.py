@@ -39,7 +39,6 @@ TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
-NO_TORCH = ("lego-protocols", "lego-tokenize")
 
 
 def group(name: str) -> tuple[str, ...]:
@@ -163,7 +162,7 @@ def check_wheel_alone(
         run(python, "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), *wheels)
         run(python, "-I", "-c", f"import {brick.module} as m; print(m.__name__, m.__version__)")
         run(python, "-I", str(ROOT / "tools" / "check_dist.py"), "--installed", brick.name)
-        if brick.name in NO_TORCH:
+        if brick.short in brick_tools.TORCH_FREE:
             run(python, "-I", str(ROOT / "tools" / "check_dist.py"), "--no-torch")
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREFIX",
+    "TORCH_FREE",
     "Brick",
     "BrickError",
     "closure",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 PREFIX = "lego-"
+
+TORCH_FREE = frozenset({"protocols", "tokenize"})
+"""Short names of the bricks that must never import torch at run time (DESIGN.md §2)."""
 
 
 class BrickError(Exception):

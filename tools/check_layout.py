@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TORCH_FREE", "check", "imports", "main"]
 
-TORCH_FREE = frozenset({"protocols", "tokenize"})
-"""Short names of the bricks that must never import torch at run time."""
+TORCH_FREE = bricks.TORCH_FREE
 
 Scope = Literal["module", "function", "typing"]
 
