@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor  # TYPE_CHECKING only: never imported at run time
 
     from lego.protocols.kv_cache import LayerKVCache
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    import torch
-    from torch import Tensor
+    import torch  # TYPE_CHECKING only: never imported at run time
+    from torch import Tensor  # TYPE_CHECKING only: never imported at run time
 
     from lego.protocols.kv_cache import KVCache
 
