@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lego.layers import StaticKVCache, StaticLayerKVCache
+from lego.protocols import CompatibilityError, ConfigError, DataError, KVCache, LayerKVCache
+
+
+def _layer(batch: int = 2, length: int = 8, heads: int = 3, dim: int = 4) -> StaticLayerKVCache:
+    return StaticLayerKVCache(batch_size=batch, max_seq_len=length, n_kv_heads=heads, head_dim=dim)
+
+
+def _model(layers: int = 3, batch: int = 2, length: int = 8) -> StaticKVCache:
+    return StaticKVCache(
+        n_layers=layers, batch_size=batch, max_seq_len=length, n_kv_heads=3, head_dim=4
+    )
+
+
+def _kv(batch: int, t: int, heads: int = 3, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, heads, t, dim), torch.randn(batch, heads, t, dim)
+
+
+def test_satisfies_protocols() -> None:
+    cache = _model()
+    assert isinstance(cache, KVCache)
+    assert isinstance(cache[0], LayerKVCache)
+    assert isinstance(_layer(), LayerKVCache)
+
+
+def test_update_writes_in_place_and_returns_views() -> None:
+    cache = _layer()
+    storage = cache.k_cache.data_ptr()
+    k1, v1 = _kv(2, 3)
+    keys, values = cache.update(k1, v1)
+    assert keys.shape == values.shape == (2, 3, 3, 4)
+    assert cache.seq_len == 3
+    torch.testing.assert_close(keys, k1, rtol=0, atol=0)
+    k2, v2 = _kv(2, 2)
+    keys, values = cache.update(k2, v2)
+    assert cache.seq_len == 5
+    torch.testing.assert_close(keys, torch.cat([k1, k2], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(values, torch.cat([v1, v2], dim=2), rtol=0, atol=0)
+    # no reallocation: the buffers are the same memory, the results views of them
+    assert cache.k_cache.data_ptr() == storage
+    assert keys.data_ptr() == storage
+    assert keys._base is cache.k_cache
+
+
+@given(sizes=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+@settings(max_examples=30, deadline=None)
+def test_lengths_accumulate(sizes: list[int]) -> None:
+    cache = _layer(batch=1, length=18)
+    written = []
+    for t in sizes:
+        k, v = _kv(1, t)
+        keys, _ = cache.update(k, v)
+        written.append(k)
+        assert cache.seq_len == sum(x.shape[2] for x in written)
+        torch.testing.assert_close(keys, torch.cat(written, dim=2), rtol=0, atol=0)
+
+
+def test_overflow_is_a_clear_error() -> None:
+    cache = _layer(length=4)
+    cache.update(*_kv(2, 3))
+    with pytest.raises(DataError, match="max_seq_len 4") as info:
+        cache.update(*_kv(2, 2))
+    assert info.value.tensor == "k"
+    assert cache.seq_len == 3  # the failed write changed nothing
+    cache.update(*_kv(2, 1))
+    assert cache.seq_len == 4
+
+
+@pytest.mark.parametrize(
+    ("k_shape", "v_shape", "tensor"),
+    [
+        ((1, 3, 2, 4), (1, 3, 2, 4), "k"),  # batch size
+        ((2, 2, 2, 4), (2, 2, 2, 4), "k"),  # heads
+        ((2, 3, 2, 5), (2, 3, 2, 5), "k"),  # head size
+        ((2, 3, 2), (2, 3, 2), "k"),  # rank
+        ((2, 3, 2, 4), (2, 3, 3, 4), "v"),  # lengths differ
+    ],
+)
+def test_wrong_shapes(k_shape: tuple[int, ...], v_shape: tuple[int, ...], tensor: str) -> None:
+    with pytest.raises(CompatibilityError) as info:
+        _layer().update(torch.zeros(k_shape), torch.zeros(v_shape))
+    assert info.value.tensor == tensor
+    assert "(2, 3, T_new, 4)" in str(info.value)
+
+
+def test_written_values_take_the_cache_dtype() -> None:
+    cache = StaticLayerKVCache(
+        batch_size=1, max_seq_len=4, n_kv_heads=1, head_dim=2, dtype=torch.bfloat16
+    )
+    keys, _ = cache.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    assert keys.dtype == torch.bfloat16
+
+
+def test_reset_and_crop() -> None:
+    cache = _layer()
+    k, v = _kv(2, 6)
+    cache.update(k, v)
+    cache.crop(4)
+    assert cache.seq_len == 4
+    k2, v2 = _kv(2, 1)
+    keys, _ = cache.update(k2, v2)  # overwrites slot 4
+    torch.testing.assert_close(keys, torch.cat([k[:, :, :4], k2], dim=2), rtol=0, atol=0)
+    cache.reset()
+    assert cache.seq_len == 0
+    keys, _ = cache.update(k2, v2)
+    assert keys.shape[2] == 1
+    with pytest.raises(ConfigError, match="holds 1"):
+        cache.crop(2)
+    with pytest.raises(ConfigError):
+        cache.crop(-1)
+
+
+def test_reorder_moves_and_repeats_rows() -> None:
+    cache = _layer(batch=3)
+    k, v = _kv(3, 5)
+    cache.update(k, v)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    keys, values = cache.k_cache[:, :, :5], cache.v_cache[:, :, :5]
+    torch.testing.assert_close(keys, k[[2, 2, 0]], rtol=0, atol=0)
+    torch.testing.assert_close(values, v[[2, 2, 0]], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("indices", "error"),
+    [
+        (torch.tensor([0, 1, 1]), DataError),  # wrong length
+        (torch.tensor([0.0, 1.0]), DataError),  # float
+        (torch.tensor([0, 2]), DataError),  # out of range
+        (torch.tensor([-1, 0]), DataError),  # negative
+        ([0, 1], DataError),  # not a tensor
+    ],
+)
+def test_bad_reorder_indices(indices: object, error: type[Exception]) -> None:
+    cache = _model(batch=2)
+    cache[0].update(*_kv(2, 1))
+    with pytest.raises(error) as info:
+        cache.reorder(indices)  # type: ignore[arg-type]
+    assert getattr(info.value, "tensor", None) == "indices"
+
+
+def test_model_cache_advances_layer_by_layer() -> None:
+    cache = _model(layers=3)
+    assert (len(cache), cache.seq_len, cache.max_seq_len, cache.batch_size) == (3, 0, 8, 2)
+    # one forward of 4 tokens: the blocks update their layer in order
+    for i in range(3):
+        cache[i].update(*_kv(2, 4))
+        assert cache[i].seq_len == 4
+        # the common length stays the pre-forward length until the last layer has run
+        assert cache.seq_len == (4 if i == 2 else 0)
+    # an interrupted forward leaves the layers uneven; crop(seq_len) realigns them
+    cache[0].update(*_kv(2, 1))
+    assert cache.seq_len == 4
+    cache.crop(cache.seq_len)
+    assert [cache[i].seq_len for i in range(3)] == [4, 4, 4]
+    with pytest.raises(ConfigError):
+        cache.crop(5)
+
+
+def test_model_cache_bookkeeping_acts_on_every_layer() -> None:
+    cache = _model(layers=2, batch=2)
+    ks = []
+    for i in range(2):
+        k, v = _kv(2, 3)
+        cache[i].update(k, v)
+        ks.append(k)
+    cache.reorder(torch.tensor([1, 0]))
+    for i in range(2):
+        torch.testing.assert_close(cache[i].k_cache[:, :, :3], ks[i][[1, 0]], rtol=0, atol=0)
+    cache.crop(1)
+    assert [cache[i].seq_len for i in range(2)] == [1, 1]
+    cache.reset()
+    assert cache.seq_len == 0
+    assert all(cache[i].seq_len == 0 for i in range(2))
+
+
+def test_to_moves_every_layer_and_state_dict_is_empty() -> None:
+    cache = _model(layers=2)
+    cache.to(torch.float64)
+    assert cache.dtype == torch.float64
+    assert all(cache[i].k_cache.dtype == torch.float64 for i in range(2))
+    assert cache.device == torch.device("cpu")
+    assert cache.state_dict() == {}
+
+
+def test_indexing_errors() -> None:
+    cache = _model(layers=2)
+    with pytest.raises(ConfigError, match="no layer 2"):
+        cache[2]
+    with pytest.raises(ConfigError):
+        cache[-1]
+    with pytest.raises(ConfigError):
+        cache["0"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_layers": 0},
+        {"batch_size": 0},
+        {"max_seq_len": -1},
+        {"n_kv_heads": 1.5},
+        {"head_dim": True},
+    ],
+)
+def test_bad_sizes(kwargs: dict[str, object]) -> None:
+    sizes: dict[str, object] = {
+        "n_layers": 2,
+        "batch_size": 1,
+        "max_seq_len": 4,
+        "n_kv_heads": 1,
+        "head_dim": 2,
+    }
+    sizes.update(kwargs)
+    with pytest.raises(ConfigError) as info:
+        StaticKVCache(**sizes)  # type: ignore[arg-type]
+    assert info.value.key == next(iter(kwargs))
+
+
+def test_repr_shows_fill_level() -> None:
+    cache = _model(layers=1)
+    cache[0].update(*_kv(2, 3))
+    assert "seq_len=3/8" in repr(cache)
+
+
+def test_errors_pickle() -> None:
+    with pytest.raises(DataError) as info:
+        _layer(length=1).update(*_kv(2, 2))
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.tensor == "k"
