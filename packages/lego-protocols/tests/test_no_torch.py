@@ -1,21 +1,24 @@
 """lego-protocols has no dependencies and never imports torch at run time."""
 
-import json
-import subprocess
-import sys
 from importlib import metadata
+
+import pytest
+
+from lego.protocols.testing import modules_imported
 
 
 def test_import_pulls_in_no_torch_or_numpy() -> None:
-    code = (
-        "import json, sys; import lego.protocols, lego.protocols.testing; "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'torch', 'numpy', 'regex', 'tiktoken', 'yaml', 'rich'})))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
-    ).stdout
-    assert json.loads(out) == []
+    imports = ["lego.protocols", "lego.protocols.testing"]
+    unwanted = {"torch", "numpy", "regex", "tiktoken", "yaml", "rich"}
+    assert modules_imported(imports, packages=unwanted) == []
+
+
+def test_modules_imported_sees_what_an_import_loads() -> None:
+    assert "json.decoder" in modules_imported(["json"], packages={"json"})
+    with pytest.raises(AssertionError, match="No module named"):
+        modules_imported(["no_such_module_here"], packages={"torch"})
+    with pytest.raises(ValueError, match="not a module name"):
+        modules_imported(["os; print(1)"], packages={"torch"})
 
 
 def test_distribution_declares_no_dependencies() -> None:

@@ -17,6 +17,11 @@ appear only under ``TYPE_CHECKING``). It holds:
   [`ModelConfig`][lego.protocols.ModelConfig] (validated configs as data),
   [`SpecialTokens`][lego.protocols.SpecialTokens], [`LMBatch`][lego.protocols.LMBatch] and
   [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX];
+- file helpers with one error rule for the whole project
+  ([`lego.protocols.files`][lego.protocols.files]: [`read_bytes()`][lego.protocols.read_bytes],
+  [`read_text()`][lego.protocols.read_text], [`read_json()`][lego.protocols.read_json],
+  [`atomic_write_bytes()`][lego.protocols.atomic_write_bytes],
+  [`atomic_write_text()`][lego.protocols.atomic_write_text], ...);
 - the command-line conventions ([`run_cli()`][lego.protocols.run_cli],
   [`make_parser()`][lego.protocols.make_parser]) and conformance suites
   ([`lego.protocols.testing`][lego.protocols.testing]).
@@ -35,6 +40,16 @@ from lego.protocols.errors import (
     TrainingError,
     closest,
     did_you_mean,
+)
+from lego.protocols.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    decode_utf8,
+    open_binary,
+    parse_json,
+    read_bytes,
+    read_json,
+    read_text,
 )
 from lego.protocols.generation import LogitsProcessor
 from lego.protocols.kv_cache import KVCache, LayerKVCache
@@ -88,6 +103,15 @@ __all__ = [
     "ENDOFTEXT",
     "LMBatch",
     "IGNORE_INDEX",
+    # files
+    "read_bytes",
+    "read_text",
+    "read_json",
+    "decode_utf8",
+    "open_binary",
+    "parse_json",
+    "atomic_write_bytes",
+    "atomic_write_text",
     # command line
     "make_parser",
     "run_cli",

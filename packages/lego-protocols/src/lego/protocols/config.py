@@ -36,10 +36,10 @@ import os
 import types
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from lego.protocols.errors import ConfigError, FormatError, LegoError, did_you_mean
+from lego.protocols.files import atomic_write_text, read_json
 
 __all__ = ["Config", "ModelConfig"]
 
@@ -109,29 +109,20 @@ class Config:
             The validated config.
 
         Raises:
-            FormatError: The file is not valid JSON or does not hold an object.
-            ConfigError: The object is not a valid config (see
+            ConfigError: The file does not exist or cannot be read, or the object is not a
+                valid config (see
                 [`Config.from_dict()`][lego.protocols.Config.from_dict]).
+            FormatError: The file is not UTF-8, not valid JSON (with the line and column),
+                repeats a key or does not hold an object.
         """
-        file = Path(path)
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config file not found", path=file, hint="check the path") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            line = err.lineno if isinstance(err, json.JSONDecodeError) else None
-            raise FormatError(
-                f"not a valid JSON file ({err})",
-                path=file,
-                line=line,
-                hint="write it with Config.to_json or fix the syntax",
-            ) from None
+        data = read_json(path, what="config file")
         if not isinstance(data, Mapping):
             raise FormatError(
                 f"a config file must hold a JSON object, not {type(data).__name__}",
-                path=file,
+                path=path,
+                hint="write it with Config.to_json",
             )
-        return cls.from_dict(data, path=file)
+        return cls.from_dict(data, path=path)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-compatible data (tuples become lists).
@@ -143,13 +134,16 @@ class Config:
         return {name: _plain(values[name]) for name, _ in _plan(type(self))}
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as indented JSON (UTF-8, trailing newline).
+        """Write the config as indented JSON (UTF-8, trailing newline), atomically.
 
         Args:
-            path: The file to write; parent directories must exist.
+            path: The file to write; its folder must exist.
+
+        Raises:
+            ConfigError: When the folder does not exist or the file cannot be written.
         """
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write_text(path, text, what="config file")
 
     def replace(self: C, **changes: Any) -> C:
         """Return a copy with some fields changed, validated like a new config.

@@ -144,7 +144,11 @@ class CompatibilityError(LegoError):
 
 
 class DataError(LegoError):
-    """Input data is unusable: empty corpus, undecodable bytes, ids out of range, bad batches."""
+    """Input data is unusable: an empty corpus, ids out of range, bad batches or records.
+
+    A *file* whose bytes are not what it claims (not UTF-8, not JSON) is a
+    [`FormatError`][lego.protocols.FormatError]; see [`lego.protocols.files`][lego.protocols.files].
+    """
 
 
 class TrainingError(LegoError):

@@ -14,12 +14,19 @@ implement the factory. The suites use plain ``assert`` and need no test framewor
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
 from typing import ClassVar
 
 from lego.protocols.tokenizer import Tokenizer
 
-__all__ = ["TokenizerContract", "DEFAULT_TEXTS"]
+__all__ = ["TokenizerContract", "DEFAULT_TEXTS", "modules_imported"]
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
 
 DEFAULT_TEXTS: tuple[str, ...] = (
     "hello world",
@@ -34,6 +41,38 @@ DEFAULT_TEXTS: tuple[str, ...] = (
     "'s 't 're 've 'm 'll 'd 'S",
 )
 """Texts that exercise ASCII, accents, many scripts, emoji sequences, whitespace and code."""
+
+
+def modules_imported(imports: Sequence[str], *, packages: Collection[str]) -> list[str]:
+    """Import modules in a fresh interpreter and list what they loaded of some packages.
+
+    The check behind "this brick never imports torch": a brick's test asserts that
+    ``modules_imported(["lego.tokenize"], packages={"torch", "numpy"})`` is empty.
+
+    Args:
+        imports: Module names to import, in order (e.g. ``["lego.tokenize"]``).
+        packages: Top-level package names to look for (e.g. ``{"torch", "numpy"}``).
+
+    Returns:
+        The sorted names of the loaded modules whose top-level package is in ``packages``.
+
+    Raises:
+        ValueError: On a name that is not a dotted module name.
+        AssertionError: When the imports fail in the fresh interpreter (with its stderr).
+    """
+    for name in [*imports, *packages]:
+        if not _MODULE_NAME.match(name):
+            raise ValueError(f"not a module name: {name!r}")
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {name}\n" for name in imports)
+        + f"wanted = {sorted(packages)!r}\n"
+        + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in wanted)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"importing {', '.join(imports)} failed:\n{done.stderr}"
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
 
 
 class TokenizerContract(ABC):
