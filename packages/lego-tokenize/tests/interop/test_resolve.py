@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lego.protocols import ConfigError, FormatError
+from lego.tokenize import RegexBPETokenizer
+from lego.tokenize.interop.gpt2 import write_gpt2_files
+from lego.tokenize.interop.hf import write_hf_tokenizer_json
+from lego.tokenize.interop.resolve import resolve_tokenizer
+from lego.tokenize.interop.tiktoken_files import write_tiktoken_file
+from lego.tokenize.patterns import PATTERNS
+
+Trained = tuple[dict[bytes, int], list[tuple[bytes, bytes]]]
+TEXT = "The quick brown fox, naïve café 日本語 1234567!"
+
+
+@pytest.fixture
+def reference(trained_gpt2_order: Trained) -> RegexBPETokenizer:
+    ranks = trained_gpt2_order[0]
+    return RegexBPETokenizer.from_ranks(
+        ranks, pattern="gpt2", special_tokens={"<|endoftext|>": len(ranks)}
+    )
+
+
+def _same(a: object, b: RegexBPETokenizer) -> None:
+    assert isinstance(a, RegexBPETokenizer)
+    assert dict(a.mergeable_ranks) == dict(b.mergeable_ranks)
+    assert a.pattern == b.pattern
+    assert a.encode(TEXT) == b.encode(TEXT)
+
+
+def test_a_lego_file(tmp_path: Path, reference: RegexBPETokenizer) -> None:
+    reference.save(tmp_path / "tok.json")
+    loaded = resolve_tokenizer(str(tmp_path / "tok.json"))
+    _same(loaded, reference)
+    assert dict(loaded.special_tokens) == dict(reference.special_tokens)
+
+
+def test_a_tiktoken_file_needs_a_pattern(tmp_path: Path, reference: RegexBPETokenizer) -> None:
+    path = tmp_path / "x.tiktoken"
+    write_tiktoken_file(path, reference.mergeable_ranks)
+    _same(resolve_tokenizer(f"tiktoken:{path}", pattern="gpt2"), reference)
+    with pytest.raises(ConfigError, match="stores no split pattern"):
+        resolve_tokenizer(f"tiktoken:{path}")
+
+
+def test_a_hf_file(tmp_path: Path, reference: RegexBPETokenizer) -> None:
+    path = tmp_path / "tokenizer.json"
+    write_hf_tokenizer_json(
+        path,
+        ranks=reference.mergeable_ranks,
+        pattern=PATTERNS["gpt2"],
+        special_tokens=reference.special_tokens,
+    )
+    loaded = resolve_tokenizer(f"hf:{path}")
+    _same(loaded, reference)
+    assert dict(loaded.special_tokens) == dict(reference.special_tokens)
+    with pytest.raises(FormatError, match=r"not a lego tokenizer file") as info:
+        resolve_tokenizer(str(path))
+    assert info.value.hint is not None
+    assert f"hf:{path}" in info.value.hint
+
+
+def test_a_gpt2_folder(tmp_path: Path, reference: RegexBPETokenizer) -> None:
+    write_gpt2_files(
+        tmp_path / "encoder.json",
+        tmp_path / "vocab.bpe",
+        ranks=reference.mergeable_ranks,
+        special_tokens=reference.special_tokens,
+    )
+    _same(resolve_tokenizer(f"gpt2:{tmp_path}"), reference)
+    with pytest.raises(ConfigError, match="expects a folder"):
+        resolve_tokenizer(f"gpt2:{tmp_path / 'vocab.bpe'}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "spec is empty"),
+        ("hf:", "names no hf tokenizer"),
+        ("tiktoken:", "names no tiktoken tokenizer"),
+        ("tiktokn:cl100k_base", "unknown tokenizer prefix 'tiktokn:'"),
+        ("tiktoken:cl100k", "unknown tiktoken encoding"),
+    ],
+)
+def test_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_tokenizer(spec)
+
+
+def test_unknown_prefix_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_tokenizer("HF2:x.json")
+    assert info.value.hint is not None
+    assert "'hf'" in info.value.hint
+
+
+def test_prefixes_ignore_case(tmp_path: Path, reference: RegexBPETokenizer) -> None:
+    path = tmp_path / "x.tiktoken"
+    write_tiktoken_file(path, reference.mergeable_ranks)
+    _same(resolve_tokenizer(f"TikToken:{path}", pattern="gpt2"), reference)
