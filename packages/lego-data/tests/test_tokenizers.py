@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import lego
 from lego.data.tokenizers import (
     TokenizerSpec,
     as_tokenizer,
@@ -86,6 +87,9 @@ def test_lego_spec_loads_through_lego_tokenize(
 
     fake.load = load  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lego.tokenize", fake)
+    # `import lego.tokenize` reads the attribute of the `lego` namespace first: where the
+    # real lego-tokenize was imported earlier in the session, it must be replaced too.
+    monkeypatch.setattr(lego, "tokenize", fake, raising=False)
     spec = parse_tokenizer_spec(str(file))
     tok = spec.load()
     assert loaded == [file]
