@@ -1,0 +1,83 @@
+"""LegoLLM's model files: GPT-2, Llama 3 and Qwen 3 (dense and MoE) from lego-layers bricks.
+
+One model shell, [`DecoderLM`][lego.arch.DecoderLM], and one configuration,
+[`DecoderConfig`][lego.arch.DecoderConfig], serve every family; the families are data
+(named presets in ``lego.arch.gpt2``, ``lego.arch.llama``, ``lego.arch.qwen3``), the
+components are named by string and resolved through
+[`lego.arch.components`][lego.arch.components]:
+
+    >>> import lego.arch
+    >>> model = lego.arch.build("llama-tiny")
+    >>> sorted(lego.arch.presets())[:3]
+    ['gpt2', 'gpt2-large', 'gpt2-medium']
+
+[`estimate_size()`][lego.arch.estimate_size] counts parameters by part and the memory of
+weights, gradients, optimizer state and activations; ``lego-arch info <preset>`` prints it.
+"""
+
+from lego.arch.__about__ import __version__
+from lego.arch.components import (
+    FFNS,
+    NORMS,
+    POSITIONS,
+    Positions,
+    register_ffn,
+    register_norm,
+    register_positions,
+)
+from lego.arch.config import DTYPES, DecoderConfig, parse_dtype
+from lego.arch.decoder import DecoderLM, DecoderOutput
+from lego.arch.hf import from_hf, read_hf_config, to_hf
+from lego.arch.registry import (
+    build,
+    get_preset,
+    list_presets,
+    presets,
+    register_preset,
+    resolve_config,
+)
+from lego.arch.size import (
+    MemoryEstimate,
+    ParameterCounts,
+    SizeEstimate,
+    count_parameters_by_part,
+    estimate_size,
+    size_tables,
+)
+
+__all__ = [
+    "__version__",
+    # configuration
+    "DecoderConfig",
+    "DTYPES",
+    "parse_dtype",
+    # the model
+    "DecoderLM",
+    "DecoderOutput",
+    # HuggingFace model directories in and out
+    "from_hf",
+    "to_hf",
+    "read_hf_config",
+    # presets and building
+    "build",
+    "presets",
+    "list_presets",
+    "get_preset",
+    "register_preset",
+    "resolve_config",
+    # size estimation
+    "estimate_size",
+    "count_parameters_by_part",
+    "size_tables",
+    "SizeEstimate",
+    "ParameterCounts",
+    "MemoryEstimate",
+    # component registries
+    "NORMS",
+    "FFNS",
+    "POSITIONS",
+    "Positions",
+    "register_norm",
+    "register_ffn",
+    "register_positions",
+]
