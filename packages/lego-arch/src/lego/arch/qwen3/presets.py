@@ -22,6 +22,7 @@ Qwen3-1.7B, Qwen3-4B, Qwen3-8B, Qwen3-30B-A3B).
 from __future__ import annotations
 
 from lego.arch.config import DecoderConfig
+from lego.arch.llama.presets import llama3_config
 
 __all__ = ["PRESETS", "qwen3_config"]
 
@@ -62,38 +63,30 @@ def qwen3_config(
         The config (``family="qwen3"``).
     """
     moe = n_experts is not None
-    return DecoderConfig(
-        family="qwen3",
-        vocab_size=vocab_size,
-        context_length=context_length,
+    # Llama 3's bricks, then what Qwen 3 changes (see the module docstring).
+    llama = llama3_config(
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        head_dim=head_dim,
         d_ff=d_ff,
-        norm="rmsnorm",
-        norm_eps=1e-6,
-        norm_bias=False,
-        positions="rope",
-        rope_theta=1000000.0,
-        rope_scaling=None,
-        ffn="moe" if moe else "swiglu",
-        activation="silu",
-        mlp_bias=False,
-        attention_bias=False,
-        out_bias=False,
-        fused_qkv=False,
-        qk_norm=True,
         tie_embeddings=tie_embeddings,
+        rope_scaling=None,
+        vocab_size=vocab_size,
+        context_length=context_length,
+        head_dim=head_dim,
+        rope_theta=1000000.0,
+    )
+    return llama.replace(
+        family="qwen3",
+        norm_eps=1e-6,
+        qk_norm=True,
+        ffn="moe" if moe else "swiglu",
         n_experts=n_experts,
         experts_top_k=experts_top_k,
         moe_d_ff=moe_d_ff,
         norm_topk_prob=True,
         router_aux_loss_coef=0.001,
-        dropout=0.0,
-        initializer_range=0.02,
-        scale_residual_init=False,
     )
 
 
