@@ -493,8 +493,8 @@ def _encode_all(
     pool: multiprocessing.pool.Pool = context.Pool(
         processes=workers, initializer=_init_worker, initargs=(encoder,)
     )
+    window: collections.deque[multiprocessing.pool.AsyncResult[_Encoded]] = collections.deque()
     try:
-        window: collections.deque[multiprocessing.pool.AsyncResult[_Encoded]] = collections.deque()
         limit = 2 * workers
         for chunk in chunks:
             window.append(pool.apply_async(_work, (chunk,)))
@@ -502,7 +502,16 @@ def _encode_all(
                 yield window.popleft().get()
         while window:
             yield window.popleft().get()
+    except (Exception, GeneratorExit):
+        # A failed chunk, a bad document or a consumer that stopped early: let the chunks
+        # already sent finish, so that the pool closes cleanly (terminating a pool with tasks
+        # in flight can deadlock).
+        for result in window:
+            result.wait()
+        raise
+    except BaseException:  # Ctrl-C: the workers got the signal too
+        pool.terminate()
+        raise
+    finally:
         pool.close()
         pool.join()
-    finally:
-        pool.terminate()

@@ -129,23 +129,36 @@ def count_pretokens(
     # At most two chunks per worker are in flight, so memory stays bounded whatever the
     # corpus size (Pool.imap would read the whole corpus ahead).
     window = 2 * n_workers
-    with _context().Pool(n_workers) as pool:
-        in_flight: collections.deque[AsyncResult[tuple[Counter[str], int]]] = collections.deque()
+    pool = _context().Pool(n_workers)
+    in_flight: collections.deque[AsyncResult[tuple[Counter[str], int]]] = collections.deque()
 
-        def collect() -> None:
-            nonlocal total
-            counts, n_chars = in_flight.popleft().get()
-            if total:
-                total.update(counts)
-            else:
-                total = counts
-            if on_chunk is not None:
-                on_chunk(n_chars)
+    def collect() -> None:
+        nonlocal total
+        counts, n_chars = in_flight.popleft().get()
+        if total:
+            total.update(counts)
+        else:
+            total = counts
+        if on_chunk is not None:
+            on_chunk(n_chars)
 
+    try:
         for task in itertools.chain(head, tasks):
             in_flight.append(pool.apply_async(_count_chunk, (task,)))
             if len(in_flight) >= window:
                 collect()
         while in_flight:
             collect()
+    except Exception:
+        # A bad file or a failed chunk: let the chunks already sent finish, so that the pool
+        # closes cleanly (terminating a pool with tasks in flight can deadlock).
+        for result in in_flight:
+            result.wait()
+        raise
+    except BaseException:  # Ctrl-C: the workers got the signal too
+        pool.terminate()
+        raise
+    finally:
+        pool.close()
+        pool.join()
     return total
