@@ -18,9 +18,9 @@ pytest.importorskip("jinja2")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from lego.data.chat import ChatMLTemplate, Llama3Template  # noqa: E402
 from lego.data.encode import encode_chat  # noqa: E402
 from lego.protocols import IGNORE_INDEX  # noqa: E402
+from lego.protocols.chat import ChatMLTemplate, Llama3Template  # noqa: E402
 
 SPECIALS = [
     "<|endoftext|>",

@@ -5,7 +5,6 @@ from typing import Any
 
 import pytest
 
-from lego.data.chat import Segment
 from lego.data.encode import (
     TokenizedExample,
     encode_alpaca,
@@ -14,6 +13,7 @@ from lego.data.encode import (
     special_token_id,
 )
 from lego.protocols import IGNORE_INDEX, CompatibilityError, ConfigError, DataError
+from lego.protocols.chat import Segment
 
 M = IGNORE_INDEX
 

@@ -26,6 +26,7 @@ from lego.protocols import (
     ModelConfigLike,
     Norm,
     PositionalEncoding,
+    PretrainedModel,
     Tokenizer,
     TrainableTokenizer,
     TrainerCallback,
@@ -156,6 +157,18 @@ class UnmergeableAdapter(FakeAdapter):
     unmerge = None  # type: ignore[assignment]
 
 
+class FakePretrained:
+    def save_pretrained(self, path: Any, /, *, state_dict: Any = None) -> Path:
+        return Path(path)
+
+    def load_weights(self, path: Any, /) -> None: ...
+
+
+class SaveOnly:
+    def save_pretrained(self, path: Any, /, *, state_dict: Any = None) -> Path:
+        return Path(path)
+
+
 CASES: list[tuple[type, object, object]] = [
     (Tokenizer, FakeTokenizer(), NoDecode()),
     (TrainableTokenizer, FakeTrainableTokenizer(), FakeTokenizer()),
@@ -173,6 +186,7 @@ CASES: list[tuple[type, object, object]] = [
     (BatchSource, FakeBatches(), Stateful()),
     (TrainerState, FakeState(), Stateful()),
     (Adapter, FakeAdapter(), UnmergeableAdapter()),
+    (PretrainedModel, FakePretrained(), SaveOnly()),
 ]
 
 

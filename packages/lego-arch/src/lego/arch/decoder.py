@@ -14,10 +14,13 @@ tied head) lives in the sub-modules, which
 [`lego.arch.components`][lego.arch.components]. The constructor takes the sub-modules
 themselves, so a hand-assembled model needs no config registry at all.
 
-The model satisfies [`CausalLM`][lego.protocols.CausalLM] and
-[`CachedCausalLM`][lego.protocols.CachedCausalLM]: ``model(ids)`` returns logits
+The model satisfies [`CausalLM`][lego.protocols.CausalLM],
+[`CachedCausalLM`][lego.protocols.CachedCausalLM] and
+[`PretrainedModel`][lego.protocols.PretrainedModel]: ``model(ids)`` returns logits
 ``(B, T, vocab_size)``; ``model.new_kv_cache(B, S)`` allocates a
-[`StaticKVCache`][lego.layers.StaticKVCache] for incremental decoding.
+[`StaticKVCache`][lego.layers.StaticKVCache] for incremental decoding;
+``model.save_pretrained(dir)`` writes a HuggingFace model directory and
+``model.load_weights(dir)`` reads one back in place.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from lego.layers import (
 from lego.protocols import CompatibilityError, ConfigError, DataError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import os
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from lego.protocols import KVCache
 
@@ -331,6 +336,48 @@ class DecoderLM(nn.Module):
                 f"DecoderLM: the KV cache has {len(kv_cache)} layers, the model {len(self.blocks)}",
                 hint="allocate the cache with model.new_kv_cache(...)",
             )
+
+    # -- model directories --------------------------------------------------------------
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], /, *, state_dict: Mapping[str, Tensor] | None = None
+    ) -> Path:
+        """Write a HuggingFace model directory (``config.json`` + safetensors).
+
+        Same as [`lego.arch.to_hf(self, path)`][lego.arch.hf.io.to_hf] with default shards
+        and the parameters' dtype.
+
+        Args:
+            path: The directory (created with its parents when missing).
+            state_dict: Tensors to write instead of the model's own, under its
+                ``state_dict()`` keys (e.g. a consolidated FSDP state on rank 0).
+
+        Returns:
+            The directory.
+
+        Raises:
+            CompatibilityError: The config has no HF architecture, or ``state_dict`` does
+                not fit the model (every difference listed).
+        """
+        from lego.arch.hf.io import to_hf  # the hf package imports this module
+
+        return to_hf(self, path, state_dict=state_dict)
+
+    def load_weights(self, path: str | os.PathLike[str], /) -> None:
+        """Load the weights of a model directory into this model, in place.
+
+        See [`lego.arch.hf.load_hf_weights()`][lego.arch.hf.io.load_hf_weights].
+
+        Args:
+            path: A directory written by ``save_pretrained`` / ``to_hf`` or transformers.
+
+        Raises:
+            CompatibilityError: The directory holds a model of another configuration or
+                other tensors (every difference listed).
+        """
+        from lego.arch.hf.io import load_hf_weights  # the hf package imports this module
+
+        load_hf_weights(self, path)
 
     # -- incremental decoding -----------------------------------------------------------
 

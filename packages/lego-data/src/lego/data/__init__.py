@@ -10,8 +10,8 @@
 - [`TokenDataset`][lego.data.dataset.TokenDataset] and
   [`TokenLoader`][lego.data.loader.TokenLoader]: memory-mapped windows, batched in a
   background thread, seeded, sharded across ranks, resumable mid-epoch.
-- Instruction data: chat templates ([`ChatMLTemplate`][lego.data.chat.ChatMLTemplate],
-  [`Llama3Template`][lego.data.chat.Llama3Template]), Alpaca prompts, masked labels
+- Instruction data: chat templates ([`ChatMLTemplate`][lego.protocols.chat.ChatMLTemplate],
+  [`Llama3Template`][lego.protocols.chat.Llama3Template]), Alpaca prompts, masked labels
   ([`InstructionDataset`][lego.data.instruction.InstructionDataset]), preference pairs
   ([`PreferenceDataset`][lego.data.preference.PreferenceDataset]), dynamic padding
   ([`PaddingCollator`][lego.data.collate.PaddingCollator]), packing
@@ -32,14 +32,6 @@ from lego.data.__about__ import __version__
 
 if TYPE_CHECKING:
     from lego.data.alpaca import format_alpaca_prompt
-    from lego.data.chat import (
-        ChatMLTemplate,
-        ChatTemplate,
-        Llama3Template,
-        Message,
-        Segment,
-        get_chat_template,
-    )
     from lego.data.collate import PaddingCollator
     from lego.data.corpora import (
         Corpus,
@@ -80,6 +72,14 @@ if TYPE_CHECKING:
     )
     from lego.data.summary import Summary, plot, summarize
     from lego.data.tokenizers import TiktokenTokenizer, TokenizerSpec, load_tokenizer
+    from lego.protocols.chat import (
+        ChatMLTemplate,
+        ChatTemplate,
+        Llama3Template,
+        Message,
+        Segment,
+        get_chat_template,
+    )
 
 __all__ = [
     "__version__",
@@ -160,12 +160,12 @@ _LAZY: dict[str, str] = {
     "TokenDataset": "lego.data.dataset",
     "TokenLoader": "lego.data.loader",
     "ExampleLoader": "lego.data.example_loader",
-    "Message": "lego.data.chat",
-    "Segment": "lego.data.chat",
-    "ChatTemplate": "lego.data.chat",
-    "ChatMLTemplate": "lego.data.chat",
-    "Llama3Template": "lego.data.chat",
-    "get_chat_template": "lego.data.chat",
+    "Message": "lego.protocols.chat",
+    "Segment": "lego.protocols.chat",
+    "ChatTemplate": "lego.protocols.chat",
+    "ChatMLTemplate": "lego.protocols.chat",
+    "Llama3Template": "lego.protocols.chat",
+    "get_chat_template": "lego.protocols.chat",
     "format_alpaca_prompt": "lego.data.alpaca",
     "TokenizedExample": "lego.data.encode",
     "encode_segments": "lego.data.encode",

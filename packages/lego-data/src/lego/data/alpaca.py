@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from lego.data.chat import Segment
+from lego.protocols.chat import Segment
 
 __all__ = [
     "ALPACA_PROMPT",

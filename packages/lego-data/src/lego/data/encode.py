@@ -24,8 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lego.data.alpaca import alpaca_segments
-from lego.data.chat import ChatTemplate, Segment, TrainOn, get_chat_template
-from lego.protocols import IGNORE_INDEX, CompatibilityError, ConfigError, DataError, Tokenizer
+from lego.protocols import IGNORE_INDEX, ConfigError, DataError, Tokenizer
+from lego.protocols.chat import (
+    ChatTemplate,
+    Segment,
+    TrainOn,
+    encode_text,
+    get_chat_template,
+    special_token_id,
+)
 
 __all__ = [
     "TokenizedExample",
@@ -65,46 +72,6 @@ class TokenizedExample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def special_token_id(tokenizer: Tokenizer, token: str, *, needed_by: str = "this data") -> int:
-    """Look a special token up in a tokenizer.
-
-    Args:
-        tokenizer: Any tokenizer.
-        token: The special token's string, e.g. ``"<|im_end|>"``.
-        needed_by: Who needs it, for the error message.
-
-    Returns:
-        Its id.
-
-    Raises:
-        CompatibilityError: When the tokenizer does not register it.
-    """
-    specials = tokenizer.special_tokens
-    if token not in specials:
-        known = ", ".join(sorted(specials)) or "none"
-        raise CompatibilityError(
-            f"the tokenizer has no special token {token!r}, which {needed_by} needs "
-            f"(its special tokens: {known})",
-            key=token,
-            hint="use a tokenizer that registers it, or choose a template whose special "
-            "tokens the tokenizer has",
-        )
-    return specials[token]
-
-
-def _encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
-    if not text:
-        return []
-    try:
-        return list(tokenizer.encode(text))
-    except ValueError as err:  # e.g. tiktoken refusing special-token text in a message
-        raise DataError(
-            f"the tokenizer refused the text {text[:40]!r}...: {err}",
-            hint="remove special-token strings from the data, or configure the tokenizer "
-            "to encode them as text",
-        ) from err
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -121,14 +88,14 @@ def _encode_chunk(tokenizer: Tokenizer, pieces: list[Segment]) -> tuple[list[int
             runs[-1] = (runs[-1][0] + piece.text, piece.train)
         else:
             runs.append((piece.text, piece.train))
-    ids = _encode_text(tokenizer, "".join(text for text, _ in runs))
+    ids = encode_text(tokenizer, "".join(text for text, _ in runs))
     flags: list[bool] = []
     prefix = ""
     for text, trained in runs[:-1]:
         # Tokens shared with the encoded prefix lie wholly inside it; a token that
         # straddles the boundary goes to the next run.
         prefix += text
-        cut = max(_common_prefix(_encode_text(tokenizer, prefix), ids), len(flags))
+        cut = max(_common_prefix(encode_text(tokenizer, prefix), ids), len(flags))
         flags.extend([trained] * (cut - len(flags)))
     flags.extend([runs[-1][1]] * (len(ids) - len(flags)))
     return ids, flags
@@ -145,7 +112,7 @@ def encode_segments(
 
     Args:
         segments: Rendered pieces, e.g. from
-            [`ChatTemplate.segments()`][lego.data.chat.ChatTemplate.segments].
+            [`ChatTemplate.segments()`][lego.protocols.chat.ChatTemplate.segments].
         tokenizer: Any [`Tokenizer`][lego.protocols.Tokenizer]; special segments must be in
             its ``special_tokens``.
         max_length: Keep at most this many input positions (the token sequence is cut to
@@ -205,7 +172,8 @@ def encode_chat(
     Args:
         messages: ``{"role", "content"}`` messages.
         tokenizer: Any tokenizer holding the template's special tokens.
-        template: ``"chatml"``, ``"llama3"`` or a [`ChatTemplate`][lego.data.chat.ChatTemplate].
+        template: ``"chatml"``, ``"llama3"`` or a
+            [`ChatTemplate`][lego.protocols.chat.ChatTemplate].
         max_length: Keep at most this many input positions.
         train_on: Train every assistant message, or only the last one.
 

@@ -13,18 +13,24 @@ prompt tokens masked with ``-100``, only the responses trained.
 
 Formats: ``template="alpaca"`` renders Alpaca records with the Alpaca prompt and appends
 ``eos_token``; a chat template (``"chatml"``, ``"llama3"`` or any
-[`ChatTemplate`][lego.data.chat.ChatTemplate]) renders conversations, and turns an Alpaca
+[`ChatTemplate`][lego.protocols.chat.ChatTemplate]) renders conversations, and turns an Alpaca
 record into a user message (the instruction, then a blank line and the input when there is
 one) and an assistant message (the output).
 """
 
 from __future__ import annotations
 
-from lego.data.chat import ChatTemplate, Message, TrainOn, get_chat_template, with_system_prompt
 from lego.data.encode import TokenizedExample, encode_alpaca, encode_segments
 from lego.data.record_dataset import RecordDataset, record_field_messages
 from lego.data.records import Record, RecordSource, SplitName, require_str
 from lego.protocols import DataError, Tokenizer
+from lego.protocols.chat import (
+    ChatTemplate,
+    Message,
+    TrainOn,
+    get_chat_template,
+    with_system_prompt,
+)
 
 __all__ = ["InstructionDataset", "record_messages", "ALPACA"]
 
@@ -76,7 +82,7 @@ class InstructionDataset(RecordDataset[TokenizedExample]):
         tokenizer: Any [`Tokenizer`][lego.protocols.Tokenizer] (holding the template's
             special tokens).
         template: ``"alpaca"``, ``"chatml"``, ``"llama3"`` or a
-            [`ChatTemplate`][lego.data.chat.ChatTemplate].
+            [`ChatTemplate`][lego.protocols.chat.ChatTemplate].
         max_length: Keep at most this many input positions per example (None: no limit).
         split: ``"train"``, ``"val"`` or ``"all"``.
         val_fraction: The fraction of records in validation.

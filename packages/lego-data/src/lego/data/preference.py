@@ -21,13 +21,13 @@ from typing import Any, TypedDict
 
 import torch
 
-from lego.data.chat import ChatTemplate, Message, get_chat_template, with_system_prompt
 from lego.data.collate import PaddingCollator, example_fields, padded_length
 from lego.data.encode import TokenizedExample, encode_alpaca, encode_segments
 from lego.data.instruction import ALPACA
 from lego.data.record_dataset import RecordDataset, record_field_messages
 from lego.data.records import Record, RecordSource, SplitName, require_field
 from lego.protocols import DataError, Tokenizer
+from lego.protocols.chat import ChatTemplate, Message, get_chat_template, with_system_prompt
 
 __all__ = [
     "PreferenceExample",
@@ -85,7 +85,7 @@ class PreferenceDataset(RecordDataset[PreferenceExample]):
     Args:
         source: A ``.jsonl`` path, or an iterable of dictionaries.
         tokenizer: Any [`Tokenizer`][lego.protocols.Tokenizer].
-        template: ``"chatml"``, ``"llama3"``, a [`ChatTemplate`][lego.data.chat.ChatTemplate],
+        template: ``"chatml"``, ``"llama3"``, a [`ChatTemplate`][lego.protocols.chat.ChatTemplate],
             or ``"alpaca"`` (string prompts used as the instruction).
         max_length: Keep at most this many input positions per side.
         split: ``"train"``, ``"val"`` or ``"all"``.

@@ -14,9 +14,9 @@ import abc
 from collections.abc import Iterator, Sequence
 from typing import TypeVar, overload
 
-from lego.data.chat import Message, check_messages
 from lego.data.records import Record, RecordSource, SplitName, at_line, load_records, select_split
 from lego.protocols import DataError
+from lego.protocols.chat import Message, check_messages
 
 __all__ = ["RecordDataset", "record_field_messages"]
 

@@ -5,7 +5,8 @@ appear only under ``TYPE_CHECKING``). It holds:
 
 - ``typing.Protocol`` contracts, one per seam: [`Tokenizer`][lego.protocols.Tokenizer],
   [`TrainableTokenizer`][lego.protocols.TrainableTokenizer], [`CausalLM`][lego.protocols.CausalLM],
-  [`CachedCausalLM`][lego.protocols.CachedCausalLM], [`Attention`][lego.protocols.Attention],
+  [`CachedCausalLM`][lego.protocols.CachedCausalLM],
+  [`PretrainedModel`][lego.protocols.PretrainedModel], [`Attention`][lego.protocols.Attention],
   [`Norm`][lego.protocols.Norm], [`FeedForward`][lego.protocols.FeedForward],
   [`PositionalEncoding`][lego.protocols.PositionalEncoding], [`KVCache`][lego.protocols.KVCache],
   [`LayerKVCache`][lego.protocols.LayerKVCache],
@@ -22,6 +23,9 @@ appear only under ``TYPE_CHECKING``). It holds:
   [`read_text()`][lego.protocols.read_text], [`read_json()`][lego.protocols.read_json],
   [`atomic_write_bytes()`][lego.protocols.atomic_write_bytes],
   [`atomic_write_text()`][lego.protocols.atomic_write_text], ...);
+- chat templates ([`lego.protocols.chat`][lego.protocols.chat]) and the on-disk layout of runs,
+  checkpoints and model directories ([`lego.protocols.layout`][lego.protocols.layout]), which
+  several bricks read and write;
 - the command-line conventions ([`run_cli()`][lego.protocols.run_cli],
   [`make_parser()`][lego.protocols.make_parser]) and conformance suites
   ([`lego.protocols.testing`][lego.protocols.testing]).
@@ -54,7 +58,7 @@ from lego.protocols.files import (
 from lego.protocols.generation import LogitsProcessor
 from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
-from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike
+from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
 from lego.protocols.special_tokens import ENDOFTEXT, SpecialTokens
 from lego.protocols.tokenizer import Tokenizer, TrainableTokenizer, TrainingData
 from lego.protocols.training import (
@@ -75,6 +79,7 @@ __all__ = [
     "CausalLM",
     "CachedCausalLM",
     "ModelConfigLike",
+    "PretrainedModel",
     "Attention",
     "Norm",
     "FeedForward",

@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping
+    from pathlib import Path
+
     import torch  # TYPE_CHECKING only: never imported at run time
     from torch import Tensor  # TYPE_CHECKING only: never imported at run time
 
     from lego.protocols.kv_cache import KVCache
 
-__all__ = ["ModelConfigLike", "CausalLM", "CachedCausalLM"]
+__all__ = ["ModelConfigLike", "CausalLM", "CachedCausalLM", "PretrainedModel"]
 
 
 @runtime_checkable
@@ -111,5 +115,45 @@ class CachedCausalLM(CausalLM, Protocol):
 
         Returns:
             An empty cache (``seq_len == 0``) with one layer cache per block.
+        """
+        ...
+
+
+@runtime_checkable
+class PretrainedModel(Protocol):
+    """A model that writes and reads its own model directory.
+
+    A model directory is ``config.json`` + ``model.safetensors`` (sharded with
+    ``model.safetensors.index.json`` above a size), in the model family's own format:
+    lego-arch models write HuggingFace-compatible directories that transformers loads.
+    lego-train saves checkpoints through this protocol when the model implements it (and a
+    plain safetensors state dict otherwise); lego-generate's command line reads the
+    directories back.
+    """
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], /, *, state_dict: Mapping[str, Tensor] | None = None
+    ) -> Path:
+        """Write the model directory.
+
+        Args:
+            path: The directory (created with its parents when missing).
+            state_dict: Tensors to write instead of the module's own, under the module's
+                ``state_dict()`` names (e.g. a consolidated FSDP state gathered on rank 0).
+
+        Returns:
+            The directory.
+        """
+        ...
+
+    def load_weights(self, path: str | os.PathLike[str], /) -> None:
+        """Load a model directory's weights into this model, in place.
+
+        Args:
+            path: A directory written by ``save_pretrained`` (or the family's own tool).
+
+        Raises:
+            CompatibilityError: When the directory's configuration or tensors do not fit
+                this model (listing every missing, unexpected and mis-shaped tensor).
         """
         ...

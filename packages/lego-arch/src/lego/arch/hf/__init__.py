@@ -24,7 +24,7 @@ from lego.arch.hf.families import (
     architecture_for_config,
     architecture_for_hf,
 )
-from lego.arch.hf.io import from_hf, parse_shard_size, read_hf_config, to_hf
+from lego.arch.hf.io import from_hf, load_hf_weights, parse_shard_size, read_hf_config, to_hf
 from lego.arch.hf.mapping import TensorPlan, WeightRule, WeightTable
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "architecture_for_config",
     "architecture_for_hf",
     "from_hf",
+    "load_hf_weights",
     "parse_shard_size",
     "read_hf_config",
     "to_hf",

@@ -67,6 +67,7 @@ __all__ = [
     "SAFETENSORS_NAME",
     "PICKLE_SUFFIXES",
     "from_hf",
+    "load_hf_weights",
     "parse_shard_size",
     "read_hf_config",
     "to_hf",
@@ -595,6 +596,7 @@ def to_hf(
     *,
     max_shard_size: int | str = "5GB",
     dtype: torch.dtype | str | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a model as a HuggingFace directory that transformers and ``from_hf`` load.
 
@@ -608,13 +610,18 @@ def to_hf(
             of its own.
         dtype: Cast the weights when writing (``torch.dtype`` or name); None keeps the
             model's dtype. ``config.json``'s ``torch_dtype`` records it.
+        state_dict: Write these tensors instead of the model's own, under the model's
+            ``state_dict()`` keys, e.g. a full state gathered from an FSDP-sharded model on
+            rank 0 (a tied head may be present or absent; it is written once).
 
     Returns:
         The directory.
 
     Raises:
         CompatibilityError: The model's config cannot be expressed by its HF architecture
-            (naming the field) or has tensors the family's table does not name.
+            (naming the field) or has tensors the family's table does not name; a
+            ``state_dict`` lacks some of the model's tensors, has others, or has other
+            shapes (all listed).
         ConfigError: A bad ``dtype`` or ``max_shard_size``, or an unwritable path.
     """
     limit = parse_shard_size(max_shard_size)
@@ -623,8 +630,10 @@ def to_hf(
     arch = architecture_for_config(config)
     hf_config = arch.config_to_hf(config)
     state = _unique_state(model)
+    if state_dict is not None:
+        state = _replace_state(model, state, state_dict)
     plans = arch.weights.plan(state, n_layers=config.n_layers, n_experts=config.n_experts or 0)
-    out_dtype = target if target is not None else model.token_embedding.weight.dtype
+    out_dtype = target if target is not None else state["token_embedding.weight"].dtype
     hf_config["torch_dtype"] = str(out_dtype).removeprefix("torch.")
     shards = _assign_shards(plans, state, out_dtype, limit)
     directory = Path(path)
@@ -662,6 +671,91 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
             seen.add(id(tensor))
             state[key] = tensor.detach()
     return state
+
+
+def _replace_state(
+    model: nn.Module, own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``given`` under ``own``'s keys, checked against the model's state."""
+    allowed = set(model.state_dict().keys())  # tied keys too: either may be given
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - allowed)
+    misshaped = sorted(
+        f"{key}: {tuple(given[key].shape)} (the model has {tuple(own[key].shape)})"
+        for key in set(own) & set(given)
+        if given[key].shape != own[key].shape
+    )
+    if missing or unexpected or misshaped:
+        raise CompatibilityError(
+            "to_hf: the state_dict does not fit the model:\n"
+            + _listing({"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}),
+            hint="pass the model's own state_dict() keys (e.g. a consolidated FSDP state)",
+        )
+    return {key: given[key].detach() for key in own}
+
+
+def _listing(groups: Mapping[str, Sequence[str]]) -> str:
+    """Lines ``missing (N): a, b, ...`` for the non-empty groups, at most 20 names each."""
+    lines = []
+    for label, names in groups.items():
+        if names:
+            shown = ", ".join(names[:_MAX_LISTED])
+            more = f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+            lines.append(f"  {label} ({len(names)}): {shown}{more}")
+    return "\n".join(lines)
+
+
+def load_hf_weights(model: DecoderLM, path: str | os.PathLike[str]) -> None:
+    """Load a model directory's weights into an existing model, in place.
+
+    The directory is read with [`from_hf()`][lego.arch.hf.io.from_hf] (lazily, with every
+    check it makes), then each tensor is copied into the model's parameter of the same
+    name, cast to the parameter's dtype and device. The model keeps its identity, so an
+    optimizer built on its parameters stays valid (lego-train's resume).
+
+    Args:
+        model: The model to fill.
+        path: A model directory written by ``to_hf`` (or transformers).
+
+    Raises:
+        CompatibilityError: The directory's model differs from this one: every differing
+            config field and every missing, unexpected or mis-shaped tensor is listed.
+        ConfigError: The directory is missing.
+        FormatError: A file in it is corrupt.
+    """
+    loaded = from_hf(path)
+    ours, theirs = model.config.to_dict(), loaded.config.to_dict()
+    ignored = {"dropout", "attention_backend", "initializer_range", "scale_residual_init"}
+    fields = sorted(
+        f"{key}: {theirs.get(key)!r} in the directory, {ours.get(key)!r} in the model"
+        for key in set(ours) | set(theirs)
+        if key not in ignored and ours.get(key) != theirs.get(key)
+    )
+    own, stored = model.state_dict(), loaded.state_dict()
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
+    misshaped = sorted(
+        f"{key}: {tuple(stored[key].shape)} (the model has {tuple(own[key].shape)})"
+        for key in set(own) & set(stored)
+        if stored[key].shape != own[key].shape
+    )
+    if fields or missing or unexpected or misshaped:
+        raise CompatibilityError(
+            "the model directory holds another model:\n"
+            + _listing(
+                {
+                    "config differs": fields,
+                    "missing": missing,
+                    "unexpected": unexpected,
+                    "mis-shaped": misshaped,
+                }
+            ),
+            path=Path(path),
+            hint="load it with lego.arch.from_hf() instead, or build the model from its config",
+        )
+    with torch.no_grad():
+        for key, tensor in own.items():
+            tensor.copy_(stored[key])
 
 
 def _assign_shards(

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from lego.data.chat import (
+from lego.protocols import CompatibilityError, ConfigError, DataError
+from lego.protocols.chat import (
     ChatMLTemplate,
     Llama3Template,
     Segment,
     check_messages,
+    encode_text,
     get_chat_template,
+    special_token_id,
 )
-from lego.protocols import ConfigError, DataError
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
@@ -97,3 +99,64 @@ def test_bad_conversations() -> None:
         check_messages([{"role": "", "content": "x"}])
     with pytest.raises(ConfigError, match="train_on"):
         ChatMLTemplate().segments(CONVERSATION, train_on="all")  # type: ignore[arg-type]
+
+
+class _ByteTokenizer:
+    """Bytes as ids 0..255; special tokens from 256 (a stand-in for any Tokenizer)."""
+
+    def __init__(self, specials: tuple[str, ...]) -> None:
+        self.special_tokens = {token: 256 + i for i, token in enumerate(specials)}
+        self.calls: list[str] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.special_tokens)
+
+    def encode(self, text: str) -> list[int]:
+        self.calls.append(text)
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8")
+
+
+def test_encode_joins_text_runs_and_looks_specials_up() -> None:
+    template = ChatMLTemplate()
+    tokenizer = _ByteTokenizer(template.special_tokens)
+    messages = [{"role": "user", "content": "Hi <|im_end|>"}]
+    ids = template.encode(tokenizer, messages, add_generation_prompt=True)
+    start, end = tokenizer.special_tokens["<|im_start|>"], tokenizer.special_tokens["<|im_end|>"]
+    # one encode call per run of text between two special tokens
+    assert tokenizer.calls == ["user\nHi <|im_end|>", "\n", "assistant\n"]
+    assert ids == [
+        start,
+        *b"user\nHi <|im_end|>",  # text that looks like a special token stays text
+        end,
+        *b"\n",
+        start,
+        *b"assistant\n",
+    ]
+
+
+def test_encode_needs_the_template_specials() -> None:
+    tokenizer = _ByteTokenizer(("<|im_start|>",))
+    with pytest.raises(CompatibilityError, match="<\\|im_end\\|>") as info:
+        ChatMLTemplate().encode(tokenizer, [{"role": "user", "content": "x"}])
+    assert "chatml template" in str(info.value)
+
+
+def test_encode_text_wraps_refusals() -> None:
+    class Refusing(_ByteTokenizer):
+        def encode(self, text: str) -> list[int]:
+            raise ValueError("special token text")
+
+    assert encode_text(Refusing(()), "") == []
+    with pytest.raises(DataError, match="refused"):
+        encode_text(Refusing(()), "<|endoftext|>")
+
+
+def test_special_token_id() -> None:
+    tokenizer = _ByteTokenizer(("<|eot_id|>",))
+    assert special_token_id(tokenizer, "<|eot_id|>") == 256
+    with pytest.raises(CompatibilityError, match="<\\|eot_id\\|>"):
+        special_token_id(_ByteTokenizer(()), "<|eot_id|>", needed_by="generation")

@@ -1,24 +1,25 @@
 r"""Chat templates: conversations rendered as segments of text and special tokens.
 
 A template turns a list of ``{"role", "content"}`` messages into a list of
-[`Segment`][lego.data.chat.Segment]s: pieces of plain text, special tokens (``<|im_start|>``,
+[`Segment`][lego.protocols.chat.Segment]s: pieces of plain text, special tokens (``<|im_start|>``,
 ``<|eot_id|>``...) and, for each piece, whether its tokens are trained. Joining the segments'
 text gives the exact string transformers' ``apply_chat_template`` renders for the same
-template; [`encode_segments()`][lego.data.encode.encode_segments] turns the segments into ids
-and labels with any [`Tokenizer`][lego.protocols.Tokenizer], looking special tokens up in its
-``special_tokens`` (so message text that merely *looks* like a special token is never turned
-into one).
+template. [`ChatTemplate.encode()`][lego.protocols.chat.ChatTemplate.encode] turns a
+conversation into ids with any [`Tokenizer`][lego.protocols.Tokenizer] (for generation), and
+lego-data's ``encode_segments`` into ids and training labels; both look special tokens up in
+the tokenizer's ``special_tokens``, so message text that merely *looks* like a special token
+is never turned into one.
 
 Two templates ship:
 
-- [`ChatMLTemplate`][lego.data.chat.ChatMLTemplate] (``"chatml"``; Qwen, many fine-tunes)::
+- [`ChatMLTemplate`][lego.protocols.chat.ChatMLTemplate] (``"chatml"``; Qwen, many fine-tunes)::
 
       <|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n
       <|im_start|>assistant\nHello!<|im_end|>\n
 
   generation prompt ``<|im_start|>assistant\n``; no beginning-of-text token.
 
-- [`Llama3Template`][lego.data.chat.Llama3Template] (``"llama3"``; Meta's Llama 3 Instruct)::
+- [`Llama3Template`][lego.protocols.chat.Llama3Template] (``"llama3"``; Meta's Llama 3 Instruct)::
 
       <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>
       <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>...
@@ -38,9 +39,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
-from lego.protocols import ConfigError, DataError, did_you_mean
+from lego.protocols.errors import CompatibilityError, ConfigError, DataError, did_you_mean
+
+if TYPE_CHECKING:
+    from lego.protocols.tokenizer import Tokenizer
 
 __all__ = [
     "Message",
@@ -53,6 +57,8 @@ __all__ = [
     "get_chat_template",
     "check_messages",
     "with_system_prompt",
+    "special_token_id",
+    "encode_text",
 ]
 
 TrainOn = Literal["assistant", "last"]
@@ -209,7 +215,7 @@ class ChatTemplate(ABC):
 
         Raises:
             DataError: On an invalid conversation (see
-                [`check_messages()`][lego.data.chat.check_messages]).
+                [`check_messages()`][lego.protocols.chat.check_messages]).
             ConfigError: On an unknown ``train_on``.
         """
         if train_on not in _TRAIN_ON:
@@ -249,6 +255,46 @@ class ChatTemplate(ABC):
         return "".join(
             s.text for s in self.segments(messages, add_generation_prompt=add_generation_prompt)
         )
+
+    def encode(
+        self,
+        tokenizer: Tokenizer,
+        messages: Sequence[Mapping[str, object]],
+        *,
+        add_generation_prompt: bool = False,
+    ) -> list[int]:
+        """Render a conversation and encode it with a tokenizer (e.g. a generation prompt).
+
+        Plain text between two special tokens is encoded in one ``tokenizer.encode`` call,
+        as encoding the whole rendered string would; special segments become their ids from
+        ``tokenizer.special_tokens``, so message text that looks like a special token stays
+        text.
+
+        Args:
+            tokenizer: Any tokenizer that registers the template's special tokens.
+            messages: ``{"role", "content"}`` messages.
+            add_generation_prompt: Append the header of an assistant turn.
+
+        Returns:
+            The token ids.
+
+        Raises:
+            CompatibilityError: The tokenizer lacks one of the template's special tokens.
+            DataError: On an invalid conversation, or text the tokenizer refuses.
+        """
+        ids: list[int] = []
+        text: list[str] = []
+        for segment in self.segments(messages, add_generation_prompt=add_generation_prompt):
+            if not segment.special:
+                text.append(segment.text)
+                continue
+            ids += encode_text(tokenizer, "".join(text))
+            text.clear()
+            ids.append(
+                special_token_id(tokenizer, segment.text, needed_by=f"the {self.name} template")
+            )
+        ids += encode_text(tokenizer, "".join(text))
+        return ids
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -324,7 +370,8 @@ def get_chat_template(template: str | ChatTemplate) -> ChatTemplate:
     """Return a template by name, or the template itself.
 
     Args:
-        template: ``"chatml"``, ``"llama3"``, or a [`ChatTemplate`][lego.data.chat.ChatTemplate].
+        template: ``"chatml"``, ``"llama3"``, or a
+            [`ChatTemplate`][lego.protocols.chat.ChatTemplate].
 
     Returns:
         The template.
@@ -342,3 +389,55 @@ def get_chat_template(template: str | ChatTemplate) -> ChatTemplate:
             hint=did_you_mean(template, CHAT_TEMPLATES),
         )
     return CHAT_TEMPLATES[name]()
+
+
+def special_token_id(tokenizer: Tokenizer, token: str, *, needed_by: str = "this data") -> int:
+    """Look a special token up in a tokenizer.
+
+    Args:
+        tokenizer: Any tokenizer.
+        token: The special token's string, e.g. ``"<|im_end|>"``.
+        needed_by: Who needs it, for the error message.
+
+    Returns:
+        Its id.
+
+    Raises:
+        CompatibilityError: When the tokenizer does not register it.
+    """
+    specials = tokenizer.special_tokens
+    if token not in specials:
+        known = ", ".join(sorted(specials)) or "none"
+        raise CompatibilityError(
+            f"the tokenizer has no special token {token!r}, which {needed_by} needs "
+            f"(its special tokens: {known})",
+            key=token,
+            hint="use a tokenizer that registers it, or choose a template whose special "
+            "tokens the tokenizer has",
+        )
+    return specials[token]
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Encode plain text with a tokenizer; special-token strings in it stay text.
+
+    Args:
+        tokenizer: Any tokenizer.
+        text: The text (empty text gives no ids).
+
+    Returns:
+        The token ids.
+
+    Raises:
+        DataError: When the tokenizer refuses the text (e.g. tiktoken on special-token text).
+    """
+    if not text:
+        return []
+    try:
+        return list(tokenizer.encode(text))
+    except ValueError as err:  # e.g. tiktoken refusing special-token text in a message
+        raise DataError(
+            f"the tokenizer refused the text {text[:40]!r}...: {err}",
+            hint="remove special-token strings from the data, or configure the tokenizer "
+            "to encode them as text",
+        ) from err
