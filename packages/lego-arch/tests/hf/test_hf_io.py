@@ -110,9 +110,26 @@ def test_untied_head_is_written(tmp_path: Path) -> None:
     _assert_same(model, back)
 
 
-def test_loaded_parameters_are_contiguous(tmp_path: Path) -> None:
-    to_hf(build("gpt2-tiny"), tmp_path)
+def test_conv1d_weights_load_as_transposed_views(tmp_path: Path) -> None:
+    source = build("gpt2-tiny")
+    to_hf(source, tmp_path)
     model = from_hf(tmp_path)
+    fc = model.get_parameter("blocks.0.feed_forward.fc.weight")
+    assert fc.shape == (source.config.d_ff, source.config.d_model)
+    assert fc.t().is_contiguous()  # the file's (in, out) layout, strides swapped
+    assert not fc.is_contiguous()
+    # everything not transposed is contiguous; the outputs are the same as the source's
+    transposed = {"qkv_proj.weight", "out_proj.weight", "fc.weight", "proj.weight"}
+    for name, param in model.named_parameters():
+        if not any(name.endswith(t) for t in transposed):
+            assert param.is_contiguous(), name
+    ids = torch.randint(0, source.config.vocab_size, (2, 7))
+    assert torch.equal(model(ids), source.eval()(ids))
+
+
+def test_cast_or_moved_parameters_are_contiguous(tmp_path: Path) -> None:
+    to_hf(build("gpt2-tiny"), tmp_path)
+    model = from_hf(tmp_path, dtype="bf16")
     assert all(p.is_contiguous() for p in model.parameters())
 
 

@@ -10,10 +10,12 @@ headers (``safetensors.safe_open``) before reading any data, and only then takes
 tensors one at a time from a copy-on-write memory map of each file
 ([`MappedSafetensors`][lego.arch.hf.mapped.MappedSafetensors]), transforms, casts and moves
 each as needed and installs it as the parameter. A parameter stored as it is used (same
-dtype, CPU, no transpose) stays a view on the map: nothing is copied and pages are read
-when first used; any other tensor is read as a private copy with plain file reads, so the
-file's pages are not held twice. Peak memory is at most one model plus one tensor, never two models.
-Every missing, unexpected and mis-shaped tensor is reported in one
+dtype, CPU) stays a view on the map: nothing is copied and pages are read when first used.
+GPT-2's ``Conv1D`` weights, stored ``(in, out)``, become transposed views (``(out, in)``
+with swapped strides, not contiguous; ``F.linear`` reads them as fast). Any other tensor
+(a cast, a stack of experts, a move to another device) is read as a private copy with plain
+file reads, so the file's pages are not held twice. Peak memory is at most one model plus
+one tensor, never two models. Every missing, unexpected and mis-shaped tensor is reported in one
 [`CompatibilityError`][lego.protocols.CompatibilityError].
 
 Pickle checkpoints (``pytorch_model.bin``, ``*.pt``, ``*.pth``) are refused and never
@@ -52,7 +54,7 @@ from lego.arch.config import DecoderConfig, parse_dtype
 from lego.arch.decoder import DecoderLM
 from lego.arch.hf.families import HFArchitecture, architecture_for_config, architecture_for_hf
 from lego.arch.hf.mapped import MappedSafetensors
-from lego.arch.hf.mapping import TensorPlan, identity
+from lego.arch.hf.mapping import TensorPlan
 from lego.protocols import (
     CompatibilityError,
     ConfigError,
@@ -203,12 +205,13 @@ def from_hf(
             # A view of the file only where the parameter *is* the stored tensor; anything
             # transformed, cast or moved is read as a private copy instead.
             as_stored = (
-                not plan.stacked
-                and plan.to_lego is identity
+                plan.is_view
                 and where.type == "cpu"
                 and (target is None or reader.dtype(names[0]) == target)
             )
-            tensor = plan.build([reader.get(name, view=as_stored) for name in names])
+            tensor = plan.build(
+                [reader.get(name, view=as_stored) for name in names], contiguous=not as_stored
+            )
             if target is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype=target)
             _install(slots[plan.lego], tensor.to(device=where))

@@ -129,21 +129,31 @@ class TensorPlan:
     to_lego: Transform = field(default=identity, compare=False)
     to_hf: Transform = field(default=identity, compare=False)
 
-    def build(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    @property
+    def is_view(self) -> bool:
+        """Whether the lego tensor can be a view of the HF tensor (identity or transpose)."""
+        return not self.stacked and self.to_lego in (identity, transpose)
+
+    def build(self, tensors: Sequence[torch.Tensor], *, contiguous: bool = True) -> torch.Tensor:
         """Assemble the lego tensor from the HF tensors (in the order of ``hf``).
 
         Args:
             tensors: One tensor per name in ``hf``.
+            contiguous: Return a contiguous tensor. With False, a plan that
+                [`is_view`][lego.arch.hf.mapping.TensorPlan.is_view] returns a view of the
+                HF tensor: the tensor itself, or GPT-2's ``Conv1D`` weight transposed
+                (strides swapped, no data moved; ``F.linear`` runs as fast on it).
 
         Returns:
-            The lego tensor, contiguous; for a stacked plan, shape ``(E, *expert_shape)``.
-            Data is copied only where needed: with the identity transform the result is
-            the HF tensor itself (so a memory-mapped checkpoint stays shared); a transpose
-            (GPT-2's ``Conv1D``) or a stack makes a new tensor.
+            The lego tensor; for a stacked plan, shape ``(E, *expert_shape)``. Data is
+            copied only where needed: with the identity transform (or ``contiguous=False``
+            and a transpose) the result shares the HF tensor's memory, so a memory-mapped
+            checkpoint stays shared; a stack, or a contiguous transpose, makes a new tensor.
         """
         if self.stacked:
             return torch.stack([self.to_lego(t) for t in tensors])
-        return self.to_lego(tensors[0]).contiguous()
+        built = self.to_lego(tensors[0])
+        return built.contiguous() if contiguous else built
 
     def split(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         """Turn the lego tensor into its HF tensors (contiguous, ready for safetensors).
