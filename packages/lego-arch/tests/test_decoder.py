@@ -317,3 +317,46 @@ def test_cuda_forward_and_cache(tiny: str, dtype: torch.dtype) -> None:
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(got.float().cpu(), expected, rtol=tol, atol=tol)
     torch.testing.assert_close(torch.cat(steps, 1).float(), got.float(), rtol=tol, atol=tol)
+
+
+def test_attention_weights_are_causal_distributions(tiny: str) -> None:
+    model = build(tiny).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    maps = model.attention_weights(ids)
+    assert len(maps) == model.config.n_layers
+    for weights in maps:
+        assert weights.shape == (2, model.config.n_heads, 9, 9)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, model.config.n_heads, 9))
+        future = torch.triu(torch.ones(9, 9, dtype=torch.bool), diagonal=1)
+        assert torch.all(weights[..., future] == 0)
+
+
+def test_attention_weights_of_the_first_layer_match_a_manual_softmax() -> None:
+    model = build("llama-tiny").eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 6))
+    block = model.blocks[0]
+    x = block.attention_norm(model.token_embedding(ids))  # (1, 6, d_model)
+    _, expected = block.attention.forward_with_weights(x)  # type: ignore[operator]
+    torch.testing.assert_close(model.attention_weights(ids)[0], expected)
+
+
+def test_attention_weights_respect_padding() -> None:
+    model = build("gpt2-tiny").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    positions = position_ids_from_padding(mask)
+    maps = model.attention_weights(ids, attention_mask=mask, position_ids=positions)
+    # real queries never attend to the padded keys of row 0
+    assert torch.all(maps[0][0, :, 2:, :2] == 0)
+
+
+def test_attention_weights_need_lego_attention() -> None:
+    model = build("gpt2-tiny")
+
+    class Opaque(nn.Module):
+        def forward(self, x: torch.Tensor, **_: object) -> torch.Tensor:
+            return x
+
+    model.blocks[1].attention = Opaque()
+    with pytest.raises(CompatibilityError, match=r"blocks \[1\]"):
+        model.attention_weights(torch.zeros(1, 3, dtype=torch.long))

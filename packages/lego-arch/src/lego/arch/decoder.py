@@ -25,7 +25,7 @@ The model satisfies [`CausalLM`][lego.protocols.CausalLM],
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lego.arch.components import NORMS, POSITIONS, build_block
 from lego.arch.config import DecoderConfig
 from lego.layers import (
+    CausalSelfAttention,
     MoEFeedForward,
     StaticKVCache,
     TokenEmbedding,
@@ -322,6 +323,65 @@ class DecoderLM(nn.Module):
             return logits
         hidden[-1] = x  # the last hidden state is the normalized one (transformers)
         return DecoderOutput(logits=logits, hidden_states=tuple(hidden))
+
+    @torch.no_grad()
+    def attention_weights(
+        self,
+        input_ids: Tensor,
+        /,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """The attention probabilities of every layer, for visualization.
+
+        Runs one forward pass; each block's attention is re-run on the same input through
+        its explicit ``"math"`` path (``forward_with_weights``), whatever backend the
+        model uses, so the maps are exactly the softmax the math path computes.
+
+        Args:
+            input_ids: Token ids, shape ``(B, T)``.
+            attention_mask: As in ``forward``.
+            position_ids: As in ``forward``.
+
+        Returns:
+            One tensor per layer, each ``(B, n_heads, T, T)``: row ``t`` is how query ``t``
+            spreads its attention over the keys (sums to 1; 0 on future and padded keys).
+
+        Raises:
+            CompatibilityError: A block's attention has no ``forward_with_weights``.
+        """
+        maps: list[Tensor] = []
+
+        def record(
+            module: nn.Module, args: tuple[object, ...], kwargs: dict[str, Any], _out: object
+        ) -> None:
+            assert isinstance(module, CausalSelfAttention)
+            (x,) = args  # the attention's input, (B, T, d_model)
+            assert isinstance(x, Tensor)
+            _, weights = module.forward_with_weights(
+                x,
+                position_ids=kwargs.get("position_ids"),
+                attention_mask=kwargs.get("attention_mask"),
+            )  # (B, n_heads, T, T)
+            maps.append(weights)
+
+        found = [getattr(block, "attention", None) for block in self.blocks]
+        missing = [i for i, a in enumerate(found) if not isinstance(a, CausalSelfAttention)]
+        if missing:
+            raise CompatibilityError(
+                f"DecoderLM.attention_weights: the attention of blocks {missing} is not a "
+                "lego.layers.CausalSelfAttention, whose math path gives the weights",
+                hint="build the blocks with lego.layers.CausalSelfAttention",
+            )
+        attentions = [a for a in found if isinstance(a, CausalSelfAttention)]
+        handles = [a.register_forward_hook(record, with_kwargs=True) for a in attentions]
+        try:
+            self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tuple(maps)
 
     def _check_inputs(self, input_ids: Tensor, kv_cache: KVCache | None) -> None:
         if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.is_complex():
