@@ -1,0 +1,195 @@
+"""lego-generate: greedy decoding tokens/s against transformers' ``generate``, same weights.
+
+GPT-2 124M shape with random weights (``lego.arch.build("gpt2")``), written once by
+``to_hf`` and read by ``lego.arch.from_hf`` and by transformers' ``from_pretrained``, on the
+CPU. A 32-token prompt, 128 new tokens (256 in the full run), greedy, every token generated
+(transformers gets ``min_new_tokens`` so an end-of-text token cannot stop it early; ours has
+no end-of-sequence id). Rows:
+
+- tokens/s at batch 1 and batch 8, fp32 and bf16, ours (KV cache, ``inference_mode``) against
+  ``model.generate(do_sample=False, use_cache=True)``;
+- the time of one new token at 512 tokens of context: our cached decode step against
+  recomputing the whole sequence without a cache (the "uncached" path);
+- at batch 1, the fraction of the memory-bandwidth bound: ``weight bytes x tokens/s`` over the
+  read bandwidth of a large matrix-vector product (an ``(8192, 8192)`` weight of the same
+  dtype, ``F.linear``) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the universal alias
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from benchmarks._harness import BenchResult, Row, compare, log, package_version, timeit_best
+from lego.arch import DecoderLM, build, from_hf, to_hf
+from lego.generate import ModelRunner, __version__, generate
+
+OURS = f"lego-generate {__version__}"
+PEER = f"transformers {package_version('transformers')}"
+PROMPT = 32
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the distinct parameters (a tied head is read once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _matvec_bandwidth(dtype: torch.dtype, repeat: int) -> float:
+    """Read bandwidth (bytes/s) of an (8192 x 8192) weight @ vector in ``dtype``."""
+    weight = torch.randn(8192, 8192, dtype=dtype)
+    x = torch.randn(1, 8192, dtype=dtype)
+
+    def run() -> None:
+        with torch.inference_mode():
+            F.linear(x, weight)
+
+    seconds = timeit_best(run, repeat=repeat * 3, number=5)
+    return weight.numel() * weight.element_size() / seconds
+
+
+def _load(folder: Path, dtype: torch.dtype) -> tuple[DecoderLM, PreTrainedModel]:
+    ours = from_hf(folder, dtype=dtype)
+    ours.train(False)
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    theirs.train(False)
+    return ours, theirs
+
+
+def _same_tokens(ours: DecoderLM, theirs: PreTrainedModel, ids: torch.Tensor) -> bool:
+    with torch.inference_mode():
+        a = generate(ours, ids, max_new_tokens=8)
+        b = theirs.generate(  # type: ignore[operator]
+            ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+        )
+    return bool(torch.equal(a, b))
+
+
+def _generate_rows(
+    label: str,
+    ours: DecoderLM,
+    theirs: PreTrainedModel,
+    *,
+    new_tokens: int,
+    repeat: int,
+    bound: float,
+) -> list[Row]:
+    rows: list[Row] = []
+    vocab = ours.config.vocab_size
+    for batch in (1, 8):
+        ids = torch.randint(0, vocab, (batch, PROMPT), generator=torch.Generator().manual_seed(0))
+
+        def run_ours(ids: torch.Tensor = ids) -> None:
+            generate(ours, ids, max_new_tokens=new_tokens)
+
+        def run_peer(ids: torch.Tensor = ids) -> None:
+            with torch.inference_mode():
+                theirs.generate(  # type: ignore[operator]
+                    ids,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=0,
+                )
+
+        log(f"  generate {label} batch {batch} x {new_tokens} new tokens")
+        ours_s, peer_s = compare(run_ours, run_peer, repeat=repeat, number=1)
+        ours_tps, peer_tps = batch * new_tokens / ours_s, batch * new_tokens / peer_s
+        note = ""
+        if batch == 1:
+            note = (
+                f"bandwidth bound {bound:.0f} tok/s: ours {ours_tps / bound:.0%}, "
+                f"transformers {peer_tps / bound:.0%} of it"
+            )
+        rows.append(
+            Row(
+                what=f"greedy generate, {label}, batch {batch}, {PROMPT}-token prompt + "
+                f"{new_tokens} new (CPU)",
+                ours=ours_tps,
+                peer=PEER,
+                peer_value=peer_tps,
+                unit="tokens/s",
+                note=note,
+            )
+        )
+    return rows
+
+
+def _uncached_row(ours: DecoderLM, *, context: int, repeat: int) -> Row:
+    ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=torch.Generator())
+
+    def runner(use_cache: bool) -> Callable[[], None]:
+        run = ModelRunner(model=ours, batch_size=1, max_seq_len=context, use_cache=use_cache)
+        with torch.inference_mode():
+            run.forward(ids[:, : context - 1])
+
+        def step() -> None:
+            with torch.inference_mode():
+                run.forward(ids[:, context - 1 :])
+            run.crop(context - 1)
+
+        return step
+
+    log(f"  one new token at {context} tokens: cached vs uncached")
+    cached_s, uncached_s = compare(runner(True), runner(False), repeat=repeat, number=3)
+    return Row(
+        what=f"one decode step at {context} tokens of context, fp32, batch 1 (CPU)",
+        ours=cached_s * 1e3,
+        peer=f"{OURS} without KV cache (recompute)",
+        peer_value=uncached_s * 1e3,
+        unit="ms/token",
+        higher_is_better=False,
+    )
+
+
+def run(quick: bool) -> BenchResult:
+    new_tokens = 128 if quick else 256
+    repeat = 2 if quick else 3
+    result = BenchResult(
+        name="generate",
+        title="lego-generate: greedy decoding vs transformers.generate (GPT-2 124M, CPU)",
+        description=(
+            f"GPT-2 124M shape, random weights shared through a to_hf directory; {PROMPT}-token "
+            f"prompt, {new_tokens} new tokens, greedy, every token generated; best of "
+            f"{repeat} interleaved runs. The bound is weight bytes over the measured read "
+            "bandwidth of an (8192 x 8192) matrix-vector product of the same dtype."
+        ),
+        params={"new_tokens": new_tokens, "prompt": PROMPT, "repeat": repeat, "quick": quick},
+    )
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        to_hf(build("gpt2"), folder)
+        for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            ours, theirs = _load(folder, dtype)
+            check = torch.randint(0, ours.config.vocab_size, (1, PROMPT))
+            same = _same_tokens(ours, theirs, check)
+            result.notes.append(f"{label}: first 8 greedy tokens identical to transformers: {same}")
+            bandwidth = _matvec_bandwidth(dtype, repeat)
+            bound = bandwidth / _weight_bytes(ours)
+            result.notes.append(
+                f"{label}: matrix-vector read bandwidth {bandwidth / 1e9:.1f} GB/s, weights "
+                f"{_weight_bytes(ours) / 1e6:.0f} MB -> bound {bound:.0f} tokens/s at batch 1"
+            )
+            result.rows += _generate_rows(
+                label, ours, theirs, new_tokens=new_tokens, repeat=repeat, bound=bound
+            )
+            if dtype == torch.float32:
+                result.rows.append(_uncached_row(ours, context=512, repeat=repeat))
+            del ours, theirs
+    result.notes.append(
+        "Measured on a shared 2-core machine while other jobs ran: ratios are side by side, "
+        "absolute numbers are noisy."
+    )
+    return result

@@ -1,0 +1,170 @@
+"""The ``lego-generate`` command: ``run`` one prompt, or ``chat`` interactively.
+
+    lego-generate run --model runs/gpt2 --prompt "Once upon a time" --max-new-tokens 50
+    lego-generate run --model gpt2-dir --prompt "def f(" --temperature 0.8 --top-p 0.95 --seed 0
+    lego-generate chat --model runs/sft --template chatml
+
+``--model`` takes an HF or lego model directory, a lego-train checkpoint or a run directory;
+the tokenizer comes from ``--tokenizer SPEC`` or from the model directory. Exit codes: 0 ok,
+2 bad input (one message), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+import torch
+
+from lego.generate.chat import ChatSession
+from lego.generate.config import GenerationConfig
+from lego.generate.loading import default_eos_ids, load_model, load_tokenizer
+from lego.generate.streaming import stream
+from lego.protocols import ConfigError, run_cli
+from lego.protocols.cli import make_parser
+
+__all__ = ["build_parser", "main"]
+
+PROG = "lego-generate"
+
+
+def _strategy_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and decoding")
+    g.add_argument("--model", required=True, help="model dir, lego-train checkpoint or run dir")
+    g.add_argument("--tokenizer", help="tokenizer spec (file, tiktoken:NAME, hf:FILE, gpt2:DIR)")
+    g.add_argument("--dtype", help="parameter dtype: float32, bf16, float16 (default: stored)")
+    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
+    g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--temperature", type=float, help="0 means greedy")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]")
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--presence-penalty", type=float)
+    g.add_argument("--frequency-penalty", type=float)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    g.add_argument("--stop", action="append", dest="stop_strings", help="stop string (repeat)")
+    g.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    g.add_argument("--truncate-prompt", action="store_true", help="left-truncate a too-long prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lego-generate`` (subcommands ``run`` and ``chat``)."""
+    parser = make_parser(
+        PROG,
+        "Generate text with a causal language model: one prompt, or an interactive chat.",
+        example='lego-generate run --model runs/gpt2 --prompt "Once upon a time"\n'
+        "lego-generate chat --model runs/sft --template chatml",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="continue one prompt and print the text")
+    run.add_argument("--prompt", required=True, help="the text to continue")
+    run.add_argument("--num-beams", type=int, default=1, help="beam search with N beams")
+    run.add_argument("--length-penalty", type=float, default=1.0)
+    _strategy_flags(run)
+    chat = commands.add_parser("chat", help="interactive multi-turn chat, replies streamed")
+    chat.add_argument("--template", default="chatml", help="chatml or llama3 (default: chatml)")
+    chat.add_argument("--system", help="a system prompt")
+    _strategy_flags(chat)
+    return parser
+
+
+def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
+    options: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "stop_strings": args.stop_strings,
+        "seed": args.seed,
+        "use_cache": not args.no_cache,
+        "compile": args.compile,
+        "truncate_prompt": args.truncate_prompt,
+        "eos_token_id": eos or None,
+    }
+    if args.command == "run":
+        options["num_beams"] = args.num_beams
+        options["length_penalty"] = args.length_penalty
+    return GenerationConfig.from_options(None, **options)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.prompt:
+        raise ConfigError("the prompt is empty", key="--prompt", hint="give some text")
+    model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
+    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    config = _config(args, default_eos_ids(model_dir, tokenizer))
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    if config.num_beams > 1:
+        from lego.generate.generate import generate
+
+        ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+        result = generate(model, ids, generation_config=config)
+        new = [t for t in result[0, ids.shape[1] :].tolist() if t not in config.eos_ids]
+        out.write(tokenizer.decode(new) + "\n")
+        return 0
+    for piece in stream(model, tokenizer, args.prompt, generation_config=config):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def _chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
+    model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
+    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    session = ChatSession(
+        model=model,
+        tokenizer=tokenizer,
+        template=args.template,
+        system_prompt=args.system,
+        generation_config=_config(args, []),
+    )
+    out.write("chat: type a message; /reset starts over, /exit (or an empty line at EOF) quits\n")
+    while True:
+        out.write("> ")
+        out.flush()
+        line = inp.readline()
+        if not line:
+            out.write("\n")
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() in ("/exit", "/quit"):
+            return 0
+        if text.strip() == "/reset":
+            session.reset()
+            continue
+        if not text.strip():
+            continue
+        for piece in session.send(text):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args, sys.stdout)
+    return _chat(args, sys.stdout, sys.stdin)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point of ``lego-generate``.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+    """
+    sys.exit(run_cli(_main, None if argv is None else list(argv), prog=PROG))

@@ -1,0 +1,265 @@
+"""[`GenerationConfig`][lego.generate.GenerationConfig]: every decoding setting, validated.
+
+The names are transformers' ``generate`` arguments where the concept is the same, so a
+transformers user has nothing new to learn. The config turns into the processors of
+[`lego.generate.warpers`][lego.generate.warpers] and
+[`lego.generate.penalties`][lego.generate.penalties] with
+[`GenerationConfig.processors()`][lego.generate.config.GenerationConfig.processors].
+
+Greedy or sampling: with ``do_sample=None`` (the default) the engine samples as soon as a
+sampling argument is given (``temperature``, ``top_k``, ``top_p``, ``min_p``), else decodes
+greedily; ``do_sample=False`` forces greedy decoding whatever else is given, and
+``temperature=0`` always means greedy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lego.generate._checks import check_float, check_int
+from lego.generate.penalties import (
+    FrequencyPenalty,
+    LogitBias,
+    NoRepeatNGram,
+    PresencePenalty,
+    RepetitionPenalty,
+)
+from lego.generate.processor_list import LogitsProcessorList
+from lego.generate.warpers import MinP, Temperature, TopK, TopP
+from lego.protocols import ConfigError, LogitsProcessor, did_you_mean
+
+__all__ = ["GenerationConfig", "EarlyStopping"]
+
+EarlyStopping = bool | Literal["never"]
+"""Beam search's stopping rule: True, False (a heuristic) or ``"never"`` (canonical)."""
+
+_OWNER = "GenerationConfig"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every decoding setting of [`generate()`][lego.generate.generate], validated on creation.
+
+    Attributes:
+        max_new_tokens: How many tokens to generate at most (at least 1).
+        do_sample: Sample (True), decode greedily (False), or decide from the sampling
+            arguments (None: sample when ``temperature``, ``top_k``, ``top_p`` or ``min_p``
+            is given).
+        temperature: Divide the logits by it before sampling; 0 means greedy; must not be
+            negative.
+        top_k: Keep only the ``top_k`` most likely tokens (0 or None: off).
+        top_p: Nucleus sampling mass in ``(0, 1]`` (1 or None: off).
+        min_p: Keep tokens with probability at least ``min_p`` times the top one.
+        repetition_penalty: CTRL's penalty (> 1 discourages repeats; 1 or None: off).
+        presence_penalty: Subtracted from the logits of every token already present.
+        frequency_penalty: Subtracted per occurrence of a token already present.
+        no_repeat_ngram_size: Never repeat an n-gram of this size (0 or None: off).
+        logit_bias: Token id to a bias added to its logit (``-inf`` bans it).
+        num_beams: Beam search with this many beams (1: no beam search).
+        length_penalty: Beam scores are divided by ``generated_length ** length_penalty``.
+        early_stopping: Beam search stops when ``num_beams`` hypotheses are finished (True),
+            when a heuristic says no better one can come (False), or never early
+            (``"never"``), as in transformers.
+        eos_token_id: One id or several ids that finish a row.
+        pad_token_id: The id written into finished rows (default: the first eos id, else 0).
+        stop_strings: Texts that finish a row once generated (needs a tokenizer).
+        seed: Seed of a fresh ``torch.Generator`` for reproducible sampling.
+        use_cache: Decode on the model's KV cache when it has one (False: recompute the whole
+            prefix each step).
+        compile: ``torch.compile`` the single-token decode step.
+        num_draft_tokens: Tokens the draft model proposes per step (speculative decoding).
+        truncate_prompt: Left-truncate a prompt that does not fit the context (with a
+            warning) instead of raising.
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    logit_bias: Mapping[int, float] | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: EarlyStopping = False
+    eos_token_id: int | Sequence[int] | None = None
+    pad_token_id: int | None = None
+    stop_strings: str | Sequence[str] | None = None
+    seed: int | None = None
+    use_cache: bool = True
+    compile: bool = False
+    num_draft_tokens: int = 4
+    truncate_prompt: bool = False
+    _eos: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_int("max_new_tokens", self.max_new_tokens, minimum=1, owner=_OWNER)
+        if self.do_sample is not None and not isinstance(self.do_sample, bool):
+            raise ConfigError(f"{_OWNER}: do_sample must be a bool or None", key="do_sample")
+        if self.temperature is not None:
+            check_float(
+                "temperature",
+                self.temperature,
+                owner=_OWNER,
+                low=0.0,
+                hint="use temperature >= 0 (0 means greedy decoding)",
+            )
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, minimum=0, owner=_OWNER)
+        if self.top_p is not None:
+            TopP(top_p=self.top_p)  # validates (0, 1]
+        if self.min_p is not None:
+            MinP(min_p=self.min_p)
+        if self.repetition_penalty is not None:
+            RepetitionPenalty(penalty=self.repetition_penalty)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                check_float(name, value, owner=_OWNER)
+        if self.no_repeat_ngram_size is not None:
+            check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, minimum=0, owner=_OWNER)
+        if self.logit_bias is not None:
+            LogitBias(bias=self.logit_bias)
+        check_int("num_beams", self.num_beams, minimum=1, owner=_OWNER)
+        check_float("length_penalty", self.length_penalty, owner=_OWNER)
+        if self.early_stopping not in (True, False, "never"):
+            raise ConfigError(
+                f"{_OWNER}: early_stopping must be True, False or 'never', got "
+                f"{self.early_stopping!r}",
+                key="early_stopping",
+            )
+        object.__setattr__(self, "_eos", _eos_ids(self.eos_token_id))
+        if self.pad_token_id is not None:
+            check_int("pad_token_id", self.pad_token_id, minimum=0, owner=_OWNER)
+        texts: tuple[object, ...] = self.stop_string_list
+        for text in texts:
+            if not isinstance(text, str) or not text:
+                raise ConfigError(
+                    f"{_OWNER}: stop strings must be non-empty strings, got {text!r}",
+                    key="stop_strings",
+                )
+        if self.seed is not None:
+            check_int("seed", self.seed, minimum=0, owner=_OWNER)
+        check_int("num_draft_tokens", self.num_draft_tokens, minimum=1, owner=_OWNER)
+        for name in ("use_cache", "compile", "truncate_prompt"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{_OWNER}: {name} must be a bool", key=name)
+
+    # -- derived settings ------------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, base: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """Return ``base`` (or the defaults) with ``options`` replaced.
+
+        Args:
+            base: The starting config; None means the defaults.
+            **options: Field names to values; a None value leaves the field as it is in
+                ``base`` (or at its default).
+
+        Returns:
+            The new, validated config.
+
+        Raises:
+            ConfigError: An unknown option (with the closest name) or an invalid value.
+        """
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        for name in options:
+            if name not in names:
+                raise ConfigError(
+                    f"unknown generation option {name!r}",
+                    key=name,
+                    hint=did_you_mean(name, names),
+                )
+        changes = {k: v for k, v in options.items() if v is not None}
+        if base is None:
+            return cls(**changes)
+        return dataclasses.replace(base, **changes)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The end-of-sequence ids as a tuple (empty when none is set)."""
+        return self._eos
+
+    @property
+    def stop_string_list(self) -> tuple[str, ...]:
+        """The stop strings as a tuple (empty when none is set)."""
+        if self.stop_strings is None:
+            return ()
+        if isinstance(self.stop_strings, str):
+            return (self.stop_strings,)
+        return tuple(self.stop_strings)
+
+    @property
+    def fill_id(self) -> int:
+        """The id written after a row finished: ``pad_token_id``, else the first eos id, else 0."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self._eos[0] if self._eos else 0
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the next token is sampled (False: the most likely token is taken)."""
+        if self.temperature == 0:
+            return False
+        if self.do_sample is not None:
+            return self.do_sample
+        return any(
+            value is not None for value in (self.temperature, self.top_k, self.top_p, self.min_p)
+        )
+
+    def processors(
+        self, extra: Sequence[LogitsProcessor] = (), *, include_warpers: bool = True
+    ) -> LogitsProcessorList:
+        """The logits processors this config asks for, in transformers' order.
+
+        Penalties first (logit bias, repetition, presence, frequency, no-repeat n-gram), then
+        ``extra``, then, when sampling, the warpers (temperature, top-k, top-p, min-p).
+
+        Args:
+            extra: User processors, applied after the penalties.
+            include_warpers: Add the sampling warpers when ``sampling`` is True.
+
+        Returns:
+            The processors (possibly empty).
+        """
+        out: list[LogitsProcessor] = []
+        if self.logit_bias:
+            out.append(LogitBias(bias=self.logit_bias))
+        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
+            out.append(RepetitionPenalty(penalty=self.repetition_penalty))
+        if self.presence_penalty:
+            out.append(PresencePenalty(penalty=self.presence_penalty))
+        if self.frequency_penalty:
+            out.append(FrequencyPenalty(penalty=self.frequency_penalty))
+        if self.no_repeat_ngram_size:
+            out.append(NoRepeatNGram(ngram_size=self.no_repeat_ngram_size))
+        out.extend(extra)
+        if include_warpers and self.sampling:
+            if self.temperature is not None and self.temperature != 1.0:
+                out.append(Temperature(temperature=self.temperature))
+            if self.top_k:
+                out.append(TopK(top_k=self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                out.append(TopP(top_p=self.top_p))
+            if self.min_p:
+                out.append(MinP(min_p=self.min_p))
+        return LogitsProcessorList(out)
+
+
+def _eos_ids(value: object) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, int) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise ConfigError(
+            f"{_OWNER}: eos_token_id must be an int or a list of ints, got {value!r}",
+            key="eos_token_id",
+        )
+    return tuple(check_int("eos_token_id", i, minimum=0, owner=_OWNER) for i in items)

@@ -1,0 +1,213 @@
+"""[`ModelRunner`][lego.generate.ModelRunner]: one prefill, then decode steps, on any causal LM.
+
+The runner owns everything that grows while a batch is decoded, allocated once for the
+whole generation (``max_seq_len`` = prompt plus new tokens): the model's KV cache (when the
+model is a [`CachedCausalLM`][lego.protocols.CachedCausalLM] and ``use_cache`` is on), the
+padding mask and the position ids of a left-padded batch. Each
+[`forward()`][lego.generate.runner.ModelRunner.forward] feeds the next ``T`` tokens of every row and
+returns their logits.
+
+Two paths give the same tokens:
+
+- cached: the prompt is run once (prefill), then each step runs only the new tokens
+  against the cache, at their positions (a left-padded row's positions start after its
+  padding);
+- uncached (a plain [`CausalLM`][lego.protocols.CausalLM], or ``use_cache=False``): the runner
+  keeps every token in a preallocated buffer and re-runs the whole prefix each step.
+
+Speculative decoding rolls the runner back with [`crop()`][lego.generate.runner.ModelRunner.crop];
+beam search reorders its rows with [`reorder()`][lego.generate.runner.ModelRunner.reorder].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lego.generate._checks import check_int
+from lego.protocols import CausalLM, ConfigError, DataError, KVCache
+
+__all__ = ["ModelRunner", "has_kv_cache"]
+
+
+def has_kv_cache(model: CausalLM) -> bool:
+    """Whether ``model`` can allocate its own KV cache (has a callable ``new_kv_cache``)."""
+    return callable(getattr(model, "new_kv_cache", None))
+
+
+class ModelRunner:
+    """Feeds a batch of sequences through a causal LM, a few tokens at a time.
+
+    Args:
+        model: Any [`CausalLM`][lego.protocols.CausalLM] (in eval mode for generation).
+        batch_size: Rows decoded together.
+        max_seq_len: Room for every position (prompt plus new tokens, plus any
+            speculative look-ahead).
+        attention_mask: The prompt's padding mask, ``(B, P)``: 1 for real tokens, 0 for
+            left padding; None (or all ones) means no padding.
+        use_cache: Decode on the model's KV cache when it has one.
+        compile: ``torch.compile`` the single-token decode step (cached path only).
+        device: Where the buffers live (the input ids' device).
+
+    Raises:
+        ConfigError: A size below 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: CausalLM,
+        batch_size: int,
+        max_seq_len: int,
+        attention_mask: Tensor | None = None,
+        use_cache: bool = True,
+        compile: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        check_int("batch_size", batch_size, minimum=1, owner="ModelRunner")
+        check_int("max_seq_len", max_seq_len, minimum=1, owner="ModelRunner")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.cached = bool(use_cache) and has_kv_cache(model)
+        self.length = 0
+        self._cache: KVCache | None = None
+        if self.cached:
+            new_kv_cache: Callable[..., KVCache] = getattr(model, "new_kv_cache")  # noqa: B009
+            self._cache = new_kv_cache(batch_size, max_seq_len, device=self.device)
+        self._tokens: Tensor | None = None
+        if not self.cached:
+            self._tokens = torch.zeros(
+                (batch_size, max_seq_len), dtype=torch.long, device=self.device
+            )  # (B, S_max)
+        self._mask: Tensor | None = None
+        self._positions: Tensor | None = None
+        self._prompt_mask = attention_mask
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            self._mask = torch.ones(
+                (batch_size, max_seq_len), dtype=torch.long, device=self.device
+            )  # (B, S_max)
+            self._positions = torch.zeros(
+                (batch_size, max_seq_len), dtype=torch.long, device=self.device
+            )  # (B, S_max)
+        self._step: Callable[..., Tensor] = self._call_model
+        if compile and self.cached:
+            self._step = torch.compile(self._call_model, dynamic=True)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def padded(self) -> bool:
+        """Whether the batch has left padding (masks and positions are passed explicitly)."""
+        return self._mask is not None
+
+    @property
+    def kv_cache(self) -> KVCache | None:
+        """The model's cache on the cached path, else None."""
+        return self._cache
+
+    def _call_model(
+        self, tokens: Tensor, mask: Tensor | None, positions: Tensor | None, cache: Any
+    ) -> Tensor:
+        return self.model(tokens, attention_mask=mask, position_ids=positions, kv_cache=cache)
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Feed the next tokens of every row and return their logits.
+
+        The first call is the prefill (the prompt, with the padding mask given to the
+        constructor); later calls are decode steps.
+
+        Args:
+            tokens: The next ids, shape ``(B, T)``.
+
+        Returns:
+            Logits for the ``T`` tokens, shape ``(B, T, vocab_size)``.
+
+        Raises:
+            DataError: The tokens do not fit in ``max_seq_len`` or have the wrong batch size.
+        """
+        b, t = int(tokens.shape[0]), int(tokens.shape[1])
+        start, end = self.length, self.length + t
+        if b != self.batch_size:
+            raise DataError(
+                f"ModelRunner: got {b} rows, the runner decodes {self.batch_size}",
+                tensor="tokens",
+            )
+        if end > self.max_seq_len:
+            raise DataError(
+                f"ModelRunner: {start} positions + {t} new exceed max_seq_len {self.max_seq_len}",
+                tensor="tokens",
+                hint="allocate the runner with room for the prompt and every new token",
+            )
+        mask: Tensor | None = None
+        positions: Tensor | None = None
+        if self._mask is not None and self._positions is not None:
+            if start == 0:
+                assert self._prompt_mask is not None
+                prompt = self._prompt_mask.to(device=self.device, dtype=torch.long)  # (B, P)
+                self._mask[:, : prompt.shape[1]] = prompt
+                pos = (self._mask[:, :t].cumsum(dim=-1) - 1).clamp_min(0)  # (B, T)
+                self._positions[:, :t] = pos.masked_fill(self._mask[:, :t] == 0, 1)
+            else:
+                steps = torch.arange(1, t + 1, device=self.device)  # (T,)
+                self._positions[:, start:end] = self._positions[:, start - 1 : start] + steps
+            mask = self._mask[:, :end]  # (B, S)
+        if self._cache is not None:
+            if self._positions is not None:
+                positions = self._positions[:, start:end]  # (B, T)
+            step = self._step if t == 1 and start > 0 else self._call_model
+            logits = step(tokens, mask, positions, self._cache)  # (B, T, V)
+        else:
+            assert self._tokens is not None
+            self._tokens[:, start:end] = tokens
+            if self._positions is not None:
+                positions = self._positions[:, :end]  # (B, S)
+            full = self._call_model(self._tokens[:, :end], mask, positions, None)  # (B, S, V)
+            logits = full[:, start:end]  # (B, T, V)
+        self.length = end
+        return logits
+
+    # -- rolling back and reordering ------------------------------------------------------
+
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (rejected speculative tokens).
+
+        Args:
+            length: The new length, ``0 <= length <= self.length``.
+
+        Raises:
+            ConfigError: ``length`` out of range.
+        """
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise ConfigError("ModelRunner.crop() takes an int length", key="length")
+        if not 0 <= length <= self.length:
+            raise ConfigError(
+                f"ModelRunner: cannot crop to {length} positions, it holds {self.length}",
+                key="length",
+            )
+        if self._cache is not None:
+            self._cache.crop(length)
+        if self._mask is not None:
+            self._mask[:, length:] = 1
+        self.length = length
+
+    def reorder(self, indices: Tensor) -> None:
+        """Make row ``i`` a copy of old row ``indices[i]`` (beam search).
+
+        Args:
+            indices: Source rows, shape ``(B,)``, dtype long.
+        """
+        if self._cache is not None:
+            self._cache.reorder(indices)
+        if self._tokens is not None:
+            self._tokens[:, : self.length] = self._tokens[:, : self.length].index_select(0, indices)
+        if self._mask is not None:
+            self._mask.copy_(self._mask.index_select(0, indices))
+        if self._positions is not None:
+            self._positions.copy_(self._positions.index_select(0, indices))

@@ -1,0 +1,221 @@
+r"""Streaming: text out as soon as it is complete UTF-8.
+
+A byte-level BPE token can end in the middle of a multi-byte character (``"é"`` is two
+bytes, an emoji four), so decoding each token alone would print ``"\\ufffd"`` halves.
+[`TextStreamDecoder`][lego.generate.TextStreamDecoder] turns a growing list of ids into text
+pieces that are always whole characters:
+
+- with a tokenizer that has ``decode_bytes(ids) -> bytes`` (lego-tokenize's byte-level BPE)
+  it feeds each token's bytes to an incremental UTF-8 decoder, which holds back an
+  unfinished character until its last byte arrives;
+- with any other [`Tokenizer`][lego.protocols.Tokenizer] it decodes a short window of recent
+  ids and emits the new text only when it does not end in ``"\\ufffd"`` (the window starts one
+  emission back, so tokenizers whose decoding depends on the previous token stay correct).
+
+[`stream()`][lego.generate.stream] runs a generation and yields those pieces.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lego.generate.config import GenerationConfig
+from lego.generate.generate import _eval_mode, start_decoding
+from lego.protocols import CausalLM, ConfigError, DataError, LogitsProcessor, Tokenizer
+
+__all__ = ["TextStreamDecoder", "stream"]
+
+_REPLACEMENT = "\ufffd"
+
+
+class TextStreamDecoder:
+    """Turns ids arriving one by one into text pieces made of whole characters.
+
+    Args:
+        tokenizer: Any [`Tokenizer`][lego.protocols.Tokenizer].
+        skip_ids: Ids never decoded (e.g. end-of-sequence and padding ids).
+
+    Example:
+        >>> decoder = TextStreamDecoder(tokenizer)
+        >>> pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+        >>> "".join(pieces) == tokenizer.decode(ids)
+        True
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_ids: Sequence[int] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.skip_ids = frozenset(skip_ids)
+        decode_bytes = getattr(tokenizer, "decode_bytes", None)
+        self._decode_bytes: Callable[[list[int]], bytes] | None = (
+            decode_bytes if callable(decode_bytes) else None
+        )
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes (possibly ``""``).
+
+        Args:
+            token_id: The next generated id.
+
+        Returns:
+            New whole characters (empty while a character is unfinished).
+        """
+        if token_id in self.skip_ids:
+            return ""
+        if self._decode_bytes is not None:
+            return str(self._utf8.decode(self._decode_bytes([token_id])))
+        self._ids.append(token_id)
+        before = self.tokenizer.decode(self._ids[self._prefix : self._read])
+        after = self.tokenizer.decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith(_REPLACEMENT):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        r"""Return whatever is held back (an unfinished character becomes ``"\ufffd"``)."""
+        if self._decode_bytes is not None:
+            return str(self._utf8.decode(b"", final=True))
+        before = self.tokenizer.decode(self._ids[self._prefix : self._read])
+        after = self.tokenizer.decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :]
+
+
+def _prompt_tensor(tokenizer: Tokenizer, prompt: str | Sequence[int] | Tensor) -> Tensor:
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt)
+        if not ids:
+            raise DataError(
+                "the prompt is empty",
+                tensor="prompt",
+                hint="give some text to continue",
+            )
+        return torch.tensor([ids], dtype=torch.long)
+    if isinstance(prompt, Tensor):
+        if prompt.ndim == 2 and prompt.shape[0] != 1:
+            raise ConfigError(
+                f"stream() generates one sequence, got a batch of {prompt.shape[0]}",
+                key="prompt",
+                hint="call stream() once per prompt, or generate() for batches",
+            )
+        return prompt.reshape(1, -1)
+    return torch.tensor([list(prompt)], dtype=torch.long)
+
+
+def stream(
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int] | Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    logits_processor: Sequence[LogitsProcessor] = (),
+    draft_model: CausalLM | None = None,
+    generation_config: GenerationConfig | None = None,
+    device: torch.device | str | None = None,
+    **options: Any,
+) -> Iterator[str]:
+    """Generate from one prompt and yield the text as it is produced, whole characters only.
+
+    End-of-sequence ids are not decoded; with stop strings, text that might begin a stop
+    string is held back until it is clear, and the stream ends before the stop string.
+
+    Args:
+        model: Any [`CausalLM`][lego.protocols.CausalLM].
+        tokenizer: Encodes a text prompt and decodes the new tokens.
+        prompt: Text, a list of ids, or a ``(P,)`` / ``(1, P)`` tensor.
+        generator: Random generator for sampling.
+        logits_processor: Extra processors.
+        draft_model: Draft model for speculative decoding.
+        generation_config: A config to start from.
+        device: Where to put the prompt (default: the model's first parameter's device).
+        **options: Any [`GenerationConfig`][lego.generate.GenerationConfig] field
+            (``max_new_tokens``, ``temperature``, ``eos_token_id``, ``stop_strings``...).
+
+    Yields:
+        Pieces of text; joined, they are the decoded new tokens (without end-of-sequence ids,
+        cut before a stop string).
+
+    Raises:
+        ConfigError: Unknown options, beam search, or a batch of prompts.
+        DataError: An empty prompt.
+    """
+    config = GenerationConfig.from_options(generation_config, **options)
+    if config.num_beams > 1:
+        raise ConfigError(
+            "stream() does not run beam search (the best beam is known only at the end)",
+            key="num_beams",
+            hint="use generate(num_beams=...) and decode its result",
+        )
+    ids = _prompt_tensor(tokenizer, prompt)
+    if device is None:
+        parameters = getattr(model, "parameters", None)
+        first = next(iter(parameters()), None) if callable(parameters) else None
+        device = first.device if isinstance(first, Tensor) else None
+    if device is not None:
+        ids = ids.to(device)
+    skip = set(config.eos_ids)
+    decoder = TextStreamDecoder(tokenizer, skip_ids=sorted(skip))
+    stops = config.stop_string_list
+    hold = max((len(s) for s in stops), default=1) - 1
+    pending = ""
+    was_training = _eval_mode(model)
+    try:
+        # inference mode per step: never left on in the caller's code between two pieces
+        with torch.inference_mode():
+            run = start_decoding(
+                model,
+                ids,
+                config,
+                logits_processor=logits_processor,
+                tokenizer=tokenizer,
+                generator=generator,
+                draft_model=draft_model,
+            )
+            steps = iter(run)
+        finished = False
+        while not finished:
+            with torch.inference_mode():
+                chunk = next(steps, None)
+            if chunk is None:
+                break
+            for token in chunk[0].tolist():
+                pending += decoder.push(token)
+                if token in skip:
+                    finished = True
+                    break
+            if stops:
+                cut = _find_stop(pending, stops)
+                if cut is not None:
+                    if pending[:cut]:
+                        yield pending[:cut]
+                    return
+                safe = max(0, len(pending) - hold)
+                if safe:
+                    yield pending[:safe]
+                    pending = pending[safe:]
+            elif pending:
+                yield pending
+                pending = ""
+    finally:
+        if was_training and isinstance(model, torch.nn.Module):
+            model.train(True)
+    pending += decoder.flush()
+    cut = _find_stop(pending, stops) if stops else None
+    if cut is not None:
+        pending = pending[:cut]
+    if pending:
+        yield pending
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
