@@ -1,0 +1,46 @@
+"""LegoLLM's pretraining Trainer: any causal LM, any batch source, exact resume, torchrun.
+
+- [`Trainer`][lego.train.trainer.Trainer] and its [`TrainConfig`][lego.train.config.TrainConfig]
+  ([`OptimConfig`][lego.train.config.OptimConfig],
+  [`ScheduleConfig`][lego.train.config.ScheduleConfig]);
+- AdamW with no-decay groups ([`build_optimizer()`][lego.train.optim.build_optimizer]) and
+  schedules ([`LRSchedule`][lego.train.schedule.LRSchedule]);
+- checkpoints ([`CheckpointManager`][lego.train.checkpoint.CheckpointManager]): atomic,
+  verified, resumable bit for bit;
+- DDP / FSDP2 under ``torchrun`` ([`lego.train.distributed`][lego.train.distributed]);
+- FLOPs and MFU ([`flops_per_token()`][lego.train.flops.flops_per_token]), the metrics log and
+  the console ([`lego.train.monitor`][lego.train.monitor]);
+- callbacks ([`SampleCallback`][lego.train.callbacks.SampleCallback]);
+- the ``lego-train pretrain`` recipe ([`lego.train.recipe`][lego.train.recipe]).
+"""
+
+from lego.train.__about__ import __version__
+from lego.train.callbacks import SampleCallback
+from lego.train.checkpoint import CheckpointManager
+from lego.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from lego.train.flops import flops_per_token, measure_peak_flops, mfu
+from lego.train.monitor import read_metrics
+from lego.train.optim import build_optimizer, param_groups
+from lego.train.schedule import LRSchedule, build_scheduler
+from lego.train.state import RunState
+from lego.train.trainer import Trainer, token_loss
+
+__all__ = [
+    "__version__",
+    "Trainer",
+    "TrainConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "RunState",
+    "CheckpointManager",
+    "SampleCallback",
+    "LRSchedule",
+    "build_scheduler",
+    "build_optimizer",
+    "param_groups",
+    "flops_per_token",
+    "measure_peak_flops",
+    "mfu",
+    "read_metrics",
+    "token_loss",
+]

@@ -1,0 +1,67 @@
+"""``lego-train plot RUN_DIR -o curves.png``: training loss, validation loss and lr curves."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from lego.protocols import ConfigError
+from lego.train.monitor import read_metrics
+
+__all__ = ["plot_run"]
+
+
+def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Draw a run's loss (train and validation) and learning-rate curves into an image.
+
+    Args:
+        run_dir: The run directory (holds ``metrics.jsonl``).
+        output: The image file (``.png``, ``.svg``, ``.pdf``).
+
+    Returns:
+        The image path.
+
+    Raises:
+        ConfigError: When matplotlib is missing, or the run has no training records.
+    """
+    try:
+        # Imported by name: matplotlib is an optional extra without stubs in the type check.
+        agg: Any = importlib.import_module("matplotlib.backends.backend_agg")
+        figure_module: Any = importlib.import_module("matplotlib.figure")
+    except ImportError as exc:
+        raise ConfigError(
+            "lego-train plot needs matplotlib",
+            hint='pip install "lego-train[plot]"',
+        ) from exc
+    records = read_metrics(Path(run_dir))
+    train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), float)]
+    val = [r for r in records if r.get("split") == "val" and "val_loss" in r]
+    if not train:
+        raise ConfigError(
+            "the run has no training records to plot",
+            path=Path(run_dir) / "metrics.jsonl",
+            hint="train for at least one logged step",
+        )
+    baseline = [r["unigram_entropy"] for r in records if r.get("split") == "baseline"]
+    figure = figure_module.Figure(figsize=(8, 6))
+    agg.FigureCanvasAgg(figure)
+    ax_loss, ax_lr = figure.subplots(2, 1, sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if val:
+        ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
+    if baseline:
+        ax_loss.axhline(baseline[-1], linestyle="--", color="gray", label="unigram entropy")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot([r["step"] for r in train], [r.get("lr", 0.0) for r in train], color="C2")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.grid(alpha=0.3)
+    figure.suptitle(str(run_dir))
+    figure.tight_layout()
+    out = Path(output)
+    figure.savefig(out)
+    return out

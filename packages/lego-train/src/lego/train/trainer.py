@@ -1,0 +1,735 @@
+"""The [`Trainer`][lego.train.trainer.Trainer]: any causal LM, any batch source, exact resume.
+
+One optimizer step takes ``grad_accum`` micro-batches. The loss is the *token-weighted*
+mean cross-entropy over every trained label of the step (all micro-batches, all ranks): each
+micro-batch's summed loss is divided by the step's total trained tokens, so accumulating
+``k`` micro-batches of ``B`` rows gives the same gradient as one batch of ``k * B`` rows, and
+``W`` ranks of ``B`` rows the same as one process of ``W * B`` rows, even when the number of
+ignored labels differs between micro-batches.
+
+Example:
+    >>> trainer = Trainer(model=model, train_data=loader, eval_data=val_loader,
+    ...                   config=TrainConfig(out_dir="runs/demo", max_steps=200))
+    >>> state = trainer.fit()     # resumes from runs/demo when config.resume == "latest"
+    >>> state.metrics["val_loss"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as fn
+
+from lego.protocols import (
+    IGNORE_INDEX,
+    BatchSource,
+    ConfigError,
+    DataError,
+    LMBatch,
+    TrainerCallback,
+    TrainingError,
+)
+from lego.protocols.layout import HF_TOKENIZER_FILE, LEGO_TOKENIZER_FILE, MODEL_DIR
+from lego.train import distributed as dd
+from lego.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    TRAINER_STATE_FILE,
+    CheckpointManager,
+    check_compatible,
+    file_manifest,
+    load_model_dir,
+    model_signature,
+    save_model_dir,
+    torch_load,
+    torch_save,
+)
+from lego.train.config import TrainConfig
+from lego.train.flops import flops_per_token, measure_peak_flops, mfu
+from lego.train.monitor import Console, MetricsLog, TensorBoardWriter
+from lego.train.optim import build_optimizer
+from lego.train.precision import (
+    MasterWeights,
+    autocast_context,
+    compute_dtype,
+    make_grad_scaler,
+)
+from lego.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from lego.train.schedule import build_scheduler
+from lego.train.state import RunState
+
+__all__ = ["Trainer", "token_loss"]
+
+_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+)
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and the number of trained labels.
+
+    Args:
+        logits: ``(B, T, V)`` (any float dtype; computed in fp32).
+        labels: ``(B, T)``, already shifted; [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX]
+            is skipped.
+
+    Returns:
+        ``(loss_sum, n_tokens)``: 0-d tensors (float32 and int64).
+    """
+    vocab = logits.shape[-1]
+    loss_sum = fn.cross_entropy(
+        logits.float().reshape(-1, vocab),  # (B*T, V)
+        labels.reshape(-1),  # (B*T,)
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss_sum, (labels != IGNORE_INDEX).sum()
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, _OOM_ERRORS):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+class Trainer:
+    """Trains a causal LM on a batch source; saves, resumes, evaluates, logs.
+
+    Args:
+        model: Any [`CausalLM`][lego.protocols.CausalLM] ``nn.Module``
+            (``model(input_ids, attention_mask=..., position_ids=...) -> (B, T, V)``), on CPU
+            or already on the device; when it has ``aux_loss`` (MoE), that term is added.
+        train_data: A [`BatchSource`][lego.protocols.BatchSource] of
+            [`LMBatch`][lego.protocols.LMBatch]; re-iterated when it ends. Under ``torchrun``
+            it must already yield this rank's shard (lego-data's ``TokenLoader(rank=,
+            world_size=)``).
+        config: The run's [`TrainConfig`][lego.train.config.TrainConfig].
+        eval_data: A batch source for evaluation; it is rewound to its initial state before
+            each evaluation, so every evaluation sees the same batches.
+        callbacks: [`TrainerCallback`][lego.protocols.TrainerCallback] objects.
+        tokenizer: Saved into every checkpoint's model directory (``save(path)`` as
+            ``lego-tokenizer.json``, ``save_hf(path)`` as ``tokenizer.json`` when it can).
+        tokenizer_hash: Identifies the tokenizer (e.g. SHA-256 of its file); resuming with
+            another one is a [`CompatibilityError`][lego.protocols.CompatibilityError].
+        console_stream: Where progress lines go (default: stderr).
+
+    Attributes:
+        state: The [`RunState`][lego.train.state.RunState] (step, tokens, metrics).
+        checkpoints: The run's [`CheckpointManager`][lego.train.checkpoint.CheckpointManager].
+        resumed_from: The checkpoint the run resumed from, or None.
+
+    Raises:
+        ConfigError: On an impossible setting (activation checkpointing on a model without
+            it, strategy/world mismatch, a bad resume path).
+        FormatError: When the resume checkpoint is damaged (naming the file).
+        CompatibilityError: When it belongs to another model shape or tokenizer.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        train_data: BatchSource[LMBatch],
+        config: TrainConfig,
+        eval_data: BatchSource[LMBatch] | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
+        tokenizer: object | None = None,
+        tokenizer_hash: str | None = None,
+        console_stream: Any = None,
+    ) -> None:
+        self.config = config
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.callbacks = list(callbacks)
+        self.tokenizer = tokenizer
+        self.tokenizer_hash = tokenizer_hash
+        self._console_stream = console_stream
+        self.device = dd.pick_device(config.device)
+        self.dist = dd.init_distributed(self.device)
+        self.strategy = dd.resolve_strategy(config.strategy, self.dist)
+        if self.strategy == "fsdp" and config.precision in ("bf16-true", "fp16-mixed"):
+            raise ConfigError(
+                f"precision {config.precision!r} is not supported with strategy 'fsdp'",
+                key="precision",
+                hint="use precision: bf16-mixed (or fp32) with FSDP, or strategy: ddp",
+            )
+        self.run_dir = Path(config.out_dir)
+        self.checkpoints = CheckpointManager(run_dir=self.run_dir, keep_last=config.keep_last)
+        self.state = RunState(max_steps=config.max_steps)
+        self._signal: int | None = None
+        self._batch_rows = 0
+        seed_everything(config.seed)
+
+        self.model = model
+        if config.activation_checkpointing:
+            if not hasattr(model, "activation_checkpointing"):
+                raise ConfigError(
+                    f"{type(model).__name__} has no activation_checkpointing attribute",
+                    key="activation_checkpointing",
+                    hint="set activation_checkpointing: false, or use a lego-arch model",
+                )
+            model.activation_checkpointing = True  # type: ignore[assignment,unused-ignore]
+        model.to(self.device)
+        model.train()
+
+        # Resume, part 1: verify the checkpoint and load the weights before wrapping.
+        self.resumed_from = self.checkpoints.resolve(config.resume)
+        saved: dict[str, Any] | None = None
+        if self.resumed_from is not None:
+            saved = self.checkpoints.read_state(self.resumed_from)
+            check_compatible(
+                saved.get("model") or {},
+                model_signature(model),
+                path=self.resumed_from,
+                saved_tokenizer=saved.get("tokenizer_hash"),
+                current_tokenizer=tokenizer_hash,
+            )
+            load_model_dir(model, self.resumed_from / MODEL_DIR)
+
+        self.masters = MasterWeights(model) if config.precision == "bf16-true" else None
+        wrapped = dd.wrap_model(model, self.strategy, self.device)
+        self.fsdp = dd.is_fsdp(wrapped) and self.strategy == "fsdp"
+        self.forward_model: nn.Module = wrapped
+        if config.compile:
+            self.forward_model = torch.compile(wrapped)  # type: ignore[assignment]
+        self.wrapped = wrapped
+        params = self.masters.masters if self.masters is not None else None
+        self.optimizer = build_optimizer(model, config.optim, params=params)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            optim=config.optim,
+            schedule=config.schedule,
+            max_steps=config.max_steps,
+        )
+        self.scaler = make_grad_scaler(config.precision, self.device)
+        self._eval_start = eval_data.state_dict() if eval_data is not None else None
+        if saved is not None and self.resumed_from is not None:
+            self._load_training_state(self.resumed_from, saved)
+
+        self._flops_per_token: float | None = None
+        self._peak: float | None = config.peak_flops or None
+        self._iterator: Iterator[LMBatch] | None = None
+        self._log: MetricsLog | None = None
+        self._tb: TensorBoardWriter | None = None
+        self._console: Console | None = None
+
+    # -- setup helpers -------------------------------------------------------------------
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The user's model (outside DDP / ``torch.compile``)."""
+        return self.model
+
+    def _load_training_state(self, checkpoint: Path, saved: Mapping[str, Any]) -> None:
+        optim_state = torch_load(checkpoint / "optimizer.pt", what="optimizer")
+        try:
+            if self.fsdp:
+                dd.load_full_optimizer_state(self.wrapped, self.optimizer, optim_state)
+            else:
+                self.optimizer.load_state_dict(optim_state)
+            # LambdaLR.load_state_dict overwrites the schedule's fields with the saved ones;
+            # the schedule must follow *this* run's config (e.g. a longer max_steps on
+            # resume). With an unchanged config this recomputes exactly the saved rates.
+            current = [dict(vars(fn)) for fn in self.scheduler.lr_lambdas]
+            self.scheduler.load_state_dict(
+                torch_load(checkpoint / "scheduler.pt", what="scheduler")
+            )
+            for fn, fields in zip(self.scheduler.lr_lambdas, current, strict=True):
+                vars(fn).update(fields)
+            step = self.scheduler.last_epoch
+            self.scheduler.base_lrs = [self.config.optim.lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.config.optim.lr
+            pairs = zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True)
+            for (group, base), fn in zip(pairs, self.scheduler.lr_lambdas, strict=True):
+                group["lr"] = base * fn(step)
+            if self.scaler is not None and (checkpoint / "scaler.pt").is_file():
+                self.scaler.load_state_dict(torch_load(checkpoint / "scaler.pt", what="scaler"))
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(
+                f"the checkpoint's optimizer state does not fit this run ({exc})",
+                path=checkpoint,
+                hint="resume with the same optimizer settings and strategy, or start fresh",
+            ) from exc
+        self.train_data.load_state_dict(torch_load(checkpoint / "data.pt", what="data position"))
+        restore_rng_state(torch_load(checkpoint / "rng.pt", what="RNG"), path=str(checkpoint))
+        self.state.step = int(saved["step"])
+        self.state.tokens_seen = int(saved["tokens_seen"])
+        self.state.skipped_steps = int(saved.get("skipped_steps", 0))
+        metrics = saved.get("metrics") or {}
+        self.state.metrics = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+        }
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _next_batch(self) -> LMBatch:
+        if self._iterator is None:
+            self._iterator = iter(self.train_data)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.train_data)
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                raise DataError(
+                    "the training batch source yields no batches",
+                    key="train_data",
+                    hint="check that the dataset holds at least one batch per rank",
+                ) from None
+
+    def _to_device(self, batch: LMBatch) -> dict[str, torch.Tensor]:
+        if "input_ids" not in batch or "labels" not in batch:
+            raise DataError(
+                f"a batch must hold input_ids and labels, got keys {sorted(batch)}",
+                key="batch",
+                hint="yield LMBatch dictionaries",
+            )
+        moved: dict[str, torch.Tensor] = {}
+        for key, value in batch.items():
+            assert isinstance(value, torch.Tensor)
+            moved[key] = value.to(self.device, non_blocking=True)
+        return moved
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        extra = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+        logits: torch.Tensor = self.forward_model(batch["input_ids"], **extra)  # (B, T, V)
+        return logits
+
+    # -- the step --------------------------------------------------------------------------
+
+    def _train_step(self) -> tuple[float, int, float]:
+        """One optimizer step; returns (mean loss, trained tokens over ranks, grad norm)."""
+        config = self.config
+        micro = []
+        for _ in range(config.grad_accum):
+            batch = self._to_device(self._next_batch())
+            self._batch_rows = int(batch["input_ids"].shape[0])
+            micro.append(batch)
+        local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
+        (global_tokens,) = dd.all_reduce_sum([float(local_tokens)], self.device)
+        if global_tokens <= 0:
+            raise DataError(
+                f"step {self.state.step + 1} has no trained labels (all are IGNORE_INDEX)",
+                key="labels",
+                hint="check the batch source's labels",
+            )
+        scale = self.dist.world_size / global_tokens
+        loss_total = torch.zeros((), device=self.device, dtype=torch.float32)
+        aux_source = self.unwrapped if hasattr(self.unwrapped, "aux_loss") else None
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            with (
+                dd.no_sync(self.wrapped, not last),
+                autocast_context(config.precision, self.device),
+            ):
+                logits = self._forward(batch)  # (B, T, V)
+                loss_sum, n_tokens = token_loss(logits, batch["labels"])
+                objective = loss_sum
+                if aux_source is not None:
+                    aux = aux_source.aux_loss
+                    if isinstance(aux, torch.Tensor):
+                        objective = objective + aux.float() * n_tokens
+                objective = objective * scale
+            if self.scaler is not None:
+                self.scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+            else:
+                objective.backward()  # type: ignore[no-untyped-call]
+            loss_total += loss_sum.detach()
+        (loss_sum_global,) = dd.all_reduce_sum([float(loss_total)], self.device)
+        loss = loss_sum_global / global_tokens
+        if not math.isfinite(loss):
+            return loss, int(global_tokens), float("nan")
+        return loss, int(global_tokens), self._optimizer_step()
+
+    def train_step(self) -> dict[str, float]:
+        """Take one optimizer step (the body of the training loop, without the rest).
+
+        This is [`fit()`][lego.train.trainer.Trainer.fit]'s loop body without logging,
+        evaluation, callbacks and checkpoints.
+
+        Returns:
+            ``{"loss", "lr", "tokens", "grad_norm"}``: the step's token-weighted loss, the
+            learning rate it used, its trained tokens over all ranks and the gradient norm
+            before clipping (NaN when the update was skipped).
+
+        Raises:
+            TrainingError: On a non-finite loss with ``on_nan: stop``, or out of memory.
+        """
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        try:
+            loss, tokens, grad_norm = self._train_step()
+        except Exception as error:
+            if _is_oom(error):
+                raise self._oom_error(error) from error
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss):
+            self._skip_step(loss)
+        self.state.step += 1
+        self.scheduler.step()
+        self.state.tokens_seen += tokens
+        return {"loss": loss, "lr": lr, "tokens": float(tokens), "grad_norm": grad_norm}
+
+    def _optimizer_step(self) -> float:
+        if self.masters is not None:
+            self.masters.grads_to_masters()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.config.optim.grad_clip
+        max_norm = clip if clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        full = getattr(norm, "full_tensor", None)
+        if callable(full):
+            norm = full()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.masters is not None:
+            self.masters.masters_to_model()
+        return float(norm)
+
+    def _skip_step(self, loss: float) -> None:
+        step = self.state.step + 1
+        if self.config.on_nan == "stop":
+            latest = self.checkpoints.latest() if self.dist.is_main else None
+            where = f"the last good checkpoint is {latest}" if latest else "no checkpoint yet"
+            raise TrainingError(
+                f"non-finite loss ({loss}) at step {step}; training stopped ({where})",
+                key="on_nan",
+                hint="lower the learning rate or warm up longer, resume=latest, or set "
+                "on_nan: skip to skip such steps",
+            )
+        self.message(f"step {step}: non-finite loss ({loss}); update skipped (on_nan: skip)")
+        self.state.skipped_steps += 1
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted loss and perplexity over the evaluation source.
+
+        Returns:
+            ``{"val_loss": ..., "val_ppl": ..., "val_tokens": ...}`` (empty without
+            ``eval_data``); identical on every rank.
+        """
+        if self.eval_data is None or self._eval_start is None:
+            return {}
+        self.eval_data.load_state_dict(self._eval_start)
+        self.forward_model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = 0
+        try:
+            for index, raw in enumerate(self.eval_data):
+                if self.config.eval_batches and index >= self.config.eval_batches:
+                    break
+                batch = self._to_device(raw)
+                with autocast_context(self.config.precision, self.device):
+                    logits = self._forward(batch)  # (B, T, V)
+                part, n = token_loss(logits, batch["labels"])
+                loss_sum += part.double()
+                tokens += int(n)
+        finally:
+            self.forward_model.train()
+        total, count = dd.all_reduce_sum([float(loss_sum), float(tokens)], self.device)
+        if count <= 0:
+            raise DataError(
+                "the evaluation source yielded no trained labels",
+                key="eval_data",
+                hint="give a non-empty validation set or set eval_every: 0",
+            )
+        val_loss = total / count
+        return {
+            "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 700.0)),
+            "val_tokens": count,
+        }
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (collective under torchrun).
+
+        Returns:
+            The checkpoint folder on rank 0, None on other ranks.
+        """
+        model_state: Mapping[str, torch.Tensor] | None = None
+        if self.fsdp:
+            full_model, optim_state = dd.full_state_dicts(self.wrapped, self.optimizer)
+            model_state = full_model
+        else:
+            optim_state = self.optimizer.state_dict()
+            if self.masters is not None:
+                model_state = self.masters.state_dict_of(self.unwrapped)
+        final: Path | None = None
+        if self.dist.is_main:
+            step = self.state.step
+            tmp = self.checkpoints.begin(step)
+            model_dir = tmp / MODEL_DIR
+            save_model_dir(self.unwrapped, model_dir, state_dict=model_state)
+            self._save_tokenizer(model_dir)
+            torch_save(optim_state, tmp / "optimizer.pt")
+            torch_save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.scaler is not None:
+                torch_save(self.scaler.state_dict(), tmp / "scaler.pt")
+            torch_save(capture_rng_state(), tmp / "rng.pt")
+            torch_save(self.train_data.state_dict(), tmp / "data.pt")
+            trainer_state = {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "step": step,
+                "max_steps": self.config.max_steps,
+                "tokens_seen": self.state.tokens_seen,
+                "skipped_steps": self.state.skipped_steps,
+                "metrics": {k: v for k, v in self.state.metrics.items() if math.isfinite(v)},
+                "world_size": self.dist.world_size,
+                "strategy": self.strategy,
+                "precision": self.config.precision,
+                "tokenizer_hash": self.tokenizer_hash,
+                "model": model_signature(self.unwrapped),
+                "config": self.config.to_dict(),
+                "files": file_manifest(tmp),
+            }
+            (tmp / TRAINER_STATE_FILE).write_text(
+                json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8"
+            )
+            final = self.checkpoints.commit(tmp, step)
+            for callback in self.callbacks:
+                hook = getattr(callback, "on_save", None)
+                if hook is not None:
+                    hook(self.state, final)
+        if dist.is_initialized():
+            dist.barrier()
+        return final
+
+    def _save_tokenizer(self, model_dir: Path) -> None:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            return
+        save = getattr(tokenizer, "save", None)
+        if callable(save):
+            save(model_dir / LEGO_TOKENIZER_FILE)
+            for extra in model_dir.glob("*.vocab"):
+                extra.unlink()  # lego-tokenize's human-readable dump; not part of the model
+        save_hf = getattr(tokenizer, "save_hf", None)
+        if callable(save_hf):
+            try:
+                save_hf(model_dir / HF_TOKENIZER_FILE)
+            except Exception as exc:  # not every tokenizer has an HF equivalent
+                self.message(f"tokenizer.json not written ({type(exc).__name__}: {exc})")
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        """Print a line on rank 0 (above the progress bar while training).
+
+        Args:
+            text: The line.
+        """
+        if not self.dist.is_main:
+            return
+        if self._console is not None:
+            self._console.message(text)
+        elif self.config.progress != "none":
+            import sys
+
+            stream = self._console_stream if self._console_stream is not None else sys.stderr
+            print(text, file=stream, flush=True)
+
+    def log_record(self, record: Mapping[str, Any]) -> None:
+        """Append a record to ``metrics.jsonl`` (and TensorBoard) on rank 0.
+
+        Args:
+            record: Must hold ``step``; ``split`` defaults to ``train``.
+        """
+        if not self.dist.is_main:
+            return
+        if self._log is None:
+            self._log = MetricsLog(run_dir=self.run_dir)
+        self._log.write(record)
+        if self._tb is not None:
+            self._tb.write(record)
+
+    def _mfu(self, tokens_per_s: float, context: int) -> float:
+        if self._flops_per_token is None:
+            self._flops_per_token = flops_per_token(self.unwrapped, context_length=context)
+        if self._peak is None:
+            self._peak = measure_peak_flops(
+                dtype=compute_dtype(self.config.precision), device=self.device
+            )
+        per_device = tokens_per_s / self.dist.world_size
+        return mfu(
+            flops_per_token=self._flops_per_token,
+            tokens_per_second=per_device,
+            peak_flops=self._peak,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signal = signum
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, self._handle_signal)
+        return previous
+
+    def _call(self, name: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            hook: Callable[..., Any] | None = getattr(callback, name, None)
+            if hook is not None:
+                hook(self.state, *args)
+
+    def fit(self) -> RunState:
+        """Train until ``max_steps`` (or a stop), evaluating, logging and checkpointing.
+
+        Returns:
+            The final [`RunState`][lego.train.state.RunState].
+
+        Raises:
+            TrainingError: On a non-finite loss with ``on_nan: stop`` or out of memory
+                (naming a batch size and accumulation that would fit).
+            DataError: When the batch source yields nothing or no trained labels.
+        """
+        config = self.config
+        state = self.state
+        previous = self._install_signals()
+        last_saved = state.step if self.resumed_from is not None else -1
+        try:
+            if self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if self._log is None:
+                    self._log = MetricsLog(run_dir=self.run_dir)
+                if config.tensorboard and self._tb is None:
+                    self._tb = TensorBoardWriter(log_dir=self.run_dir / "tensorboard")
+                self._console = Console(
+                    mode=config.progress,
+                    max_steps=config.max_steps,
+                    start_step=state.step,
+                    stream=self._console_stream,
+                )
+                if self.resumed_from is not None:
+                    self.message(f"resumed from {self.resumed_from} at step {state.step}")
+            self._call("on_train_begin")
+            window_tokens, window_start = 0, time.perf_counter()
+            while state.step < config.max_steps and not state.should_stop:
+                result = self.train_step()
+                loss, lr, grad_norm = result["loss"], result["lr"], result["grad_norm"]
+                window_tokens += int(result["tokens"])
+                state.metrics.update({"loss": loss, "lr": lr})
+                if math.isfinite(grad_norm):
+                    state.metrics["grad_norm"] = grad_norm
+                last = state.step >= config.max_steps
+                if state.step % config.log_every == 0 or last:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    tokens_per_s = window_tokens / elapsed
+                    context = self._context_length()
+                    state.metrics["tokens_per_s"] = tokens_per_s
+                    state.metrics["mfu"] = (
+                        self._mfu(tokens_per_s, context) if self.dist.is_main else 0.0
+                    )
+                    record = {"step": state.step, "split": "train", **state.metrics}
+                    record["tokens_seen"] = state.tokens_seen
+                    self.log_record(record)
+                    if self._console is not None:
+                        self._console.step(state.step, state.metrics)
+                    window_tokens, window_start = 0, time.perf_counter()
+                if config.eval_every and (state.step % config.eval_every == 0 or last):
+                    metrics = self.evaluate()
+                    if metrics:
+                        state.metrics.update(metrics)
+                        self.log_record({"step": state.step, "split": "val", **metrics})
+                        self.message(
+                            f"step {state.step}: val_loss {metrics['val_loss']:.4f}  "
+                            f"val_ppl {metrics['val_ppl']:.2f}"
+                        )
+                        self._call("on_evaluate", metrics)
+                    window_start = time.perf_counter()
+                self._call("on_step_end")
+                # A signal or a callback's stop on any rank stops every rank after this step.
+                stop_flag = 1.0 if (self._signal is not None or state.should_stop) else 0.0
+                (stop_votes,) = dd.all_reduce_sum([stop_flag], self.device)
+                state.should_stop = stop_votes > 0
+                periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
+                if periodic or last or state.should_stop:
+                    self.save_checkpoint()
+                    last_saved = state.step
+                    window_start = time.perf_counter()
+                if self._signal is not None:
+                    name = signal.Signals(self._signal).name
+                    self.message(f"{name} received: checkpoint saved at step {state.step}")
+            if last_saved != state.step:
+                self.save_checkpoint()
+            self._call("on_train_end")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.close()
+        return state
+
+    def _context_length(self) -> int:
+        config = getattr(self.unwrapped, "config", None)
+        value = getattr(config, "context_length", 0)
+        return value if isinstance(value, int) else 0
+
+    def _oom_error(self, error: BaseException) -> TrainingError:
+        accum = self.config.grad_accum
+        batch = self._last_batch_size()
+        if batch > 1:
+            smaller, more = max(1, batch // 2), accum * (2 if batch > 1 else 1)
+            hint = (
+                f"use batch_size {smaller} with grad_accum {more} (the same tokens per step); "
+                "or precision bf16-mixed, activation_checkpointing: true"
+            )
+        else:
+            hint = (
+                "shorten the context, use activation_checkpointing: true or bf16, "
+                "or a smaller model"
+            )
+        return TrainingError(
+            f"out of memory at step {self.state.step + 1} with micro-batch size {batch} x "
+            f"grad_accum {accum} ({type(error).__name__})",
+            key="batch_size",
+            hint=hint,
+        )
+
+    def _last_batch_size(self) -> int:
+        if self._batch_rows:
+            return self._batch_rows
+        size = getattr(self.train_data, "batch_size", None)
+        return size if isinstance(size, int) else 0
+
+    def close(self) -> None:
+        """Close the metrics log, TensorBoard and the progress bar."""
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

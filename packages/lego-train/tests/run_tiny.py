@@ -1,0 +1,70 @@
+"""Subprocess entry for the resume, signal and torchrun tests: train TinyLM on ListSource.
+
+python run_tiny.py OUT_DIR MAX_STEPS BATCH RESUME STRATEGY [DELAY]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny
+
+from lego.train import TrainConfig, Trainer
+
+
+class Announce:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def on_step_end(self, state: object) -> None:
+        print(f"STEP {state.step}", flush=True)  # type: ignore[attr-defined]
+        if self.delay:
+            time.sleep(self.delay)
+
+
+def main() -> None:
+    out_dir, max_steps, batch, resume, strategy = sys.argv[1:6]
+    delay = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+    torch.manual_seed(0)
+    model = tiny.TinyLM(dropout=float(os.environ.get("TINY_DROPOUT", "0.1")))
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    source = tiny.ListSource(
+        tiny.make_tokens(),
+        batch_size=int(batch),
+        context=8,
+        rank=rank,
+        world_size=world,
+        ignore_every=3,
+    )
+    config = TrainConfig(
+        out_dir=out_dir,
+        max_steps=int(max_steps),
+        checkpoint_every=1,
+        keep_last=2,
+        progress="none",
+        peak_flops=1e12,
+        resume=resume if resume != "-" else "",
+        strategy=strategy,  # type: ignore[arg-type]
+        optim={"lr": 1e-2, "min_lr": 1e-3},  # type: ignore[arg-type]
+        schedule={"warmup_steps": 2},  # type: ignore[arg-type]
+    )
+    trainer = Trainer(model=model, train_data=source, config=config, callbacks=[Announce(delay)])
+    trainer.fit()
+    if trainer.dist.is_main:
+        torch.save(
+            {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()},
+            Path(out_dir) / "final.pt",
+        )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""torchrun with 2 CPU ranks x batch B takes the same steps as 1 process x batch 2B."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).resolve().parent / "run_tiny.py"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TINY_DROPOUT": "0"})
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path, strategy: str) -> None:
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(single), "4", "4", "-", "single"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    multi = tmp_path / "multi"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            str(SCRIPT),
+            str(multi),
+            "4",
+            "2",
+            "-",
+            strategy,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # rank 0 wrote the consolidated (full) weights into an ordinary model directory
+    weights = Path("checkpoints") / "step-00000004" / "model" / "model.safetensors"
+    a = load_file(str(single / weights))
+    b = load_file(str(multi / weights))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert b[name].shape == a[name].shape
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-5, msg=name)
