@@ -210,11 +210,13 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """The main job: every brick installed, then the end-to-end examples run."""
-    install(session, *all_brick_paths())
-    examples = sorted((ROOT / "examples").glob("*.py"))
-    if not examples:
-        session.error("examples/ holds no scripts")
-    with tempfile.TemporaryDirectory() as work, session.chdir(work):
-        for script in examples:
-            session.run("python", str(script), *session.posargs, env=TEST_ENV)
+    """The main job: raw text to a talking model, with a report (examples/pipelines/tiny.yaml).
+
+    Installs every brick (lego-train with its plot extra), then runs the pipeline from the
+    repository root: tokenizer, data, pretraining, samples, runs/<timestamp>/report.md.
+    Extra arguments are key=value overrides, e.g. ``nox -s demo -- max_steps=200``.
+    """
+    paths = [str(b.path) + ("[plot]" if b.short == "train" else "") for b in BRICKS.values()]
+    install(session, *paths)
+    config = ROOT / "examples" / "pipelines" / "tiny.yaml"
+    session.run("lego-train", "pipeline", "--config", str(config), *session.posargs, env=TEST_ENV)

@@ -6,6 +6,7 @@ lego-train pretrain --config tiny resume=latest
 torchrun --nproc_per_node 2 -m lego.train.cli pretrain --config tiny strategy=ddp
 lego-train plot runs/tiny -o curves.png
 lego-train configs
+lego-train pipeline --config examples/pipelines/tiny.yaml
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="curves.png", help="image file (.png/.svg)")
     plot.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("configs", help="list the shipped configs")
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="tokenizer, data, pretraining, samples and a report, from one YAML",
+        description="Train a model from raw text and write runs/<timestamp>/report.md with "
+        "samples, loss.png and attention.png. Run the same command again after an "
+        "interruption to continue the run.",
+    )
+    pipeline.add_argument("--config", required=True, help="pipeline YAML file")
+    pipeline.add_argument("overrides", nargs="*", help="key=value overrides")
+    pipeline.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -66,6 +77,11 @@ def _main(argv: list[str]) -> int:
 
     path = find_config(args.config)
     data = apply_overrides(load_yaml(path), list(args.overrides))
+    if args.command == "pipeline":
+        from lego.train.pipeline import PipelineConfig, run_pipeline
+
+        result = run_pipeline(PipelineConfig.from_dict(data, path=path))
+        return 0 if result.finished else 130
     config = PretrainConfig.from_dict(data, path=path)
     state = run_pretrain(config)
     print(

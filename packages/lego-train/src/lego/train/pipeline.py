@@ -1,0 +1,337 @@
+"""``lego-train pipeline``: raw text to a talking model, with a report, in one command.
+
+The pipeline is the ``pretrain`` recipe plus what a person wants to see afterwards. One YAML
+file (``examples/pipelines/tiny.yaml``) holds every
+[`PretrainConfig`][lego.train.recipe.PretrainConfig] key plus a ``report:`` section
+([`ReportSpec`][lego.train.pipeline.ReportSpec]) and ``runs_dir``:
+
+1. the tokenizer is trained and the corpus prepared (cached, see
+   [`prepare_data()`][lego.train.recipe.prepare_data]);
+2. the model is pretrained into ``runs_dir/<timestamp>/`` with checkpoints;
+3. samples are generated with greedy, top-k and top-p decoding (lego-generate);
+4. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
+   ``attention.png`` (every head of every layer on one sample, from the explicit math
+   attention) are drawn, and ``report.md`` collects the configuration, the figures and the
+   samples; the final model directory (with its tokenizer) is copied to ``model/``.
+
+**Resuming.** Each run directory holds ``pipeline.json`` (the configuration and a status).
+When the command is interrupted (Ctrl-C: the trainer saves a checkpoint and stops), running
+the same command again finds the newest unfinished run with the same configuration and
+continues it from its last checkpoint; a finished run is never touched again, so the next
+command starts a new one. ``out_dir=...`` pins the run directory instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lego.protocols import (
+    Config,
+    ConfigError,
+    LegoError,
+    TrainingError,
+    atomic_write_text,
+    read_json,
+)
+from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
+from lego.train.recipe import PretrainConfig, prepare_data, run_pretrain, unigram_entropy
+
+__all__ = [
+    "ReportSpec",
+    "PipelineConfig",
+    "PipelineResult",
+    "PIPELINE_FILE",
+    "find_run_dir",
+    "run_pipeline",
+]
+
+PIPELINE_FILE = "pipeline.json"
+"""The file in a run directory that records the pipeline's configuration and status."""
+
+_DONE = "done"
+_RUNNING = "running"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSpec(Config):
+    """What the report shows after training.
+
+    Attributes:
+        prompts: Prompts to continue; each is sampled with every strategy.
+        max_new_tokens: Tokens generated per sample.
+        top_k: ``k`` of the top-k samples.
+        top_p: ``p`` of the top-p (nucleus) samples.
+        temperature: Temperature of the top-k and top-p samples (greedy ignores it).
+        seed: Seed of the sampled strategies.
+        attention_tokens: Tokens of the greedy sample drawn in ``attention.png``.
+    """
+
+    prompts: list[str] = field(default_factory=lambda: ["def ", "import "])
+    max_new_tokens: int = 64
+    top_k: int = 40
+    top_p: float = 0.9
+    temperature: float = 0.8
+    seed: int = 0
+    attention_tokens: int = 24
+
+    def validate(self) -> None:
+        """Prompts present and non-empty; sizes positive; ``top_p`` in (0, 1]."""
+        super().validate()
+        if not self.prompts or not all(self.prompts):
+            raise ConfigError("report.prompts needs at least one non-empty prompt", key="prompts")
+        for key in ("max_new_tokens", "top_k", "attention_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"report.{key} must be at least 1", key=f"report.{key}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"report.top_p must be in (0, 1], got {self.top_p}", key="top_p")
+        if self.temperature <= 0.0:
+            raise ConfigError("report.temperature must be > 0", key="report.temperature")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig(PretrainConfig):
+    """A pipeline config: a pretrain config, where runs go, and the report.
+
+    Attributes:
+        runs_dir: The folder of timestamped run directories (used unless ``out_dir`` is set).
+        report: The [`ReportSpec`][lego.train.pipeline.ReportSpec].
+    """
+
+    runs_dir: str = "runs"
+    report: ReportSpec = field(default_factory=ReportSpec)
+    out_dir: str = ""
+
+    def validate(self) -> None:
+        """Everything ``PretrainConfig`` checks, with an empty ``out_dir`` allowed."""
+        if not self.out_dir:  # chosen by the pipeline: a timestamped folder in runs_dir
+            dataclasses.replace(self, out_dir=str(Path(self.runs_dir) / "check"))
+            return
+        super().validate()
+
+    def pretrain_config(self, out_dir: Path) -> PretrainConfig:
+        """The ``PretrainConfig`` that trains into ``out_dir``, resuming its latest checkpoint.
+
+        Args:
+            out_dir: The run directory.
+
+        Returns:
+            The recipe config.
+        """
+        data = self.to_dict()
+        for key in ("runs_dir", "report"):
+            data.pop(key)
+        data["out_dir"] = str(out_dir)
+        data["resume"] = data.get("resume") or "latest"
+        return PretrainConfig.from_dict(data)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes the run (not where it goes or how long it is)."""
+        data = self.to_dict()
+        for key in ("runs_dir", "out_dir", "resume", "max_steps", "progress", "report"):
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What a finished pipeline produced.
+
+    Attributes:
+        run_dir: The run directory.
+        report: ``report.md``.
+        finished: False when training was interrupted (run the command again to continue).
+        val_loss: The final validation loss (NaN without validation data).
+        baseline: The unigram entropy of the validation tokens (NaN without them).
+    """
+
+    run_dir: Path
+    report: Path
+    finished: bool
+    val_loss: float
+    baseline: float
+
+
+def find_run_dir(config: PipelineConfig, *, now: datetime | None = None) -> Path:
+    """The run directory: ``out_dir``, an unfinished run of this config, or a new one.
+
+    Args:
+        config: The pipeline config.
+        now: The time that names a new run (default: now, UTC).
+
+    Returns:
+        The directory (not created).
+    """
+    if config.out_dir:
+        return Path(config.out_dir)
+    runs = Path(config.runs_dir)
+    fingerprint = config.fingerprint()
+    if runs.is_dir():
+        for run in sorted(runs.iterdir(), reverse=True):
+            record = run / PIPELINE_FILE
+            if not record.is_file():
+                continue
+            try:
+                saved = read_json(record, what="pipeline record")
+            except LegoError:  # unreadable or not JSON: not a run to continue
+                continue
+            if not isinstance(saved, dict):
+                continue
+            if saved.get("fingerprint") == fingerprint and saved.get("status") != _DONE:
+                return run
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return runs / stamp
+
+
+def _write_record(run_dir: Path, config: PipelineConfig, status: str) -> None:
+    record = {
+        "status": status,
+        "fingerprint": config.fingerprint(),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+    }
+    atomic_write_text(
+        run_dir / PIPELINE_FILE, json.dumps(record, indent=2) + "\n", what="pipeline record"
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file, or fail with a clear ConfigError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run directory: {exc.strerror or exc}",
+            path=folder,
+            hint="choose a writable place with runs_dir=... or out_dir=..., or fix the "
+            "folder's permissions",
+        ) from exc
+
+
+@contextmanager
+def _disk_errors(run_dir: Path) -> Iterator[None]:
+    """Turn a full or read-only disk into a TrainingError that says how to continue."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        raise TrainingError(
+            f"writing the run failed: {exc.strerror} ({exc.filename or run_dir})",
+            path=run_dir,
+            hint="free some disk space (or fix the permissions) and run the same command "
+            "again: it continues from the last complete checkpoint",
+        ) from exc
+
+
+def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult:
+    """Train a model from raw text and write its report (see the module docs).
+
+    Args:
+        config: The pipeline config.
+        echo: Where progress lines go (``print`` by default).
+
+    Returns:
+        The [`PipelineResult`][lego.train.pipeline.PipelineResult].
+
+    Raises:
+        ConfigError: Bad settings, a missing sibling brick or matplotlib, an unwritable run
+            directory.
+        TrainingError: Training failed, or the disk filled up (the run can be continued).
+    """
+    from lego.train.report import write_report
+
+    run_dir = find_run_dir(config)
+    _check_writable(run_dir)
+    with _disk_errors(run_dir):
+        resumed = (run_dir / PIPELINE_FILE).is_file()
+        _write_record(run_dir, config, _RUNNING)
+        echo(f"{'continuing' if resumed else 'starting'} the run in {run_dir}")
+        start = time.perf_counter()
+        state = run_pretrain(config.pretrain_config(run_dir))
+        seconds = time.perf_counter() - start
+        val_loss = float(state.metrics.get("val_loss", math.nan))
+        data = prepare_data(config.data)
+        baseline = _baseline(data.path)
+        if state.step < config.max_steps:
+            echo(
+                f"stopped at step {state.step} of {config.max_steps}; run the same command "
+                "again to continue from the last checkpoint"
+            )
+            return PipelineResult(
+                run_dir=run_dir,
+                report=run_dir / "report.md",
+                finished=False,
+                val_loss=val_loss,
+                baseline=baseline,
+            )
+        model_dir = _final_model_dir(run_dir)
+        report = write_report(
+            run_dir=run_dir,
+            model_dir=model_dir,
+            config=config,
+            state=state,
+            baseline=baseline,
+            train_seconds=seconds,
+            echo=echo,
+        )
+        _write_record(run_dir, config, _DONE)
+    echo(f"report: {report}")
+    return PipelineResult(
+        run_dir=run_dir, report=report, finished=True, val_loss=val_loss, baseline=baseline
+    )
+
+
+def _baseline(data_dir: Path) -> float:
+    """Unigram entropy of the prepared validation tokens (NaN without a val split)."""
+    import numpy as np
+
+    from lego.train.recipe import _require
+
+    ldata = _require("lego.data", "lego-data")
+    meta = ldata.read_meta(data_dir)
+    if "val" not in meta.splits:
+        return math.nan
+    tokens = ldata.open_split(data_dir, "val")
+    return unigram_entropy(np.asarray(tokens))
+
+
+def _final_model_dir(run_dir: Path) -> Path:
+    """Copy the newest checkpoint's model directory to ``run_dir/model`` and return it."""
+    checkpoint = read_latest(run_dir)
+    if checkpoint is None:
+        raise TrainingError(
+            "the run finished without a checkpoint",
+            path=run_dir,
+            hint="check checkpoint_every and keep_last in the config",
+        )
+    source = checkpoint / MODEL_DIR
+    target = run_dir / MODEL_DIR
+    staging = run_dir / f".tmp-{MODEL_DIR}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    if not (target / LEGO_TOKENIZER_FILE).is_file():
+        raise TrainingError(
+            f"the model directory has no {LEGO_TOKENIZER_FILE}",
+            path=target,
+            hint="train from a corpus or give data.tokenizer, so samples can be decoded",
+        )
+    return target

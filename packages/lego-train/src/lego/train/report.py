@@ -1,0 +1,245 @@
+"""The pipeline's run report: samples, ``loss.png``, ``attention.png`` and ``report.md``.
+
+[`write_report()`][lego.train.report.write_report] loads the final model directory with
+lego-arch and its tokenizer with lego-tokenize, generates samples with lego-generate (greedy,
+top-k and top-p, seeded), draws the loss curves
+([`plot_run()`][lego.train.plot.plot_run]) and the attention heatmaps of one sample (every
+head of every layer, from ``DecoderLM.attention_weights``: the explicit math attention), and
+writes ``report.md`` beside them. These bricks come from the ``recipes`` extra and matplotlib
+from the ``plot`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lego.protocols import ConfigError, atomic_write_text
+from lego.protocols.layout import LEGO_TOKENIZER_FILE
+from lego.train.plot import plot_run
+from lego.train.recipe import _require
+from lego.train.state import RunState
+
+if TYPE_CHECKING:
+    from lego.train.pipeline import PipelineConfig
+
+__all__ = ["Sample", "generate_samples", "draw_attention", "write_report"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated continuation.
+
+    Attributes:
+        strategy: ``"greedy"``, ``"top-k (k=40, T=0.8)"``...
+        prompt: The prompt text.
+        text: The generated text (without the prompt).
+        ids: Prompt plus generated ids.
+    """
+
+    strategy: str
+    prompt: str
+    text: str
+    ids: list[int]
+
+
+def generate_samples(model: Any, tokenizer: Any, config: PipelineConfig) -> list[Sample]:
+    """Continue every report prompt with greedy, top-k and top-p decoding.
+
+    Args:
+        model: A causal LM (eval mode).
+        tokenizer: Its tokenizer.
+        config: The pipeline config (its ``report`` section).
+
+    Returns:
+        The samples, by prompt then strategy.
+    """
+    import torch
+
+    lgen = _require("lego.generate", "lego-generate")
+    spec = config.report
+    eos = tokenizer.special_tokens.get("<|endoftext|>")
+    strategies: list[tuple[str, dict[str, Any]]] = [
+        ("greedy", {}),
+        (f"top-k (k={spec.top_k}, T={spec.temperature:g})", {"top_k": spec.top_k}),
+        (f"top-p (p={spec.top_p:g}, T={spec.temperature:g})", {"top_p": spec.top_p}),
+    ]
+    samples = []
+    for prompt in spec.prompts:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        for name, options in strategies:
+            if options:
+                options = {**options, "temperature": spec.temperature, "seed": spec.seed}
+            out = lgen.generate(
+                model, ids, max_new_tokens=spec.max_new_tokens, eos_token_id=eos, **options
+            )
+            new = [t for t in out[0, ids.shape[1] :].tolist() if t != eos]
+            samples.append(
+                Sample(
+                    strategy=name, prompt=prompt, text=tokenizer.decode(new), ids=out[0].tolist()
+                )
+            )
+    return samples
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    try:
+        agg = importlib.import_module("matplotlib.backends.backend_agg")
+        figure = importlib.import_module("matplotlib.figure")
+    except ImportError as exc:
+        raise ConfigError(
+            "the pipeline's report draws its pictures with matplotlib",
+            hint='pip install "lego-train[plot]"',
+        ) from exc
+    return agg, figure
+
+
+def draw_attention(
+    model: Any, ids: list[int], decode: Callable[[list[int]], str], output: Path
+) -> Path:
+    """Draw the attention of every head of every layer on one token sequence.
+
+    Args:
+        model: A lego-arch ``DecoderLM`` (its ``attention_weights`` gives the maps).
+        ids: The tokens, length ``T`` (a few dozen read best).
+        decode: Turns one id into its text, for the axis labels.
+        output: The image file.
+
+    Returns:
+        The image path.
+    """
+    import torch
+
+    agg, figure_module = _matplotlib()
+    maps = model.attention_weights(torch.tensor([ids]))  # n_layers x (1, H, T, T)
+    n_layers, n_heads = len(maps), int(maps[0].shape[1])
+    labels = [repr(decode([i]))[1:-1][:8] for i in ids]
+    size = max(2.2, 0.16 * len(ids))
+    figure = figure_module.Figure(figsize=(size * n_heads, size * n_layers))
+    agg.FigureCanvasAgg(figure)
+    axes = figure.subplots(n_layers, n_heads, squeeze=False)
+    for layer, weights in enumerate(maps):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            ax.imshow(weights[0, head].float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            ax.set_xticks(range(len(ids)), labels, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(ids)), labels, fontsize=5)
+    figure.suptitle("attention: row = query token, column = key token (math path)")
+    figure.tight_layout()
+    figure.savefig(output, dpi=110)
+    return output
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def write_report(
+    *,
+    run_dir: Path,
+    model_dir: Path,
+    config: PipelineConfig,
+    state: RunState,
+    baseline: float,
+    train_seconds: float,
+    echo: Callable[[str], Any] = print,
+) -> Path:
+    """Generate samples, draw the pictures and write ``report.md`` into the run directory.
+
+    Args:
+        run_dir: The run directory (holds ``metrics.jsonl`` and the checkpoints).
+        model_dir: The final model directory (with ``lego-tokenizer.json``).
+        config: The pipeline config.
+        state: The trainer's final state.
+        baseline: Unigram entropy of the validation tokens (nats/token; NaN if none).
+        train_seconds: Wall time of this invocation's training.
+        echo: Where progress lines go.
+
+    Returns:
+        The ``report.md`` path.
+    """
+    arch = _require("lego.arch", "lego-arch")
+    ltok = _require("lego.tokenize", "lego-tokenize")
+    model = arch.from_hf(model_dir).eval()
+    tokenizer = ltok.load(model_dir / LEGO_TOKENIZER_FILE)
+
+    echo("generating samples (greedy, top-k, top-p)")
+    samples = generate_samples(model, tokenizer, config)
+    loss_png = plot_run(run_dir, run_dir / "loss.png")
+    greedy = samples[0].ids[: config.report.attention_tokens]
+    attention_png = draw_attention(model, greedy, tokenizer.decode, run_dir / "attention.png")
+
+    val_loss = float(state.metrics.get("val_loss", math.nan))
+    n_params = sum(p.numel() for p in model.parameters())
+    below = not math.isnan(val_loss) and not math.isnan(baseline) and val_loss < baseline
+    verdict = (
+        f"**{baseline - val_loss:.2f} nats below** the unigram baseline"
+        if below
+        else "not below the unigram baseline"
+    )
+    lines = [
+        f"# Run report: {run_dir.name}",
+        "",
+        f"A {n_params / 1e6:.2f}M-parameter `{model.config.family}` model "
+        f"({model.config.n_layers} layers, d_model {model.config.d_model}, "
+        f"{model.config.n_heads} heads, context {model.config.context_length}) trained from "
+        f"scratch on `{config.data.corpus or config.data.path}` with a "
+        f"{tokenizer.vocab_size}-token tokenizer. Validation loss {_fmt(val_loss)} nats/token: "
+        f"{verdict} ({_fmt(baseline)}, the loss of a model that ignores context).",
+        "",
+        "## Figures",
+        "",
+        "| What | Value |",
+        "| --- | ---: |",
+        f"| optimizer steps | {state.step} |",
+        f"| training tokens | {state.tokens_seen:,} |",
+        f"| final training loss | {_fmt(float(state.metrics.get('loss', math.nan)))} |",
+        f"| validation loss | {_fmt(val_loss)} |",
+        f"| validation perplexity | {_fmt(math.exp(min(val_loss, 700.0)), 1)} |",
+        f"| unigram entropy of the validation tokens | {_fmt(baseline)} |",
+        f"| tokens/s (last logged) | {state.metrics.get('tokens_per_s', math.nan):,.0f} |",
+        f"| training time of the last invocation | {train_seconds:.0f} s |",
+        f"| parameters | {n_params:,} |",
+        "",
+        "![loss](loss.png)",
+        "",
+        "`loss.png`: training loss, validation loss, the unigram baseline (dashed) and the "
+        "learning rate.",
+        "",
+        "![attention](attention.png)",
+        "",
+        "`attention.png`: every head of every layer on the first "
+        f"{len(greedy)} tokens of the first greedy sample (rows are queries, columns keys).",
+        "",
+        "## Samples",
+        "",
+    ]
+    for sample in samples:
+        lines += [f"### {sample.strategy}, prompt {sample.prompt!r}", "", "```text"]
+        lines += [sample.prompt + sample.text, "```", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `model/`: the final model directory (HF-compatible `config.json` + "
+        "`model.safetensors`, `lego-tokenizer.json`, `tokenizer.json` when expressible); "
+        f"`lego-generate run --model {run_dir} --prompt 'def '` continues a prompt",
+        "- `checkpoints/`: the last checkpoints (`latest` names the newest)",
+        "- `metrics.jsonl`: every logged record; `pipeline.json`: the configuration",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(config.to_dict(), indent=2),
+        "```",
+        "",
+    ]
+    report = run_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines), what="run report")
+    echo(f"wrote {loss_png.name}, {attention_png.name} and {report.name}")
+    return report
