@@ -7,12 +7,13 @@ CPU. A 32-token prompt, 128 new tokens (256 in the full run), greedy, every toke
 no end-of-sequence id). Rows:
 
 - tokens/s at batch 1 and batch 8, fp32 and bf16, ours (KV cache, ``inference_mode``) against
-  ``model.generate(do_sample=False, use_cache=True)``;
+  ``model.generate(do_sample=False, use_cache=True)``; in bf16 also ours with
+  ``pack_weights=True`` (oneDNN-prepacked linears);
 - the time of one new token at 512 tokens of context: our cached decode step against
   recomputing the whole sequence without a cache (the "uncached" path);
 - at batch 1, the fraction of the memory-bandwidth bound: ``weight bytes x tokens/s`` over the
   read bandwidth of a large matrix-vector product (an ``(8192, 8192)`` weight of the same
-  dtype, ``F.linear``) measured in the same run.
+  dtype; the best of ``F.linear`` and oneDNN's prepacked linear) measured in the same run.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the universal alias
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from benchmarks._harness import BenchResult, Row, compare, log, package_version, timeit_best
 from lego.arch import DecoderLM, build, from_hf, to_hf
 from lego.generate import ModelRunner, __version__, generate
+from lego.generate.packing import packed_linears
 
 OURS = f"lego-generate {__version__}"
 PEER = f"transformers {package_version('transformers')}"
@@ -46,16 +47,23 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 
 def _matvec_bandwidth(dtype: torch.dtype, repeat: int) -> float:
-    """Read bandwidth (bytes/s) of an (8192 x 8192) weight @ vector in ``dtype``."""
-    weight = torch.randn(8192, 8192, dtype=dtype)
-    x = torch.randn(1, 8192, dtype=dtype)
+    """Read bandwidth (bytes/s) of an (8192 x 8192) weight @ vector in ``dtype``.
+
+    The best of ``F.linear`` and, where it applies (bf16 on the CPU), oneDNN's prepacked
+    linear: the bound is what the fastest kernel available in this torch build reaches.
+    """
+    layer = torch.nn.Linear(8192, 8192, bias=False).to(dtype)
+    x = torch.randn(1, 1, 8192, dtype=dtype)
 
     def run() -> None:
         with torch.inference_mode():
-            F.linear(x, weight)
+            layer(x)
 
     seconds = timeit_best(run, repeat=repeat * 3, number=5)
-    return weight.numel() * weight.element_size() / seconds
+    with packed_linears(layer) as packed:
+        if packed:
+            seconds = min(seconds, timeit_best(run, repeat=repeat * 3, number=5))
+    return layer.weight.numel() * layer.weight.element_size() / seconds
 
 
 def _load(folder: Path, dtype: torch.dtype) -> tuple[DecoderLM, PreTrainedModel]:
@@ -83,6 +91,7 @@ def _generate_rows(
     new_tokens: int,
     repeat: int,
     bound: float,
+    pack: bool = False,
 ) -> list[Row]:
     rows: list[Row] = []
     vocab = ours.config.vocab_size
@@ -90,7 +99,7 @@ def _generate_rows(
         ids = torch.randint(0, vocab, (batch, PROMPT), generator=torch.Generator().manual_seed(0))
 
         def run_ours(ids: torch.Tensor = ids) -> None:
-            generate(ours, ids, max_new_tokens=new_tokens)
+            generate(ours, ids, max_new_tokens=new_tokens, pack_weights=pack)
 
         def run_peer(ids: torch.Tensor = ids) -> None:
             with torch.inference_mode():
@@ -103,7 +112,8 @@ def _generate_rows(
                     pad_token_id=0,
                 )
 
-        log(f"  generate {label} batch {batch} x {new_tokens} new tokens")
+        mode = " (pack_weights=True)" if pack else ""
+        log(f"  generate {label}{mode} batch {batch} x {new_tokens} new tokens")
         ours_s, peer_s = compare(run_ours, run_peer, repeat=repeat, number=1)
         ours_tps, peer_tps = batch * new_tokens / ours_s, batch * new_tokens / peer_s
         note = ""
@@ -114,7 +124,7 @@ def _generate_rows(
             )
         rows.append(
             Row(
-                what=f"greedy generate, {label}, batch {batch}, {PROMPT}-token prompt + "
+                what=f"greedy generate, {label}{mode}, batch {batch}, {PROMPT}-token prompt + "
                 f"{new_tokens} new (CPU)",
                 ours=ours_tps,
                 peer=PEER,
@@ -185,6 +195,16 @@ def run(quick: bool) -> BenchResult:
             result.rows += _generate_rows(
                 label, ours, theirs, new_tokens=new_tokens, repeat=repeat, bound=bound
             )
+            if dtype == torch.bfloat16:
+                result.rows += _generate_rows(
+                    label,
+                    ours,
+                    theirs,
+                    new_tokens=new_tokens,
+                    repeat=repeat,
+                    bound=bound,
+                    pack=True,
+                )
             if dtype == torch.float32:
                 result.rows.append(_uncached_row(ours, context=512, repeat=repeat))
             del ours, theirs

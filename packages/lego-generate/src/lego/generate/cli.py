@@ -50,6 +50,9 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", dest="stop_strings", help="stop string (repeat)")
     g.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    g.add_argument(
+        "--pack-weights", action="store_true", help="oneDNN-prepacked bf16 weights (CPU)"
+    )
     g.add_argument("--truncate-prompt", action="store_true", help="left-truncate a too-long prompt")
 
 
@@ -90,6 +93,7 @@ def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
         "seed": args.seed,
         "use_cache": not args.no_cache,
         "compile": args.compile,
+        "pack_weights": args.pack_weights,
         "truncate_prompt": args.truncate_prompt,
         "eos_token_id": eos or None,
     }

@@ -70,6 +70,10 @@ class GenerationConfig:
         use_cache: Decode on the model's KV cache when it has one (False: recompute the whole
             prefix each step).
         compile: ``torch.compile`` the single-token decode step.
+        pack_weights: Route the model's bf16 ``nn.Linear`` layers through oneDNN prepacked
+            weights while generating on the CPU (faster matrix-vector products; a packed
+            copy of those weights for the duration; see
+            [`packed_linears()`][lego.generate.packing.packed_linears]).
         num_draft_tokens: Tokens the draft model proposes per step (speculative decoding).
         truncate_prompt: Left-truncate a prompt that does not fit the context (with a
             warning) instead of raising.
@@ -95,6 +99,7 @@ class GenerationConfig:
     seed: int | None = None
     use_cache: bool = True
     compile: bool = False
+    pack_weights: bool = False
     num_draft_tokens: int = 4
     truncate_prompt: bool = False
     _eos: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -148,7 +153,7 @@ class GenerationConfig:
         if self.seed is not None:
             check_int("seed", self.seed, minimum=0, owner=_OWNER)
         check_int("num_draft_tokens", self.num_draft_tokens, minimum=1, owner=_OWNER)
-        for name in ("use_cache", "compile", "truncate_prompt"):
+        for name in ("use_cache", "compile", "pack_weights", "truncate_prompt"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_OWNER}: {name} must be a bool", key=name)
 

@@ -10,6 +10,7 @@ recomputing the prefix each step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -18,11 +19,19 @@ from torch import Tensor
 from lego.generate.beam import beam_search
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
+from lego.generate.packing import packed_linears
 from lego.generate.prompt import prepare_prompt
 from lego.generate.stopping import StopStrings
 from lego.protocols import CausalLM, ConfigError, LogitsProcessor, Tokenizer
 
 __all__ = ["generate", "start_decoding"]
+
+
+def weight_packing(model: CausalLM, config: GenerationConfig) -> AbstractContextManager[int]:
+    """``packed_linears(model)`` when ``config.pack_weights`` and the model is a module."""
+    if config.pack_weights and isinstance(model, torch.nn.Module):
+        return packed_linears(model)
+    return nullcontext(0)
 
 
 def _eval_mode(model: CausalLM) -> bool:
@@ -129,6 +138,7 @@ def generate(
     num_draft_tokens: int | None = None,
     use_cache: bool | None = None,
     compile: bool | None = None,
+    pack_weights: bool | None = None,
     truncate_prompt: bool | None = None,
     generation_config: GenerationConfig | None = None,
 ) -> Tensor:
@@ -168,6 +178,8 @@ def generate(
         num_draft_tokens: Tokens the draft proposes per step.
         use_cache: Decode on the model's KV cache (False: recompute the prefix each step).
         compile: ``torch.compile`` the decode step.
+        pack_weights: Decode through oneDNN-prepacked bf16 weights on the CPU (see
+            [`packed_linears()`][lego.generate.packing.packed_linears]).
         truncate_prompt: Left-truncate a prompt that does not fit the context, with a
             warning, instead of raising.
         generation_config: A config to start from; the keyword arguments given here that are
@@ -211,13 +223,14 @@ def generate(
         "seed": seed,
         "use_cache": use_cache,
         "compile": compile,
+        "pack_weights": pack_weights,
         "num_draft_tokens": num_draft_tokens,
         "truncate_prompt": truncate_prompt,
     }
     config = GenerationConfig.from_options(generation_config, **options)
     was_training = _eval_mode(model)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), weight_packing(model, config):
             if config.num_beams > 1:
                 if draft_model is not None:
                     raise ConfigError(

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lego.generate.config import GenerationConfig
-from lego.generate.generate import _eval_mode, start_decoding
+from lego.generate.generate import _eval_mode, start_decoding, weight_packing
 from lego.protocols import CausalLM, ConfigError, DataError, LogitsProcessor, Tokenizer
 
 __all__ = ["TextStreamDecoder", "stream"]
@@ -169,42 +169,43 @@ def stream(
     pending = ""
     was_training = _eval_mode(model)
     try:
-        # inference mode per step: never left on in the caller's code between two pieces
-        with torch.inference_mode():
-            run = start_decoding(
-                model,
-                ids,
-                config,
-                logits_processor=logits_processor,
-                tokenizer=tokenizer,
-                generator=generator,
-                draft_model=draft_model,
-            )
-            steps = iter(run)
-        finished = False
-        while not finished:
+        with weight_packing(model, config):  # restored when the stream ends or closes
+            # inference mode per step: never left on in the caller's code between two pieces
             with torch.inference_mode():
-                chunk = next(steps, None)
-            if chunk is None:
-                break
-            for token in chunk[0].tolist():
-                pending += decoder.push(token)
-                if token in skip:
-                    finished = True
+                run = start_decoding(
+                    model,
+                    ids,
+                    config,
+                    logits_processor=logits_processor,
+                    tokenizer=tokenizer,
+                    generator=generator,
+                    draft_model=draft_model,
+                )
+                steps = iter(run)
+            finished = False
+            while not finished:
+                with torch.inference_mode():
+                    chunk = next(steps, None)
+                if chunk is None:
                     break
-            if stops:
-                cut = _find_stop(pending, stops)
-                if cut is not None:
-                    if pending[:cut]:
-                        yield pending[:cut]
-                    return
-                safe = max(0, len(pending) - hold)
-                if safe:
-                    yield pending[:safe]
-                    pending = pending[safe:]
-            elif pending:
-                yield pending
-                pending = ""
+                for token in chunk[0].tolist():
+                    pending += decoder.push(token)
+                    if token in skip:
+                        finished = True
+                        break
+                if stops:
+                    cut = _find_stop(pending, stops)
+                    if cut is not None:
+                        if pending[:cut]:
+                            yield pending[:cut]
+                        return
+                    safe = max(0, len(pending) - hold)
+                    if safe:
+                        yield pending[:safe]
+                        pending = pending[safe:]
+                elif pending:
+                    yield pending
+                    pending = ""
     finally:
         if was_training and isinstance(model, torch.nn.Module):
             model.train(True)
