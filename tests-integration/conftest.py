@@ -1,6 +1,7 @@
 """Shared fixtures for the integration tests.
 
 tools/ is not a package: its modules (bricks, check_layout, release) are imported by path.
+This folder is put on the path too, for its helper modules (``tiny_hf``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
+HERE = Path(__file__).resolve().parent
+for _folder in (TOOLS, HERE):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 CHANGELOG = """\
 # Changelog

@@ -23,26 +23,14 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
-)
+from tiny_hf import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen3, tiny_qwen3_moe
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 import lego.arch
 from lego.arch import DecoderLM, build, from_hf, presets, to_hf
 from lego.arch.hf.families import architecture_for_config
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-VOCAB = 97
 
 LLAMA3_SCALING = {
     "rope_type": "llama3",
@@ -54,85 +42,31 @@ LLAMA3_SCALING = {
 
 
 def _gpt2() -> PreTrainedModel:
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2LMHeadModel(config)
+    return tiny_gpt2()
 
 
 def _llama() -> PreTrainedModel:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    return tiny_llama(
         rope_theta=500000.0,
         rope_scaling=dict(LLAMA3_SCALING),
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
     )
-    return LlamaForCausalLM(config)
 
 
 def _llama_biased() -> PreTrainedModel:
     """Llama with every bias transformers offers (q/k/v/o and MLP) and an untied head."""
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        attention_bias=True,
-        mlp_bias=True,
-        tie_word_embeddings=False,
+    return tiny_llama(
+        num_key_value_heads=1, attention_bias=True, mlp_bias=True, tie_word_embeddings=False
     )
-    return LlamaForCausalLM(config)
 
 
 def _qwen3() -> PreTrainedModel:
-    config = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,  # independent of hidden_size // num_attention_heads = 8
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return Qwen3ForCausalLM(config)
+    return tiny_qwen3()  # head_dim 16, independent of hidden_size // num_attention_heads = 8
 
 
 def _qwen3_moe() -> PreTrainedModel:
-    config = Qwen3MoeConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        moe_intermediate_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        num_experts=4,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return Qwen3MoeForCausalLM(config)
+    return tiny_qwen3_moe()
 
 
 HF_MODELS = {

@@ -19,15 +19,8 @@ from typing import ClassVar
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from tiny_hf import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen3
+from transformers import PreTrainedModel
 from transformers.generation import logits_process as hf_lp
 
 from lego.arch import DecoderLM, from_hf
@@ -42,57 +35,22 @@ from lego.generate import (
     stream,
 )
 
-VOCAB = 97
+EOS = {"bos_token_id": 0, "eos_token_id": 0}
 
 
 def _gpt2(seed: int = 0, **overrides: int) -> PreTrainedModel:
     torch.manual_seed(seed)
-    sizes = {"n_embd": 32, "n_layer": 2, "n_head": 4, **overrides}
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        **sizes,
-    )
-    return GPT2LMHeadModel(config)
+    return tiny_gpt2(**EOS, **overrides)
 
 
 def _llama() -> PreTrainedModel:
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(**EOS)
 
 
 def _qwen3() -> PreTrainedModel:
     torch.manual_seed(2)
-    config = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return Qwen3ForCausalLM(config)
+    return tiny_qwen3(**EOS)
 
 
 FAMILIES = {"gpt2": _gpt2, "llama": _llama, "qwen3": _qwen3}
