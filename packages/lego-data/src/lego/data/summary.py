@@ -9,7 +9,6 @@ histograms with matplotlib (the ``plot`` extra: ``pip install "lego-data[plot]"`
 from __future__ import annotations
 
 import array
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy.typing as npt
 
 from lego.data.corpora import Corpus, get_corpus
 from lego.data.tokenizers import as_tokenizer
-from lego.protocols import ConfigError, DataError, Tokenizer
+from lego.protocols import DataError, Tokenizer, import_optional
 
 __all__ = ["Summary", "TokenStats", "summarize", "plot"]
 
@@ -229,16 +228,10 @@ def plot(summary: Summary, path: str | os.PathLike[str]) -> Path:
     Raises:
         ConfigError: When matplotlib is not installed (it comes with the ``plot`` extra).
     """
-    try:
-        # Imported by name: matplotlib is an optional extra without stubs in the type check.
-        agg = importlib.import_module("matplotlib.backends.backend_agg")
-        figure_module = importlib.import_module("matplotlib.figure")
-    except ImportError:
-        raise ConfigError(
-            "plotting needs matplotlib, which is not installed",
-            key="plot",
-            hint='pip install "lego-data[plot]"',
-        ) from None
+    # Imported by name: matplotlib is an optional extra without stubs in the type check.
+    needs = {"needed_by": "plotting", "install": '"lego-data[plot]"'}
+    agg: Any = import_optional("matplotlib.backends.backend_agg", **needs)
+    figure_module: Any = import_optional("matplotlib.figure", **needs)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure = figure_module.Figure(figsize=(11, 4.2), layout="constrained")

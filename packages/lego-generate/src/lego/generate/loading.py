@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from lego.protocols import ConfigError, Tokenizer, read_json
+from lego.protocols import ConfigError, Tokenizer, import_optional, read_json
 from lego.protocols.layout import (
     HF_TOKENIZER_FILE,
     LEGO_TOKENIZER_FILE,
@@ -36,13 +36,12 @@ __all__ = ["load_model", "load_tokenizer", "default_eos_ids"]
 
 
 def _recipe_import(module: str, package: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ConfigError(
-            f"the lego-generate command line needs {package} ({err})",
-            hint=f'pip install "lego-generate[recipes]" (or pip install {package})',
-        ) from err
+    """Import a sibling brick of the ``recipes`` extra (a ConfigError names what to install)."""
+    return import_optional(
+        module,
+        needed_by="the lego-generate command line",
+        install=f'"lego-generate[recipes]" ({package})',
+    )
 
 
 def load_model(

@@ -26,6 +26,8 @@ appear only under ``TYPE_CHECKING``). It holds:
 - chat templates ([`lego.protocols.chat`][lego.protocols.chat]) and the on-disk layout of runs,
   checkpoints and model directories ([`lego.protocols.layout`][lego.protocols.layout]), which
   several bricks read and write;
+- [`import_optional()`][lego.protocols.import_optional], the one way optional bricks and
+  libraries are imported (a missing one is a `ConfigError` with the ``pip install``);
 - the command-line conventions ([`run_cli()`][lego.protocols.run_cli],
   [`make_parser()`][lego.protocols.make_parser]) and conformance suites
   ([`lego.protocols.testing`][lego.protocols.testing]).
@@ -59,6 +61,7 @@ from lego.protocols.generation import LogitsProcessor
 from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
 from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
+from lego.protocols.optional import import_optional
 from lego.protocols.special_tokens import ENDOFTEXT, SpecialTokens
 from lego.protocols.tokenizer import Tokenizer, TrainableTokenizer, TrainingData
 from lego.protocols.training import (
@@ -117,6 +120,8 @@ __all__ = [
     "parse_json",
     "atomic_write_bytes",
     "atomic_write_text",
+    # optional dependencies
+    "import_optional",
     # command line
     "make_parser",
     "run_cli",

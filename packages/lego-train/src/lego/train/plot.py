@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, import_optional
 from lego.train.monitor import read_metrics
 
-__all__ = ["plot_run"]
+__all__ = ["plot_run", "matplotlib_modules"]
+
+
+def matplotlib_modules(needed_by: str) -> tuple[Any, Any]:
+    """Matplotlib's Agg canvas and Figure modules (the ``plot`` extra), without pyplot.
+
+    Args:
+        needed_by: Who draws, for the error message.
+
+    Returns:
+        ``(matplotlib.backends.backend_agg, matplotlib.figure)``, typed ``Any``: matplotlib is
+        an optional extra without stubs in the type check.
+
+    Raises:
+        ConfigError: When matplotlib is not installed.
+    """
+    install = '"lego-train[plot]"'
+    agg = import_optional("matplotlib.backends.backend_agg", needed_by=needed_by, install=install)
+    figure = import_optional("matplotlib.figure", needed_by=needed_by, install=install)
+    return agg, figure
 
 
 def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
@@ -26,15 +44,7 @@ def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) ->
     Raises:
         ConfigError: When matplotlib is missing, or the run has no training records.
     """
-    try:
-        # Imported by name: matplotlib is an optional extra without stubs in the type check.
-        agg: Any = importlib.import_module("matplotlib.backends.backend_agg")
-        figure_module: Any = importlib.import_module("matplotlib.figure")
-    except ImportError as exc:
-        raise ConfigError(
-            "lego-train plot needs matplotlib",
-            hint='pip install "lego-train[plot]"',
-        ) from exc
+    agg, figure_module = matplotlib_modules("lego-train plot")
     records = read_metrics(Path(run_dir))
     train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), float)]
     val = [r for r in records if r.get("split") == "val" and "val_loss" in r]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lego.protocols import CompatibilityError, Config, ConfigError
+from lego.protocols import CompatibilityError, Config, ConfigError, import_optional
 from lego.train.config import TrainConfig
 
 __all__ = [
@@ -163,16 +163,10 @@ class PretrainConfig(TrainConfig):
 
 
 def _require(module: str, package: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(
-            f"the pretrain recipe needs {package} ({module} is not importable)",
-            key="recipes",
-            hint=f'pip install "lego-train[recipes]" (or pip install {package})',
-        ) from exc
+    """Import a sibling brick of the ``recipes`` extra (a ConfigError names what to install)."""
+    return import_optional(
+        module, needed_by="the lego-train recipe", install=f'"lego-train[recipes]" ({package})'
+    )
 
 
 def default_cache_dir() -> Path:

@@ -11,7 +11,6 @@ from the ``plot`` extra.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Callable
@@ -19,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lego.protocols import ConfigError, atomic_write_text
+from lego.protocols import atomic_write_text
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
-from lego.train.plot import plot_run
+from lego.train.plot import matplotlib_modules, plot_run
 from lego.train.recipe import _require
 from lego.train.state import RunState
 
@@ -87,18 +86,6 @@ def generate_samples(model: Any, tokenizer: Any, config: PipelineConfig) -> list
     return samples
 
 
-def _matplotlib() -> tuple[Any, Any]:
-    try:
-        agg = importlib.import_module("matplotlib.backends.backend_agg")
-        figure = importlib.import_module("matplotlib.figure")
-    except ImportError as exc:
-        raise ConfigError(
-            "the pipeline's report draws its pictures with matplotlib",
-            hint='pip install "lego-train[plot]"',
-        ) from exc
-    return agg, figure
-
-
 def draw_attention(
     model: Any, ids: list[int], decode: Callable[[list[int]], str], output: Path
 ) -> Path:
@@ -115,7 +102,7 @@ def draw_attention(
     """
     import torch
 
-    agg, figure_module = _matplotlib()
+    agg, figure_module = matplotlib_modules("the pipeline report")
     maps = model.attention_weights(torch.tensor([ids]))  # n_layers x (1, H, T, T)
     n_layers, n_heads = len(maps), int(maps[0].shape[1])
     labels = [repr(decode([i]))[1:-1][:8] for i in ids]
