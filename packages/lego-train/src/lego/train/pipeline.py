@@ -47,7 +47,8 @@ from lego.protocols import (
     read_json,
 )
 from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
-from lego.train.recipe import PretrainConfig, prepare_data, run_pretrain, unigram_entropy
+from lego.train.monitor import read_metrics
+from lego.train.recipe import PretrainConfig, run_pretrain
 
 __all__ = [
     "ReportSpec",
@@ -266,8 +267,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         state = run_pretrain(config.pretrain_config(run_dir))
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
-        data = prepare_data(config.data)
-        baseline = _baseline(data.path)
+        baseline = _baseline(run_dir)
         if state.step < config.max_steps:
             echo(
                 f"stopped at step {state.step} of {config.max_steps}; run the same command "
@@ -297,18 +297,10 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
     )
 
 
-def _baseline(data_dir: Path) -> float:
-    """Unigram entropy of the prepared validation tokens (NaN without a val split)."""
-    import numpy as np
-
-    from lego.train.recipe import _require
-
-    ldata = _require("lego.data", "lego-data")
-    meta = ldata.read_meta(data_dir)
-    if "val" not in meta.splits:
-        return math.nan
-    tokens = ldata.open_split(data_dir, "val")
-    return unigram_entropy(np.asarray(tokens))
+def _baseline(run_dir: Path) -> float:
+    """The unigram entropy the recipe logged for this run (NaN without validation data)."""
+    records = [r for r in read_metrics(run_dir) if r.get("split") == "baseline"]
+    return float(records[-1]["unigram_entropy"]) if records else math.nan
 
 
 def _final_model_dir(run_dir: Path) -> Path:
