@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
+
+from lego.generate import native
 
 VOCAB = 40
 
@@ -187,6 +189,17 @@ class ByteTokenizer:
         for i in ids:
             out += inverse[i].encode() if i in inverse else bytes([i % 256])
         return out.decode("utf-8", errors="replace")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Build the native kernels into a temporary folder, not the user's cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LEGO_KERNELS_HOME", str(tmp_path_factory.mktemp("kernels")))
+    native._load.cache_clear()
+    yield
+    patch.undo()
+    native._load.cache_clear()
 
 
 @pytest.fixture

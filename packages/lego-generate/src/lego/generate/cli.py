@@ -51,7 +51,13 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     g.add_argument(
-        "--pack-weights", action="store_true", help="oneDNN-prepacked bf16 weights (CPU)"
+        "--native-kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode steps' linear layers on the native CPU kernels (default: on)",
+    )
+    g.add_argument(
+        "--pack-weights", action="store_true", help="oneDNN-reordered bf16 weights for the prefill"
     )
     g.add_argument("--truncate-prompt", action="store_true", help="left-truncate a too-long prompt")
 
@@ -93,6 +99,7 @@ def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
         "seed": args.seed,
         "use_cache": not args.no_cache,
         "compile": args.compile,
+        "native_kernels": args.native_kernels,
         "pack_weights": args.pack_weights,
         "truncate_prompt": args.truncate_prompt,
         "eos_token_id": eos or None,

@@ -70,10 +70,15 @@ class GenerationConfig:
         use_cache: Decode on the model's KV cache when it has one (False: recompute the whole
             prefix each step).
         compile: ``torch.compile`` the single-token decode step.
-        pack_weights: Route the model's bf16 ``nn.Linear`` layers through oneDNN prepacked
-            weights while generating on the CPU (faster matrix-vector products; a packed
-            copy of those weights for the duration; see
-            [`packed_linears()`][lego.generate.packing.packed_linears]).
+        native_kernels: While generating on the CPU, run the model's ``nn.Linear`` calls of
+            up to 8 rows (decode steps at batch <= 8; fp32 and bf16) on the native
+            skinny-product kernels, where this machine has them (x86-64 with AVX-512 and a
+            C compiler; see [`lego.generate.native`][lego.generate.native]). Ignored with
+            ``compile``. Default on.
+        pack_weights: Run the other bf16 CPU ``nn.Linear`` calls (the prefill) on
+            oneDNN-reordered copies of the weights, made for the duration of the
+            generation (they cost the bf16 weights' size again; see
+            [`decode_linears()`][lego.generate.linears.decode_linears]). Default off.
         num_draft_tokens: Tokens the draft model proposes per step (speculative decoding).
         truncate_prompt: Left-truncate a prompt that does not fit the context (with a
             warning) instead of raising.
@@ -99,6 +104,7 @@ class GenerationConfig:
     seed: int | None = None
     use_cache: bool = True
     compile: bool = False
+    native_kernels: bool = True
     pack_weights: bool = False
     num_draft_tokens: int = 4
     truncate_prompt: bool = False
@@ -153,7 +159,7 @@ class GenerationConfig:
         if self.seed is not None:
             check_int("seed", self.seed, minimum=0, owner=_OWNER)
         check_int("num_draft_tokens", self.num_draft_tokens, minimum=1, owner=_OWNER)
-        for name in ("use_cache", "compile", "pack_weights", "truncate_prompt"):
+        for name in ("use_cache", "compile", "native_kernels", "pack_weights", "truncate_prompt"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_OWNER}: {name} must be a bool", key=name)
 

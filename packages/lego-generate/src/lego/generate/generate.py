@@ -19,7 +19,7 @@ from torch import Tensor
 from lego.generate.beam import beam_search
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
-from lego.generate.packing import packed_linears
+from lego.generate.linears import DecodeLinears, decode_linears
 from lego.generate.prompt import prepare_prompt
 from lego.generate.stopping import StopStrings
 from lego.protocols import CausalLM, ConfigError, LogitsProcessor, Tokenizer
@@ -27,11 +27,19 @@ from lego.protocols import CausalLM, ConfigError, LogitsProcessor, Tokenizer
 __all__ = ["generate", "start_decoding"]
 
 
-def weight_packing(model: CausalLM, config: GenerationConfig) -> AbstractContextManager[int]:
-    """``packed_linears(model)`` when ``config.pack_weights`` and the model is a module."""
-    if config.pack_weights and isinstance(model, torch.nn.Module):
-        return packed_linears(model)
-    return nullcontext(0)
+def linear_kernels(
+    model: CausalLM, config: GenerationConfig
+) -> AbstractContextManager[DecodeLinears]:
+    """[`decode_linears()`][lego.generate.linears.decode_linears] as ``config`` asks.
+
+    Native kernels when ``config.native_kernels`` (and not ``config.compile``: a compiled
+    decode step runs the model's own layers), oneDNN packing when ``config.pack_weights``;
+    a model that is not an ``nn.Module`` is left alone.
+    """
+    native = config.native_kernels and not config.compile
+    if isinstance(model, torch.nn.Module) and (native or config.pack_weights):
+        return decode_linears(model, native=native, pack=config.pack_weights)
+    return nullcontext(DecodeLinears())
 
 
 def _eval_mode(model: CausalLM) -> bool:
@@ -138,6 +146,7 @@ def generate(
     num_draft_tokens: int | None = None,
     use_cache: bool | None = None,
     compile: bool | None = None,
+    native_kernels: bool | None = None,
     pack_weights: bool | None = None,
     truncate_prompt: bool | None = None,
     generation_config: GenerationConfig | None = None,
@@ -178,8 +187,11 @@ def generate(
         num_draft_tokens: Tokens the draft proposes per step.
         use_cache: Decode on the model's KV cache (False: recompute the prefix each step).
         compile: ``torch.compile`` the decode step.
-        pack_weights: Decode through oneDNN-prepacked bf16 weights on the CPU (see
-            [`packed_linears()`][lego.generate.packing.packed_linears]).
+        native_kernels: Run decode steps' CPU linear layers on the native skinny-product
+            kernels where this machine has them (default on; see
+            [`decode_linears()`][lego.generate.linears.decode_linears]).
+        pack_weights: Run the other bf16 CPU linear calls (the prefill) on oneDNN-reordered
+            copies of the weights (default off: the copies cost memory).
         truncate_prompt: Left-truncate a prompt that does not fit the context, with a
             warning, instead of raising.
         generation_config: A config to start from; the keyword arguments given here that are
@@ -223,6 +235,7 @@ def generate(
         "seed": seed,
         "use_cache": use_cache,
         "compile": compile,
+        "native_kernels": native_kernels,
         "pack_weights": pack_weights,
         "num_draft_tokens": num_draft_tokens,
         "truncate_prompt": truncate_prompt,
@@ -230,7 +243,7 @@ def generate(
     config = GenerationConfig.from_options(generation_config, **options)
     was_training = _eval_mode(model)
     try:
-        with torch.inference_mode(), weight_packing(model, config):
+        with torch.inference_mode(), linear_kernels(model, config):
             if config.num_beams > 1:
                 if draft_model is not None:
                     raise ConfigError(

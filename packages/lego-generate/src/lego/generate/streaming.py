@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lego.generate.config import GenerationConfig
-from lego.generate.generate import _eval_mode, start_decoding, weight_packing
+from lego.generate.generate import _eval_mode, linear_kernels, start_decoding
 from lego.protocols import CausalLM, ConfigError, DataError, LogitsProcessor, Tokenizer
 
 __all__ = ["TextStreamDecoder", "stream"]
@@ -169,7 +169,7 @@ def stream(
     pending = ""
     was_training = _eval_mode(model)
     try:
-        with weight_packing(model, config):  # restored when the stream ends or closes
+        with linear_kernels(model, config):  # restored when the stream ends or closes
             # inference mode per step: never left on in the caller's code between two pieces
             with torch.inference_mode():
                 run = start_decoding(

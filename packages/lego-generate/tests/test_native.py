@@ -1,0 +1,194 @@
+"""The native skinny-product kernels: built once, equal to F.linear, and clear refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812 - the universal alias
+from torch import Tensor
+
+from lego.generate import native
+from lego.generate.native import MAX_ROWS, native_status, prepare_skinny, skinny_linear
+from lego.protocols import CompatibilityError, DataError
+
+
+@pytest.fixture
+def kernels() -> None:
+    status = native_status()
+    if not status.available:
+        pytest.skip(f"no native kernels here: {status.reason}")
+
+
+@pytest.fixture
+def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty kernel cache and no memory of an earlier load; the session's restored after."""
+    monkeypatch.setenv("LEGO_KERNELS_HOME", str(tmp_path))
+    native._load.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    native._load.cache_clear()
+
+
+def _reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear in float64: the exact value both kernels approximate."""
+    b = None if bias is None else bias.double()
+    return F.linear(x.double(), weight.double(), b)
+
+
+SHAPES = [  # (rows, N, K): odd sizes exercise every tail (N % 4, N % 32, K % 16)
+    (1, 77, 45),
+    (3, 130, 96),
+    (4, 4, 16),
+    (8, 100, 300),
+    (13, 33, 17),
+]
+
+
+@pytest.mark.usefixtures("kernels")
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize(("rows", "n", "k"), SHAPES)
+def test_fp32_equals_f_linear(rows: int, n: int, k: int, with_bias: bool, transposed: bool) -> None:
+    gen = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x = torch.randn(rows, k, generator=gen)
+    stored = torch.randn(k, n, generator=gen) if transposed else torch.randn(n, k, generator=gen)
+    weight = stored.t() if transposed else stored  # (N, K) either way
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    got = skinny_linear(x, weight, bias)
+    assert got.shape == (rows, n)
+    assert got.dtype == torch.float32
+    exact = _reference(x, weight, bias)
+    torch.testing.assert_close(got.double(), exact, atol=1e-5 * k**0.5, rtol=1e-5)
+    torch.testing.assert_close(got, F.linear(x, weight, bias), atol=1e-5 * k**0.5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("kernels")
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "cols"])
+@pytest.mark.parametrize(("rows", "n", "k"), SHAPES)
+def test_bf16_is_the_fp32_sum_rounded_once(rows: int, n: int, k: int, transposed: bool) -> None:
+    gen = torch.Generator().manual_seed(rows + n + k)
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    stored = torch.randn(k, n, generator=gen) if transposed else torch.randn(n, k, generator=gen)
+    stored = stored.to(torch.bfloat16)
+    weight = stored.t() if transposed else stored
+    bias = torch.randn(n, generator=gen).to(torch.bfloat16)
+    got = skinny_linear(x, weight, bias)
+    assert got.dtype == torch.bfloat16
+    # Products of bf16 values are exact in fp32; the sum in fp32 is then rounded to bf16
+    # once, so the result is the bf16 rounding of (nearly) the exact value: within one bf16
+    # step of it, as F.linear's bf16 result is.
+    exact = _reference(x, weight, bias)
+    step = exact.abs().clamp_min(1e-3) * 2.0**-7
+    assert bool(((got.double() - exact).abs() <= step).all())
+    torch.testing.assert_close(got, F.linear(x, weight, bias))
+
+
+@pytest.mark.usefixtures("kernels")
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "cols"])
+def test_a_row_does_not_depend_on_its_batch(transposed: bool) -> None:
+    """Each row is summed in the same order whatever the batch: bit-identical results."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(MAX_ROWS, 200, generator=gen)
+    stored = torch.randn(200, 90, generator=gen) if transposed else torch.randn(90, 200)
+    weight = stored.t() if transposed else stored
+    linear = prepare_skinny(weight)
+    batch = linear(x)
+    for i in range(MAX_ROWS):
+        assert torch.equal(linear(x[i : i + 1]), batch[i : i + 1])
+
+
+@pytest.mark.usefixtures("kernels")
+def test_leading_dimensions_and_non_contiguous_inputs() -> None:
+    weight = torch.randn(24, 40)
+    x = torch.randn(2, 1, 80)[..., ::2]  # (2, 1, 40), strided
+    got = skinny_linear(x, weight)
+    assert got.shape == (2, 1, 24)
+    torch.testing.assert_close(got, F.linear(x, weight))
+    assert skinny_linear(torch.randn(0, 40), weight).shape == (0, 24)
+
+
+@pytest.mark.usefixtures("kernels")
+def test_prepared_kernels_read_the_current_weights() -> None:
+    weight = torch.randn(8, 16)
+    linear = prepare_skinny(weight)
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        weight.mul_(2.0)
+    torch.testing.assert_close(linear(x), F.linear(x, weight))
+
+
+@pytest.mark.usefixtures("kernels")
+def test_weights_the_kernels_cannot_take() -> None:
+    with pytest.raises(CompatibilityError, match="fp32 or bf16"):
+        prepare_skinny(torch.randn(4, 4, dtype=torch.float16))
+    with pytest.raises(CompatibilityError, match="2-D"):
+        prepare_skinny(torch.randn(4))
+    with pytest.raises(CompatibilityError, match="strides") as info:
+        prepare_skinny(torch.randn(4, 8)[:, ::2])
+    assert "contiguous()" in (info.value.hint or "")
+    with pytest.raises(CompatibilityError, match="bias"):
+        prepare_skinny(torch.randn(4, 4), torch.randn(5))
+    with pytest.raises(CompatibilityError, match="bias"):
+        prepare_skinny(torch.randn(4, 4), torch.randn(4, dtype=torch.float64))
+
+
+@pytest.mark.usefixtures("kernels")
+def test_inputs_that_do_not_fit() -> None:
+    linear = prepare_skinny(torch.randn(4, 8))
+    with pytest.raises(DataError, match=r"\(\.\.\., 8\)"):
+        linear(torch.randn(1, 7))
+    with pytest.raises(DataError, match="float32"):
+        linear(torch.randn(1, 8, dtype=torch.float64))
+
+
+def test_the_library_is_built_once_into_the_cache(fresh_load: Path) -> None:
+    status = native_status()
+    if not status.available:
+        pytest.skip(f"no native kernels here: {status.reason}")
+    assert status.library is not None
+    assert status.library.parent == fresh_load
+    built = status.library.stat().st_mtime_ns
+    assert [p.name for p in fresh_load.iterdir()] == [status.library.name]  # no temp files
+    native._load.cache_clear()
+    again = native_status()
+    assert again.library == status.library
+    assert again.library.stat().st_mtime_ns == built  # reused, not rebuilt
+
+
+def test_no_compiler_means_unavailable_with_a_reason(
+    fresh_load: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_cpu_flags", lambda: set(native._CPU_FLAGS))
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    status = native_status()
+    assert not status.available
+    assert "compiler" in status.reason
+    with pytest.raises(CompatibilityError, match="unavailable: no C compiler"):
+        prepare_skinny(torch.randn(2, 2))
+
+
+def test_a_failing_compiler_means_unavailable_with_its_message(
+    fresh_load: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'no such luck' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(native, "_cpu_flags", lambda: set(native._CPU_FLAGS))
+    monkeypatch.setenv("CC", str(broken))
+    status = native_status()
+    assert not status.available
+    assert "could not build" in status.reason
+    assert "no such luck" in status.reason
+    assert not [p for p in fresh_load.iterdir() if p.suffix == ".so"]  # nothing half-written
+
+
+def test_a_cpu_without_avx512_means_unavailable(
+    fresh_load: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    status = native_status()
+    assert not status.available
+    assert "avx512f" in status.reason
