@@ -168,10 +168,17 @@ def test_chat_needs_the_template_special_tokens(
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_decode_step_gives_the_same_tokens(model_dir: Path) -> None:
+    from torch._dynamo.utils import counters
+
     from lego.arch import from_hf
 
     model = from_hf(model_dir)
     ids = torch.randint(0, 50257, (2, 5))
-    plain = generate(model, ids, max_new_tokens=6)
-    compiled = generate(model, ids, max_new_tokens=6, compile=True)
+    plain = generate(model, ids, max_new_tokens=12)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = generate(model, ids, max_new_tokens=12, compile=True)
     assert torch.equal(plain, compiled)
+    # One graph for every cache length: a step recompiled per length would make 8 graphs
+    # here (dynamo's recompile limit) and then fall back to eager.
+    assert counters["stats"]["unique_graphs"] == 1

@@ -33,6 +33,27 @@ from lego.protocols import CausalLM, ConfigError, DataError, KVCache
 __all__ = ["ModelRunner", "has_kv_cache"]
 
 
+def _compiled(step: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(step, dynamic=True)``, compiled with the cache lengths symbolic.
+
+    A KV cache is an ``nn.Module`` whose filled length is an ``int`` attribute; dynamo
+    specializes such ints by default, which would recompile the step at every new length.
+    The step is traced with ``allow_unspec_int_on_nn_module`` on (where this torch has it),
+    so one graph serves every length.
+    """
+    compiled = torch.compile(step, dynamic=True)
+    config = torch._dynamo.config
+    if not hasattr(config, "allow_unspec_int_on_nn_module"):
+        return compiled
+
+    def run(*args: Any) -> Tensor:
+        with config.patch(allow_unspec_int_on_nn_module=True):
+            out: Tensor = compiled(*args)
+        return out
+
+    return run
+
+
 def has_kv_cache(model: CausalLM) -> bool:
     """Whether ``model`` can allocate its own KV cache (has a callable ``new_kv_cache``)."""
     return callable(getattr(model, "new_kv_cache", None))
@@ -96,7 +117,7 @@ class ModelRunner:
             )  # (B, S_max)
         self._step: Callable[..., Tensor] = self._call_model
         if compile and self.cached:
-            self._step = torch.compile(self._call_model, dynamic=True)
+            self._step = _compiled(self._call_model)
 
     # -- state ----------------------------------------------------------------------------
 

@@ -101,7 +101,8 @@ class TokenEmbedding(nn.Embedding):
                 tensor="input_ids",
                 hint="pass torch.long token ids",
             )
-        if self.check_ids and input_ids.numel() > 0:
+        # The range check reads the ids back (a sync); a compiled graph skips it.
+        if self.check_ids and input_ids.numel() > 0 and not torch.compiler.is_compiling():
             low, high = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
             if low < 0 or high >= self.num_embeddings:
                 bad = low if low < 0 else high
@@ -168,7 +169,7 @@ class LearnedPositionalEmbedding(nn.Module):
                 )
             pos = self.weight[:seq_len]  # (T, d_model)
         else:
-            if self.check_ids:
+            if self.check_ids and not torch.compiler.is_compiling():  # a sync; see above
                 check_position_range(
                     position_ids, limit=self.max_seq_len, owner=owner, tensor_length=seq_len
                 )
