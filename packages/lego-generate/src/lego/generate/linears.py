@@ -32,11 +32,11 @@ import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 
 from lego.generate.native import MAX_ROWS, native_status, prepare_skinny
+from lego.protocols import CompatibilityError
 
 __all__ = ["DecodeLinears", "can_pack", "decode_linears"]
 
 _PACKABLE = (torch.bfloat16,)
-_NATIVE = (torch.float32, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,12 @@ def can_pack(layer: nn.Module) -> bool:
     return weight.device.type == "cpu" and weight.dtype in _PACKABLE and weight.ndim == 2
 
 
-def _native_fits(layer: nn.Linear) -> bool:
-    """Whether the native kernels take this layer's weight and bias."""
-    weight, bias = layer.weight, _bias(layer)
-    layout_ok = weight.is_contiguous() or weight.t().is_contiguous()
-    bias_ok = bias is None or bias.is_contiguous()
-    return weight.device.type == "cpu" and weight.dtype in _NATIVE and layout_ok and bias_ok
+def _native_linear(layer: nn.Linear) -> Callable[[Tensor], Tensor] | None:
+    """The layer on the native kernels, or None when they cannot take its weight or bias."""
+    try:
+        return prepare_skinny(layer.weight.detach(), _detached(_bias(layer)))
+    except CompatibilityError:
+        return None
 
 
 def _routed_forward(
@@ -94,14 +94,13 @@ def _routed_forward(
     native: Callable[[Tensor], Tensor] | None,
     packed: Callable[[Tensor], Tensor] | None,
 ) -> Callable[[Tensor], Tensor]:
-    weight, bias, in_features = layer.weight, _bias(layer), layer.in_features
+    weight, bias = layer.weight, _bias(layer)
 
     def forward(x: Tensor) -> Tensor:  # (..., in_features) -> (..., out_features)
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return F.linear(x, weight, bias)  # the routed kernels have no autograd
         same = x.dtype == weight.dtype
-        few = x.shape[-1] == in_features and math.prod(x.shape[:-1]) <= MAX_ROWS
-        if native is not None and same and few:
+        if native is not None and same and math.prod(x.shape[:-1]) <= MAX_ROWS:
             return native(x)
         if packed is not None and same:
             return packed(x)
@@ -149,9 +148,7 @@ def decode_linears(
             for layer in model.modules():
                 if not isinstance(layer, nn.Linear):
                     continue
-                native_fn = None
-                if use_native and _native_fits(layer):
-                    native_fn = prepare_skinny(layer.weight.detach(), _detached(_bias(layer)))
+                native_fn = _native_linear(layer) if use_native else None
                 packed_fn = None
                 if onednn is not None and can_pack(layer):
                     reorder, linear = onednn
