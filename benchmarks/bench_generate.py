@@ -8,7 +8,9 @@ no end-of-sequence id). Rows:
 
 - tokens/s at batch 1 and batch 8, fp32 and bf16, ours (KV cache, ``inference_mode``, the
   native decode kernels as by default) against ``model.generate(do_sample=False,
-  use_cache=True)``; and ours with ``native_kernels=False`` (PyTorch's kernels only);
+  use_cache=True)``; ours with ``native_kernels=False`` (PyTorch's kernels only); and, at
+  batch 1 in the full run, ours with ``compile=True`` (the decode step compiled by inductor
+  around the native kernels);
 - the time of one new token at 512 tokens of context: our cached decode step against
   recomputing the whole sequence without a cache (the "uncached" path);
 - at batch 1, the fraction of the memory-bandwidth bound: ``weight bytes x tokens/s`` over the
@@ -246,7 +248,7 @@ def run(quick: bool) -> BenchResult:
             result.rows += rows(
                 mode=" (PyTorch kernels only: native_kernels=False)", native_kernels=False
             )
-            if dtype == torch.float32 and not quick:
+            if not quick:
                 result.rows += rows(mode=" (compile=True)", compile=True, batches=(1,))
             if dtype == torch.float32:
                 result.rows.append(_uncached_row(ours, context=512, repeat=repeat))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from lego.arch import build, to_hf
-from lego.generate import generate
+from lego.generate import generate, native
 from lego.generate.cli import main
 from lego.protocols.layout import CHECKPOINTS_DIR, LATEST_FILE, MODEL_DIR
 from lego.tokenize import RegexBPETokenizer
@@ -177,8 +178,21 @@ def test_compiled_decode_step_gives_the_same_tokens(model_dir: Path) -> None:
     plain = generate(model, ids, max_new_tokens=12)
     torch._dynamo.reset()
     counters.clear()
-    compiled = generate(model, ids, max_new_tokens=12, compile=True)
+    calls = 0
+    operator = native._kernel_for  # run by each call of torch.ops.lego.skinny_linear
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return operator(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "_kernel_for", counted)
+        compiled = generate(model, ids, max_new_tokens=12, compile=True)
     assert torch.equal(plain, compiled)
     # One graph for every cache length: a step recompiled per length would make 8 graphs
     # here (dynamo's recompile limit) and then fall back to eager.
     assert counters["stats"]["unique_graphs"] == 1
+    if native.native_status().available:  # the compiled steps call the native kernels
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        assert calls > 2 * linears  # more than decode_linears' one preparation per layer

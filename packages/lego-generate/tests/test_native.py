@@ -32,6 +32,22 @@ def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     native._load.cache_clear()
 
 
+@pytest.fixture(params=["dot", "widened"])
+def bf16_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Both bf16 paths of the (N, K) kernel: AVX512-BF16 dot products, and widening to fp32."""
+    path = str(request.param)
+    if path == "dot" and native._BF16_DOT_FLAG not in native._cpu_flags():
+        pytest.skip("this CPU has no AVX512-BF16")
+    if path == "widened":
+        flags = native._cpu_flags() - {native._BF16_DOT_FLAG}
+        monkeypatch.setattr(native, "_cpu_flags", lambda: flags)
+    native._load.cache_clear()
+    assert native_status().bf16_dot == (path == "dot")
+    yield path
+    monkeypatch.undo()
+    native._load.cache_clear()
+
+
 def _reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """F.linear in float64: the exact value both kernels approximate."""
     b = None if bias is None else bias.double()
@@ -65,7 +81,7 @@ def test_fp32_equals_f_linear(rows: int, n: int, k: int, with_bias: bool, transp
     torch.testing.assert_close(got, F.linear(x, weight, bias), atol=1e-5 * k**0.5, rtol=1e-5)
 
 
-@pytest.mark.usefixtures("kernels")
+@pytest.mark.usefixtures("kernels", "bf16_path")
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "cols"])
 @pytest.mark.parametrize(("rows", "n", "k"), SHAPES)
 def test_bf16_is_the_fp32_sum_rounded_once(rows: int, n: int, k: int, transposed: bool) -> None:
@@ -86,18 +102,32 @@ def test_bf16_is_the_fp32_sum_rounded_once(rows: int, n: int, k: int, transposed
     torch.testing.assert_close(got, F.linear(x, weight, bias))
 
 
-@pytest.mark.usefixtures("kernels")
+@pytest.mark.usefixtures("kernels", "bf16_path")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "cols"])
-def test_a_row_does_not_depend_on_its_batch(transposed: bool) -> None:
+def test_a_row_does_not_depend_on_its_batch(transposed: bool, dtype: torch.dtype) -> None:
     """Each row is summed in the same order whatever the batch: bit-identical results."""
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(MAX_ROWS, 200, generator=gen)
-    stored = torch.randn(200, 90, generator=gen) if transposed else torch.randn(90, 200)
+    x = torch.randn(MAX_ROWS, 200, generator=gen).to(dtype)
+    shape = (200, 90) if transposed else (90, 200)
+    stored = torch.randn(shape, generator=gen).to(dtype)
     weight = stored.t() if transposed else stored
     linear = prepare_skinny(weight)
     batch = linear(x)
     for i in range(MAX_ROWS):
         assert torch.equal(linear(x[i : i + 1]), batch[i : i + 1])
+
+
+@pytest.mark.usefixtures("kernels")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_the_operator_is_one_node_of_a_compiled_graph() -> None:
+    weight, bias = torch.randn(24, 40), torch.randn(24)
+    x = torch.randn(2, 1, 40)
+    compiled = torch.compile(lambda v: skinny_linear(v, weight, bias).relu(), fullgraph=True)
+    torch.testing.assert_close(compiled(x), F.linear(x, weight, bias).relu())
+    torch.testing.assert_close(
+        torch.ops.lego.skinny_linear(x, weight.t().contiguous().t()), F.linear(x, weight)
+    )
 
 
 @pytest.mark.usefixtures("kernels")
@@ -183,6 +213,17 @@ def test_a_failing_compiler_means_unavailable_with_its_message(
     assert "could not build" in status.reason
     assert "no such luck" in status.reason
     assert not [p for p in fresh_load.iterdir() if p.suffix == ".so"]  # nothing half-written
+
+
+@pytest.mark.usefixtures("kernels")
+def test_bf16_dot_products_where_the_cpu_has_avx512_bf16() -> None:
+    assert native_status().bf16_dot == (native._BF16_DOT_FLAG in native._cpu_flags())
+    # Values below fp32's normal range count as zero on the dot-product path, nowhere else.
+    tiny = torch.full((1, 32), 2.0**-130, dtype=torch.bfloat16)  # subnormal in bf16 and fp32
+    weight = torch.ones(4, 32, dtype=torch.bfloat16)
+    got = skinny_linear(tiny, weight)
+    expected = 0.0 if native_status().bf16_dot else 32 * 2.0**-130
+    assert got.float().tolist() == [[expected] * 4]
 
 
 def test_a_cpu_without_avx512_means_unavailable(

@@ -673,3 +673,27 @@ def test_repr_names_the_configuration() -> None:
     text = repr(CausalSelfAttention.build(d_model=32, n_heads=4, n_kv_heads=2, sliding_window=5))
     assert "n_kv_heads=2" in text
     assert "sliding_window=5" in text
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "padded"])
+def test_a_compiled_decode_step_equals_the_eager_one(padded: bool) -> None:
+    """Under torch.compile one new CPU token takes the math path: the same output as SDPA's."""
+    torch.manual_seed(3)
+    attn = CausalSelfAttention.build(d_model=32, n_heads=4, n_kv_heads=2, backend="sdpa").eval()
+    x = torch.randn(2, 6, 32)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    if padded:
+        mask[1, :2] = 0
+    given = mask if padded else None
+    eager_cache, compiled_cache = _cache(attn), _cache(attn)
+    step = torch.compile(
+        lambda t, m, c: attn(t, attention_mask=m, kv_cache=c), fullgraph=True, dynamic=False
+    )
+    with torch.no_grad():
+        for cache in (eager_cache, compiled_cache):
+            attn(x[:, :5], attention_mask=None if given is None else given[:, :5], kv_cache=cache)
+        expected = attn(x[:, 5:], attention_mask=given, kv_cache=eager_cache)
+        got = step(x[:, 5:], given, compiled_cache)
+    assert compiled_cache.seq_len == 6
+    torch.testing.assert_close(got, expected, **FP32)

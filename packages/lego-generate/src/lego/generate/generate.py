@@ -32,11 +32,11 @@ def linear_kernels(
 ) -> AbstractContextManager[DecodeLinears]:
     """[`decode_linears()`][lego.generate.linears.decode_linears] as ``config`` asks.
 
-    Native kernels when ``config.native_kernels`` (and not ``config.compile``: a compiled
-    decode step runs the model's own layers), oneDNN packing when ``config.pack_weights``;
-    a model that is not an ``nn.Module`` is left alone.
+    Native kernels when ``config.native_kernels`` (a compiled decode step calls them as
+    the operator ``torch.ops.lego.skinny_linear``), oneDNN packing when
+    ``config.pack_weights``; a model that is not an ``nn.Module`` is left alone.
     """
-    native = config.native_kernels and not config.compile
+    native = config.native_kernels
     if isinstance(model, torch.nn.Module) and (native or config.pack_weights):
         return decode_linears(model, native=native, pack=config.pack_weights)
     return nullcontext(DecodeLinears())

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 
-from lego.generate.native import MAX_ROWS, native_status, prepare_skinny
+from lego.generate.native import MAX_ROWS, native_status, prepare_skinny, skinny_linear
 from lego.protocols import CompatibilityError
 
 __all__ = ["DecodeLinears", "can_pack", "decode_linears"]
@@ -95,12 +95,16 @@ def _routed_forward(
     packed: Callable[[Tensor], Tensor] | None,
 ) -> Callable[[Tensor], Tensor]:
     weight, bias = layer.weight, _bias(layer)
+    has_native = native is not None  # a plain bool: what torch.compile reads and guards
 
     def forward(x: Tensor) -> Tensor:  # (..., in_features) -> (..., out_features)
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return F.linear(x, weight, bias)  # the routed kernels have no autograd
         same = x.dtype == weight.dtype
-        if native is not None and same and math.prod(x.shape[:-1]) <= MAX_ROWS:
+        if has_native and same and math.prod(x.shape[:-1]) <= MAX_ROWS:
+            if torch.compiler.is_compiling():  # the operator: one node of the traced graph
+                return skinny_linear(x, weight, bias)
+            assert native is not None
             return native(x)
         if packed is not None and same:
             return packed(x)

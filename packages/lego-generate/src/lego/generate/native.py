@@ -14,8 +14,14 @@ The C source is compiled once per machine with the system C compiler (``$CC``, e
 ``$XDG_CACHE_HOME/lego/kernels``, else ``~/.cache/lego/kernels``), named by a hash of the
 source, the compiler and the flags, written atomically, and loaded with ``ctypes``. They run
 on x86-64 Linux CPUs with AVX-512 (``avx512f``, ``avx512bw``, ``avx512vl``, ``fma``), in fp32
-and bf16. Where any of that is missing, [`native_status()`][lego.generate.native.native_status]
-says why and generation uses PyTorch's kernels; nothing else changes.
+and bf16; on CPUs that also have AVX512-BF16 (``avx512_bf16``), bf16 weights stored
+``(N, K)`` go through its dot-product instruction, which streams them faster. Where any of
+that is missing, [`native_status()`][lego.generate.native.native_status] says why and
+generation uses PyTorch's kernels; nothing else changes.
+
+Importing this module defines the PyTorch operator ``torch.ops.lego.skinny_linear``
+([`skinny_linear()`][lego.generate.native.skinny_linear]), so that ``torch.compile`` keeps a
+kernel call as one node of its graph and fuses everything around it.
 
 Results equal ``F.linear`` up to the order of fp32 additions (bf16 outputs are rounded to
 nearest even, like torch's).
@@ -50,6 +56,8 @@ _SOURCE = Path(__file__).with_name("skinny.c")
 _FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp")
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "fma")
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+_BF16_DOT_FLAG = "avx512_bf16"
+_KERNELS = ("skinny_rows", "skinny_cols", "skinny_rows_bf16dot")
 _ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
 
 _Kernel = Callable[..., int]
@@ -63,11 +71,15 @@ class NativeStatus:
         available: The kernels are compiled and loaded, and this CPU runs them.
         reason: Why they are unavailable ("" when available).
         library: The compiled shared library, when available.
+        bf16_dot: The CPU has AVX512-BF16: bf16 weights stored ``(N, K)`` are multiplied
+            with its dot-product instruction (products exact, sums in fp32, values below
+            fp32's normal range taken as zero) instead of being widened to fp32 first.
     """
 
     available: bool
     reason: str = ""
     library: Path | None = None
+    bf16_dot: bool = False
 
 
 def kernel_cache_dir() -> Path:
@@ -143,11 +155,12 @@ def _build(compiler: str) -> Path:
 
 
 @functools.cache
-def _load() -> tuple[NativeStatus, dict[bool, _Kernel]]:
+def _load() -> tuple[NativeStatus, dict[str, _Kernel]]:
     """Check the CPU, build and load the library, once per process."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return NativeStatus(False, "the kernels need an x86-64 CPU under Linux"), {}
-    missing = [flag for flag in _CPU_FLAGS if flag not in _cpu_flags()]
+    flags = _cpu_flags()
+    missing = [flag for flag in _CPU_FLAGS if flag not in flags]
     if missing:
         return NativeStatus(False, f"this CPU lacks {', '.join(missing)}"), {}
     compiler = _compiler()
@@ -158,13 +171,13 @@ def _load() -> tuple[NativeStatus, dict[bool, _Kernel]]:
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
         return NativeStatus(False, f"could not build the kernels: {error}"), {}
-    kernels: dict[bool, _Kernel] = {}
-    for transposed, name in ((False, "skinny_rows"), (True, "skinny_cols")):
+    kernels: dict[str, _Kernel] = {}
+    for name in _KERNELS:
         function = getattr(library, name)
         function.argtypes = _ARGTYPES
         function.restype = ctypes.c_int
-        kernels[transposed] = function
-    return NativeStatus(True, library=path), kernels
+        kernels[name] = function
+    return NativeStatus(True, library=path, bf16_dot=_BF16_DOT_FLAG in flags), kernels
 
 
 def native_status() -> NativeStatus:
@@ -215,6 +228,57 @@ def _check_weight(weight: Tensor, bias: Tensor | None) -> bool:
     return transposed
 
 
+def _kernel_for(weight: Tensor, bias: Tensor | None) -> tuple[_Kernel, int]:
+    """The kernel that takes this weight, and its dtype code.
+
+    Raises:
+        CompatibilityError: The kernels are unavailable here, or the weight or bias does
+            not fit them.
+    """
+    status, kernels = _load()
+    if not status.available:
+        raise CompatibilityError(
+            f"the native kernels are unavailable: {status.reason}",
+            hint="use torch.nn.functional.linear",
+        )
+    if _check_weight(weight, bias):
+        name = "skinny_cols"
+    elif weight.dtype == torch.bfloat16 and status.bf16_dot:
+        name = "skinny_rows_bf16dot"
+    else:
+        name = "skinny_rows"
+    return kernels[name], _DTYPE_CODES[weight.dtype]
+
+
+def _run(kernel: _Kernel, code: int, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight.T + bias`` on ``kernel``, for a weight ``_kernel_for`` accepted."""
+    n, k = weight.shape
+    if x.dtype != weight.dtype or not x.is_cpu or x.ndim == 0 or x.shape[-1] != k:
+        raise DataError(
+            f"the input must be (..., {k}) {weight.dtype} on the CPU, got {tuple(x.shape)} "
+            f"{x.dtype} on {x.device}",
+            tensor="x",
+        )
+    x = x.contiguous()
+    out = x.new_empty((*x.shape[:-1], n))  # (..., N)
+    rows = math.prod(x.shape[:-1])
+    if rows and n:
+        failed = kernel(
+            x.data_ptr(),
+            weight.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+            rows,
+            n,
+            k,
+            code,
+            torch.get_num_threads(),
+        )
+        if failed:
+            raise MemoryError("the native kernels could not allocate their scratch memory")
+    return out
+
+
 def prepare_skinny(weight: Tensor, bias: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """Check a weight once and return ``x -> x @ weight.T + bias`` on the native kernels.
 
@@ -234,52 +298,39 @@ def prepare_skinny(weight: Tensor, bias: Tensor | None = None) -> Callable[[Tens
         CompatibilityError: The kernels are unavailable here (the message says why), or the
             weight or bias does not fit them.
     """
-    status, kernels = _load()
-    if not status.available:
-        raise CompatibilityError(
-            f"the native kernels are unavailable: {status.reason}",
-            hint="use torch.nn.functional.linear",
-        )
-    transposed = _check_weight(weight, bias)
-    kernel = kernels[transposed]
-    n, k = int(weight.shape[0]), int(weight.shape[1])
-    dtype = weight.dtype
-    code = _DTYPE_CODES[dtype]
+    kernel, code = _kernel_for(weight, bias)
+    return functools.partial(_run, kernel, code, weight=weight, bias=bias)
 
-    def linear(x: Tensor) -> Tensor:
-        if x.dtype != dtype or x.device.type != "cpu" or x.ndim == 0 or x.shape[-1] != k:
-            raise DataError(
-                f"the input must be (..., {k}) {dtype} on the CPU, got {tuple(x.shape)} "
-                f"{x.dtype} on {x.device}",
-                tensor="x",
-            )
-        x = x.contiguous()
-        rows = math.prod(x.shape[:-1])
-        out = torch.empty((*x.shape[:-1], n), dtype=dtype)  # (..., N)
-        if rows and n:
-            failed = kernel(
-                x.data_ptr(),
-                weight.data_ptr(),
-                None if bias is None else bias.data_ptr(),
-                out.data_ptr(),
-                rows,
-                n,
-                k,
-                code,
-                torch.get_num_threads(),
-            )
-            if failed:
-                raise MemoryError("the native kernels could not allocate their scratch memory")
-        return out
 
-    return linear
+torch.library.define(
+    "lego::skinny_linear", "(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor"
+)
+
+
+def _skinny_linear_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The operator on CPU tensors: check the weight, run its kernel."""
+    kernel, code = _kernel_for(weight, bias)
+    return _run(kernel, code, x, weight, bias)
+
+
+def _skinny_linear_shape(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The operator's output for tracing (shape and dtype only): ``(..., N)``."""
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+torch.library.impl("lego::skinny_linear", "cpu", _skinny_linear_cpu)
+torch.library.register_fake("lego::skinny_linear", _skinny_linear_shape)
 
 
 def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` on the native kernels (``F.linear``'s arguments).
 
-    Meant for few rows (up to [`MAX_ROWS`][lego.generate.native.MAX_ROWS]); more rows work
-    but grow slower than PyTorch's GEMM.
+    The PyTorch operator ``torch.ops.lego.skinny_linear`` (defined on import), which
+    ``torch.compile`` keeps as one node of its graph: the compiled decode step calls the
+    kernels through it. Each call checks the weight;
+    [`prepare_skinny()`][lego.generate.native.prepare_skinny] checks it once. Meant for few
+    rows (up to [`MAX_ROWS`][lego.generate.native.MAX_ROWS]); more rows work but grow slower
+    than PyTorch's GEMM. It has no autograd.
 
     Args:
         x: ``(..., K)``, fp32 or bf16, on the CPU.
@@ -293,4 +344,5 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
         CompatibilityError: The kernels are unavailable here, or the weight does not fit.
         DataError: ``x`` does not fit the weight.
     """
-    return prepare_skinny(weight, bias)(x)
+    out: Tensor = torch.ops.lego.skinny_linear.default(x, weight, bias)
+    return out

@@ -33,6 +33,11 @@ from lego.protocols import CausalLM, ConfigError, DataError, KVCache
 __all__ = ["ModelRunner", "has_kv_cache"]
 
 
+_UNCHECKED = ("size_asserts", "alignment_asserts")
+"""Inductor's run-time checks of every tensor's sizes and alignment, off in the compiled step:
+dynamo's guards already check the inputs, and a decode step is short enough to notice them."""
+
+
 def _compiled(step: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``torch.compile(step, dynamic=True)``, compiled with the cache lengths symbolic.
 
@@ -41,7 +46,12 @@ def _compiled(step: Callable[..., Tensor]) -> Callable[..., Tensor]:
     The step is traced with ``allow_unspec_int_on_nn_module`` on (where this torch has it),
     so one graph serves every length.
     """
-    compiled = torch.compile(step, dynamic=True)
+    from torch._inductor import config as inductor  # imported only when compiling
+
+    options: dict[str, str | int | bool | Callable[..., Any]] = {
+        name: False for name in _UNCHECKED if hasattr(inductor, name)
+    }
+    compiled = torch.compile(step, dynamic=True, options=options)
     config = torch._dynamo.config
     if not hasattr(config, "allow_unspec_int_on_nn_module"):
         return compiled

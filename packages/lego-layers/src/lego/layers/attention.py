@@ -10,7 +10,10 @@ Backends (identical results, see [`CausalSelfAttention`][lego.layers.CausalSelfA
 
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. Without padding, window
   or cached prefix it passes ``is_causal=True`` and no mask, so the fused kernels (flash,
-  memory-efficient, CPU flash) are eligible; otherwise an explicit boolean mask.
+  memory-efficient, CPU flash) are eligible; otherwise an explicit boolean mask. One
+  exception: a single new token on the CPU under ``torch.compile`` (a compiled decode step)
+  takes the math path, which inductor fuses into one loop over the cache; the CPU flash
+  kernel costs tens of microseconds per call for that one query.
 - ``"math"``: ``softmax(Q K^T * scale + mask) V`` written out, softmax in fp32. Slower and
   memory-hungry (it materializes the ``(B, n_heads, T, S)`` scores) but transparent, and it
   can return the attention weights:
@@ -62,6 +65,11 @@ def _features(module: nn.Module, name: str) -> int | None:
     """``in_features`` / ``out_features`` of a projection, or None for a module without."""
     value = getattr(module, name, None)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _fused_by_inductor(q: Tensor) -> bool:
+    """A single CPU query traced by ``torch.compile``: the math path compiles into one loop."""
+    return q.shape[2] == 1 and q.device.type == "cpu" and torch.compiler.is_compiling()
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -542,7 +550,7 @@ class CausalSelfAttention(nn.Module):
                 k, v = k.to(q.dtype), v.to(q.dtype)  # (B, H_kv, S, hd)
 
         dropout_p = self.dropout if self.training else 0.0
-        if backend == "sdpa":
+        if backend == "sdpa" and not _fused_by_inductor(q):
             out = self._sdpa(q, k, v, attention_mask, dropout_p)  # (B, H, T, hd)
             weights = None
         else:
