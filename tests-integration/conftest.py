@@ -1,7 +1,7 @@
 """Shared fixtures for the integration tests.
 
 tools/ is not a package: its modules (bricks, check_layout, release) are imported by path.
-This folder is put on the path too, for its helper modules (``tiny_hf``).
+This folder is put on the path too, for its helper modules (``tiny_hf``, ``tiny_train``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_train import TINY_RUN
 
 from lego.train.cli import _main, main
 from lego.train.pipeline import PIPELINE_FILE
@@ -29,15 +30,7 @@ SMALL = [
     "checkpoint_every=4",
     "log_every=1",
     "progress=plain",
-    "schedule.warmup_steps=1",
-    "data.vocab_size=320",
-    "data.batch_size=4",
-    "data.context_length=32",
-    "model.overrides.context_length=32",
-    "model.overrides.d_model=32",
-    "model.overrides.n_layers=2",
-    "model.overrides.n_heads=2",
-    "model.overrides.d_ff=64",
+    *TINY_RUN,
     "report.max_new_tokens=8",
     "report.attention_tokens=8",
 ]

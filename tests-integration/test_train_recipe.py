@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_train import TINY_RUN
 
 from lego.protocols.layout import find_model_dir, find_tokenizer_file
 from lego.train import read_metrics
@@ -19,15 +20,7 @@ SMALL = [
     "eval_batches=2",
     "checkpoint_every=2",
     "progress=none",
-    "schedule.warmup_steps=1",
-    "data.vocab_size=320",
-    "data.batch_size=4",
-    "data.context_length=32",
-    "model.overrides.context_length=32",
-    "model.overrides.d_model=32",
-    "model.overrides.n_layers=2",
-    "model.overrides.n_heads=2",
-    "model.overrides.d_ff=64",
+    *TINY_RUN,
     "sample.every=-1",
 ]
 
