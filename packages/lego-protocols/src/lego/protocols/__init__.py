@@ -18,6 +18,9 @@ appear only under ``TYPE_CHECKING``). It holds:
   [`ModelConfig`][lego.protocols.ModelConfig] (validated configs as data),
   [`SpecialTokens`][lego.protocols.SpecialTokens], [`LMBatch`][lego.protocols.LMBatch] and
   [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX];
+- scalar checks with one message style ([`lego.protocols.checks`][lego.protocols.checks]:
+  [`check_int()`][lego.protocols.check_int], [`check_float()`][lego.protocols.check_float],
+  [`check_probability()`][lego.protocols.check_probability], ...);
 - file helpers with one error rule for the whole project
   ([`lego.protocols.files`][lego.protocols.files]: [`read_bytes()`][lego.protocols.read_bytes],
   [`read_text()`][lego.protocols.read_text], [`read_json()`][lego.protocols.read_json],
@@ -35,6 +38,13 @@ appear only under ``TYPE_CHECKING``). It holds:
 
 from lego.protocols.__about__ import __version__
 from lego.protocols.adapter import Adapter
+from lego.protocols.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+)
 from lego.protocols.cli import make_parser, run_cli
 from lego.protocols.config import Config, ModelConfig
 from lego.protocols.errors import (
@@ -111,6 +121,12 @@ __all__ = [
     "ENDOFTEXT",
     "LMBatch",
     "IGNORE_INDEX",
+    # scalar checks
+    "check_int",
+    "check_float",
+    "check_probability",
+    "check_bool",
+    "check_choice",
     # files
     "read_bytes",
     "read_text",
