@@ -26,6 +26,12 @@ appear only under ``TYPE_CHECKING``). It holds:
   [`read_text()`][lego.protocols.read_text], [`read_json()`][lego.protocols.read_json],
   [`atomic_write_bytes()`][lego.protocols.atomic_write_bytes],
   [`atomic_write_text()`][lego.protocols.atomic_write_text], ...);
+- one progress mechanism ([`lego.protocols.progress`][lego.protocols.progress]:
+  [`make_progress()`][lego.protocols.make_progress], a rich bar on a terminal, plain lines
+  otherwise) and one config-file reader
+  ([`lego.protocols.configfile`][lego.protocols.configfile]:
+  [`load_config()`][lego.protocols.load_config], YAML plus ``a.b=value`` overrides converted
+  by each field's annotation);
 - chat templates ([`lego.protocols.chat`][lego.protocols.chat]) and the on-disk layout of runs,
   checkpoints and model directories ([`lego.protocols.layout`][lego.protocols.layout]), which
   several bricks read and write;
@@ -47,6 +53,7 @@ from lego.protocols.checks import (
 )
 from lego.protocols.cli import make_parser, run_cli
 from lego.protocols.config import Config, ModelConfig
+from lego.protocols.configfile import load_config, read_config_file
 from lego.protocols.errors import (
     CompatibilityError,
     ConfigError,
@@ -72,6 +79,7 @@ from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
 from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
 from lego.protocols.optional import import_optional
+from lego.protocols.progress import Progress, Task, make_progress
 from lego.protocols.special_tokens import ENDOFTEXT, SpecialTokens
 from lego.protocols.tokenizer import Tokenizer, TrainableTokenizer, TrainingData
 from lego.protocols.training import (
@@ -117,6 +125,8 @@ __all__ = [
     # value types
     "Config",
     "ModelConfig",
+    "load_config",
+    "read_config_file",
     "SpecialTokens",
     "ENDOFTEXT",
     "LMBatch",
@@ -138,6 +148,10 @@ __all__ = [
     "atomic_write_text",
     # optional dependencies
     "import_optional",
+    # progress
+    "Progress",
+    "Task",
+    "make_progress",
     # command line
     "make_parser",
     "run_cli",

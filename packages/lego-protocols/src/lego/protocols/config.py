@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from lego.protocols.errors import ConfigError, FormatError, LegoError, did_you_mean
 from lego.protocols.files import atomic_write_text, read_json
 
-__all__ = ["Config", "ModelConfig"]
+__all__ = ["Config", "ModelConfig", "describe_annotation"]
 
 C = TypeVar("C", bound="Config")
 
@@ -245,10 +245,24 @@ def _relocate(err: LegoError, **changes: Any) -> LegoError:
     return type(err)(err.message, **context)
 
 
-def _describe(hint: Any) -> str:
-    if isinstance(hint, type):
+def describe_annotation(hint: Any) -> str:
+    """Name an annotation for a message: ``int``, ``float | None``, ``tuple[float, float]``.
+
+    Args:
+        hint: A type annotation.
+
+    Returns:
+        Its readable name.
+
+    Example:
+        >>> describe_annotation(int), describe_annotation(float | None)
+        ('int', 'float | None')
+    """
+    if hint is None or hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not typing.get_args(hint):
         return hint.__name__
-    return str(hint).replace("typing.", "")
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 @functools.cache
@@ -316,7 +330,7 @@ _SCALARS: dict[Any, Converter] = {bool: _bool, int: _int, float: _float, str: _s
 def _union(args: tuple[Any, ...], field: str) -> Converter:
     optional = type(None) in args
     arms = [_converter(arm, field) for arm in args if arm is not type(None)]
-    expected = " | ".join(_describe(a) for a in args)
+    expected = " | ".join(describe_annotation(a) for a in args)
     if len(arms) == 1:
         only = arms[0]  # `X | None`: X's own error is the precise one
 
@@ -359,7 +373,7 @@ def _literal(args: tuple[Any, ...]) -> Converter:
 
 
 def _sequence(hint: Any, origin: type, args: tuple[Any, ...], field: str) -> Converter:
-    expected = _describe(hint)
+    expected = describe_annotation(hint)
     fixed = origin is tuple and bool(args) and not (len(args) == 2 and args[1] is Ellipsis)
     if fixed:
         items = [_converter(a, field) for a in args]
@@ -385,7 +399,7 @@ def _sequence(hint: Any, origin: type, args: tuple[Any, ...], field: str) -> Con
 
 
 def _mapping(hint: Any, args: tuple[Any, ...], field: str) -> Converter:
-    expected = _describe(hint)
+    expected = describe_annotation(hint)
     key_of, value_of = (_converter(a, field) for a in args) if args else (_identity, _identity)
 
     def convert(value: Any, key: str) -> Any:
@@ -408,7 +422,16 @@ def _nested(cls: type[Config]) -> Converter:
 
 
 def _type_error(key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})", key=key)
+    if value is None:
+        return ConfigError(
+            f"{key} is null (empty), but must be {expected}",
+            key=key,
+            hint="give it a value, or leave the key out to use its default",
+        )
+    hint = "quote the value to make it a string" if expected == "str" else None
+    return ConfigError(
+        f"{key} must be {expected}, got {value!r} ({type(value).__name__})", key=key, hint=hint
+    )
 
 
 _ATOMS = frozenset({int, float, str, bool, type(None)})

@@ -10,7 +10,9 @@ machine-readable (``err.path``, ``err.key``, ...) and are rendered into ``str(er
     ...     key="model.n_head",
     ...     hint="choose n_head in {1, 2, 3, 4, 6, 8, 12, ...}",
     ... )
-    ConfigError: n_head must divide n_embd (768 % 10 != 0)
+    Traceback (most recent call last):
+    ...
+    lego.protocols.errors.ConfigError: n_head must divide n_embd (768 % 10 != 0)
       where: configs/tiny.yaml, key 'model.n_head'
       what to do: choose n_head in {1, 2, 3, 4, 6, 8, 12, ...}
 

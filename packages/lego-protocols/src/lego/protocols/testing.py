@@ -14,7 +14,10 @@ implement the factory. The suites use plain ``assert`` and need no test framewor
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
+import pkgutil
 import re
 import subprocess
 import sys
@@ -24,7 +27,13 @@ from typing import ClassVar
 
 from lego.protocols.tokenizer import Tokenizer
 
-__all__ = ["TokenizerContract", "DEFAULT_TEXTS", "modules_imported"]
+__all__ = [
+    "TokenizerContract",
+    "DEFAULT_TEXTS",
+    "modules_imported",
+    "package_modules",
+    "run_doctests",
+]
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
 
@@ -136,3 +145,56 @@ class TokenizerContract(ABC):
         assert "" not in specials
         assert len(set(specials.values())) == len(specials), "two specials share an id"
         assert all(0 <= i < tokenizer.vocab_size for i in specials.values())
+
+
+DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+"""The doctest options every brick's examples run with."""
+
+
+def package_modules(package: str) -> list[str]:
+    """Every module of an installed package, the package itself first, sorted.
+
+    The brick's doctest test parametrizes over this list, so each module's examples are
+    one test (and a brick's examples run from the installed code, never a second copy).
+
+    Args:
+        package: A package name, e.g. ``"lego.arch"``.
+
+    Returns:
+        The dotted names of the package and of every module and subpackage below it.
+    """
+    root = importlib.import_module(package)
+    names = [package]
+    paths = getattr(root, "__path__", None)
+    if paths is not None:
+        names += sorted(info.name for info in pkgutil.walk_packages(paths, prefix=package + "."))
+    return names
+
+
+def run_doctests(module: str) -> int:
+    """Run the ``>>>`` examples of one module and fail with doctest's report.
+
+    Examples run with ``ELLIPSIS`` and ``NORMALIZE_WHITESPACE``, as typed at a REPL (the
+    module's ``__future__`` imports do not apply to them).
+
+    Args:
+        module: A dotted module name.
+
+    Returns:
+        The number of examples that ran.
+
+    Raises:
+        AssertionError: An example failed; the message is doctest's report.
+    """
+    imported = importlib.import_module(module)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
+    report: list[str] = []
+    for test in finder.find(imported, module):
+        # compileflags=0: examples run as typed at a REPL, without the module's
+        # ``from __future__ import annotations`` (classes defined in an example resolve).
+        runner.run(test, compileflags=0, out=report.append)
+    results = runner.summarize(verbose=False)
+    if results.failed:
+        raise AssertionError("".join(report))
+    return results.attempted

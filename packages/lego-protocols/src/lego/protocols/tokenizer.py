@@ -21,9 +21,18 @@ class Tokenizer(Protocol):
     ``allowed_special``); the contract is the one-argument form.
 
     Example:
-        >>> ids = tokenizer.encode("hello world")
-        >>> tokenizer.decode(ids)
-        'hello world'
+        Anything with these four members is a tokenizer; no base class is needed:
+
+        >>> class Bytes:
+        ...     vocab_size = 256
+        ...     special_tokens: dict[str, int] = {}
+        ...     def encode(self, text: str) -> list[int]:
+        ...         return list(text.encode("utf-8"))
+        ...     def decode(self, ids: list[int]) -> str:
+        ...         return bytes(ids).decode("utf-8")
+        >>> tokenizer = Bytes()
+        >>> isinstance(tokenizer, Tokenizer), tokenizer.decode(tokenizer.encode("hello world"))
+        (True, 'hello world')
     """
 
     @property
