@@ -228,3 +228,25 @@ def test_round_trip_property(
     }
     config = TinyConfig.from_dict(data)
     assert TinyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_from_header_turns_config_errors_into_format_errors() -> None:
+    from dataclasses import dataclass
+
+    from lego.protocols import Config, FormatError
+
+    @dataclass(frozen=True, kw_only=True)
+    class Header(Config):
+        version: int
+        name: str = "x"
+
+    assert Header.from_header({"version": 1}, path="m.json", what="metadata").version == 1
+    with pytest.raises(FormatError) as info:
+        Header.from_header({"version": "1"}, path="m.json", what="metadata")
+    assert info.value.key == "version"
+    assert info.value.path == "m.json"
+    assert "metadata is not valid" in info.value.message
+    with pytest.raises(FormatError, match="unknown Header key"):
+        Header.from_header({"version": 1, "nme": "y"}, path="m.json", what="metadata")
+    with pytest.raises(FormatError, match="must hold a JSON object"):
+        Header.from_header([1], path="m.json", what="metadata")

@@ -124,6 +124,51 @@ class Config:
             )
         return cls.from_dict(data, path=path)
 
+    @classmethod
+    def from_header(
+        cls: type[C],
+        data: Any,
+        *,
+        path: str | os.PathLike[str],
+        what: str,
+        hint: str | None = None,
+    ) -> C:
+        """Build a config from the header of a file we wrote (``meta.json``, a state file).
+
+        The same checks as [`Config.from_dict()`][lego.protocols.Config.from_dict], but a
+        bad header means the file is not what it claims, so every error is a
+        [`FormatError`][lego.protocols.FormatError] that names the file and the key.
+
+        Args:
+            data: The parsed header (it must be a mapping).
+            path: The file it came from.
+            what: What the file is, e.g. ``"dataset metadata (meta.json)"``.
+            hint: What to do about a bad file (default: write it again).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            FormatError: ``data`` is not a mapping, has unknown or missing keys, or a value
+                of the wrong type or range.
+        """
+        fix = hint or "the file is damaged or was written by another version; write it again"
+        if not isinstance(data, Mapping):
+            raise FormatError(
+                f"the {what} must hold a JSON object, not {type(data).__name__}",
+                path=path,
+                hint=fix,
+            )
+        try:
+            return _from_mapping(cls, data, prefix="")
+        except ConfigError as err:
+            raise FormatError(
+                f"the {what} is not valid: {err.message}",
+                path=path,
+                key=err.key,
+                hint=fix,
+            ) from None
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-compatible data (tuples become lists).
 
