@@ -212,11 +212,12 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: raw text to a talking model, with a report (examples/pipelines/tiny.yaml).
 
-    Installs every brick (lego-train with its plot extra), then runs the pipeline from the
-    repository root: tokenizer, data, pretraining, samples, runs/<timestamp>/report.md.
-    Extra arguments are key=value overrides, e.g. ``nox -s demo -- max_steps=200``.
+    Installs every brick and the application (``legollm[plot]``), then runs
+    ``legollm pipeline`` from the repository root: tokenizer, data, pretraining, samples,
+    runs/<timestamp>/report.md. Extra arguments are key=value overrides, e.g.
+    ``nox -s demo -- max_steps=200``.
     """
-    paths = [str(b.path) + ("[plot]" if b.short == "train" else "") for b in BRICKS.values()]
+    paths = [str(b.path) + ("[plot]" if b.is_application else "") for b in BRICKS.values()]
     install(session, *paths)
     config = ROOT / "examples" / "pipelines" / "tiny.yaml"
-    session.run("lego-train", "pipeline", "--config", str(config), *session.posargs, env=TEST_ENV)
+    session.run("legollm", "pipeline", "--config", str(config), *session.posargs, env=TEST_ENV)

@@ -1,6 +1,6 @@
 """Pretrain a GPT from scratch with the library API: tokenizer, token files, model, Trainer.
 
-What ``lego-train pipeline`` does from a YAML file, written out brick by brick:
+What ``legollm pipeline`` does from a YAML file, written out brick by brick:
 
 1. lego-tokenize trains a GPT-4-pattern BPE on part of the embedded ``python-stdlib`` corpus;
 2. lego-data tokenizes the corpus into ``train.bin`` / ``val.bin`` and batches it

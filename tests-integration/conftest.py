@@ -48,11 +48,19 @@ def write_brick(
     dependencies: tuple[str, ...] = (),
     optional: dict[str, list[str]] | None = None,
     groups: str = 'test = ["pytest>=8"]',
+    application: bool = False,
 ) -> Path:
-    """Write a brick that passes every layout check; return its folder."""
+    """Write a brick that passes every layout check; return its folder.
+
+    With ``application=True`` it is the application instead: distribution ``legollm``,
+    import folder ``lego/recipes`` (``short`` is ignored), docs page ``legollm.md``.
+    """
     name = f"lego-{short}"
+    folder_name = short
+    if application:
+        name, short, folder_name = "legollm", "legollm", "recipes"
     folder = root / "packages" / name
-    package = folder / "src" / "lego" / short
+    package = folder / "src" / "lego" / folder_name
     package.mkdir(parents=True)
     (package / "__about__.py").write_text(f'"""Version."""\n\n__version__ = "{version}"\n')
     (package / "__init__.py").write_text(f'"""The {name} brick."""\n')
@@ -85,12 +93,12 @@ def write_brick(
             {groups}
 
             [tool.hatch.version]
-            path = "src/lego/{short}/__about__.py"
+            path = "src/lego/{folder_name}/__about__.py"
 
             [tool.hatch.build.targets.wheel]
             packages = ["src/lego"]
             """
-        ).format(name=name, deps=deps, extras=extras, groups=groups, short=short)
+        ).format(name=name, deps=deps, extras=extras, groups=groups, folder_name=folder_name)
     )
     docs = root / "docs" / "bricks"
     docs.mkdir(parents=True, exist_ok=True)

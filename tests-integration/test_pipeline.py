@@ -1,4 +1,4 @@
-"""The demo pipeline end to end: ``lego-train pipeline`` with every brick, small settings.
+"""The demo pipeline end to end: ``legollm pipeline`` with every brick, small settings.
 
 Runs the shipped ``examples/pipelines/tiny.yaml`` with a small model and few steps: the
 report, its pictures and the model directory appear; an interrupted run (a real SIGINT to a
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from tiny_train import TINY_RUN
 
-from lego.train.cli import _main, main
-from lego.train.pipeline import PIPELINE_FILE
+from lego.recipes.cli import _main, main
+from lego.recipes.pipeline import PIPELINE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "pipelines" / "tiny.yaml"
@@ -84,13 +84,13 @@ def _lines_until(process: subprocess.Popen[str], marker: str) -> list[str]:
 
 def test_interrupted_run_continues_with_the_same_command(tmp_path: Path, cache_dir: Path) -> None:
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "lego.train.cli", *_args(runs, cache_dir, "max_steps=400")]
+    command = [sys.executable, "-m", "lego.recipes.cli", *_args(runs, cache_dir, "max_steps=400")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     try:
-        _lines_until(process, "step 5/400")  # past the first checkpoint (step 4)
+        _lines_until(process, "train: 5 of 400 steps")  # past the first checkpoint (step 4)
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=300)
     finally:
@@ -141,7 +141,7 @@ def test_full_disk_says_how_to_continue(
     def full(*args: object, **kwargs: object) -> object:
         raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/.tmp-step-00000004")
 
-    monkeypatch.setattr("lego.train.pipeline.run_pretrain", full)
+    monkeypatch.setattr("lego.recipes.pipeline.build_pretraining", full)
     with pytest.raises(SystemExit) as exit_:
         main(_args(tmp_path / "runs", cache_dir, "max_steps=4"))
     assert exit_.value.code == 2

@@ -2,7 +2,7 @@
 
 Every ``python`` block runs (in a fresh interpreter, from an empty directory, warnings as
 errors); every command in a ``bash`` block names things that exist: nox sessions of the
-noxfile, console scripts of the bricks with their subcommands, and files of the repository.
+noxfile, console scripts of the bricks and of legollm with their subcommands, and files of the repository.
 The demo's own command is run end to end, with small settings, by test_pipeline.py.
 """
 
@@ -73,7 +73,7 @@ def test_nox_sessions_exist() -> None:
 
 def test_console_scripts_and_files_exist() -> None:
     scripts = _scripts()
-    used = [cmd for cmd in _commands() if cmd[0].startswith("lego-")]
+    used = [cmd for cmd in _commands() if cmd[0].startswith("lego-") or cmd[0] == "legollm"]
     assert used
     for cmd in used:
         assert cmd[0] in scripts, cmd[0]

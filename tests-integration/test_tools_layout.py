@@ -344,6 +344,58 @@ def test_f_docs_page(repo: Path) -> None:
     one_problem(repo, "docs/bricks/layers.md", "missing docs page for lego-layers")
 
 
+# --- (g) the application: legollm composes the bricks, no brick depends on it --------------
+
+
+def _with_application(repo: Path, make_brick: Callable[..., Path]) -> Path:
+    return make_brick(
+        repo,
+        "",
+        application=True,
+        dependencies=("lego-protocols>=0.1,<0.2", "lego-layers>=0.3,<0.4"),
+    )
+
+
+def test_g_application_is_discovered_with_its_import_folder(
+    repo: Path, make_brick: Callable[..., Path]
+) -> None:
+    _with_application(repo, make_brick)
+    app = bricks.discover(repo)["legollm"]
+    assert (app.short, app.import_name, app.module) == ("legollm", "recipes", "lego.recipes")
+    assert app.is_application
+    assert [req.name for req in app.siblings] == ["lego-protocols", "lego-layers"]
+    assert check_layout.check(repo) == []
+
+
+def test_g_application_may_import_the_bricks_it_declares(
+    repo: Path, make_brick: Callable[..., Path]
+) -> None:
+    folder = _with_application(repo, make_brick)
+    (folder / "src/lego/recipes/run.py").write_text("import lego.layers\nimport lego.protocols\n")
+    assert check_layout.check(repo) == []
+
+
+@pytest.mark.parametrize("table", ["dependencies", "optional"])
+def test_g_no_brick_depends_on_the_application(
+    repo: Path, make_brick: Callable[..., Path], table: str
+) -> None:
+    _with_application(repo, make_brick)
+    if table == "dependencies":
+        make_brick(repo, "peft", dependencies=("legollm>=0.1",))
+    else:
+        make_brick(repo, "peft", optional={"app": ["legollm>=0.1"]})
+    one_problem(repo, "packages/lego-peft/pyproject.toml", "bricks never depend on the application")
+
+
+def test_g_no_brick_imports_the_application(
+    repo: Path, make_brick: Callable[..., Path]
+) -> None:
+    _with_application(repo, make_brick)
+    module = brick_dir(repo, "layers") / "src/lego/layers/uses_app.py"
+    module.write_text("def f():\n    import lego.recipes\n")
+    one_problem(repo, "src/lego/layers/uses_app.py:2", "lego.recipes", "legollm")
+
+
 # --- the real repository ------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = [
+    "APPLICATION",
     "PREFIX",
     "TORCH_FREE",
     "Brick",
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 PREFIX = "lego-"
+
+APPLICATION = ("legollm", "recipes")
+"""The application distribution and its import folder (``lego.recipes``): the one
+distribution not named ``lego-<short>``; it composes the bricks and no brick may depend on it."""
 
 TORCH_FREE = frozenset({"protocols", "tokenize"})
 """Short names of the bricks that must never import torch at run time (DESIGN.md §2)."""
@@ -62,7 +67,9 @@ class Brick:
 
     Attributes:
         name: Distribution name, e.g. ``"lego-tokenize"``.
-        short: Short name, e.g. ``"tokenize"`` (imported as ``lego.tokenize``).
+        short: Short name, e.g. ``"tokenize"``; the application's is ``"legollm"``.
+        import_name: The folder under ``src/lego``, e.g. ``"tokenize"`` (imported as
+            ``lego.tokenize``); the application's is ``"recipes"``.
         path: The brick folder, e.g. ``packages/lego-tokenize``.
         version: The version in ``src/lego/<short>/__about__.py``.
         dependencies: ``[project] dependencies``, as written.
@@ -75,6 +82,7 @@ class Brick:
 
     name: str
     short: str
+    import_name: str
     path: Path
     version: str
     dependencies: list[str] = dataclasses.field(hash=False)
@@ -87,12 +95,17 @@ class Brick:
     @property
     def module(self) -> str:
         """The import name, e.g. ``"lego.tokenize"``."""
-        return f"lego.{self.short}"
+        return f"lego.{self.import_name}"
 
     @property
     def package_dir(self) -> Path:
-        """The import package folder, ``src/lego/<short>``."""
-        return self.path / "src" / "lego" / self.short
+        """The import package folder, ``src/lego/<import_name>``."""
+        return self.path / "src" / "lego" / self.import_name
+
+    @property
+    def is_application(self) -> bool:
+        """Whether this is the application distribution (``legollm``), not a brick."""
+        return self.name == APPLICATION[0]
 
     @property
     def about_file(self) -> Path:
@@ -210,9 +223,12 @@ def _load(folder: Path) -> Brick:
     if not isinstance(project, dict) or not isinstance(project.get("name"), str):
         raise BrickError(file, '[project] name is missing; set name = "lego-<short>"')
     name = canonicalize_name(project["name"])
-    if not name.startswith(PREFIX) or name == PREFIX:
+    if name == APPLICATION[0]:
+        short, import_name = name, APPLICATION[1]
+    elif not name.startswith(PREFIX) or name == PREFIX:
         raise BrickError(file, f'[project] name {project["name"]!r} must be "lego-<short>"')
-    short = name.removeprefix(PREFIX)
+    else:
+        short = import_name = name.removeprefix(PREFIX)
     dependencies = _strings(project.get("dependencies", []), file, "[project] dependencies")
     extras = project.get("optional-dependencies", {})
     if not isinstance(extras, dict):
@@ -229,6 +245,7 @@ def _load(folder: Path) -> Brick:
     brick = Brick(
         name=name,
         short=short,
+        import_name=import_name,
         path=folder,
         version="",
         dependencies=dependencies,

@@ -50,12 +50,12 @@ def check_built(dist: Path, name: str, root: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(f"{stem}.dist-info/METADATA").decode("utf-8")
-    allowed = (f"lego/{brick.short}/", f"{stem}.dist-info/")
+    allowed = (f"lego/{brick.import_name}/", f"{stem}.dist-info/")
     problems += [
         f"{wheel.name} ships {n} (only {allowed[0]})" for n in names if not n.startswith(allowed)
     ]
-    if f"lego/{brick.short}/py.typed" not in names:
-        problems.append(f"{wheel.name} lacks lego/{brick.short}/py.typed")
+    if f"lego/{brick.import_name}/py.typed" not in names:
+        problems.append(f"{wheel.name} lacks lego/{brick.import_name}/py.typed")
     declared = sorted(requirement_name(r) for r in brick.dependencies)
     shipped = sorted(
         requirement_name(line.split(":", 1)[1])

@@ -10,7 +10,8 @@ Checks:
     d. no brick imports a sibling it does not declare (module level: ``dependencies``;
        inside functions: ``dependencies`` or an extra; ``TYPE_CHECKING`` blocks are free);
     e. lego-protocols and lego-tokenize never import torch outside ``TYPE_CHECKING``;
-    f. each brick has a docs page ``docs/bricks/<short>.md``.
+    f. each brick has a docs page ``docs/bricks/<short>.md``;
+    g. no brick depends on the application (``legollm``), in dependencies or extras.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def _check_files(brick: bricks.Brick, root: Path) -> list[str]:
         for entry in (lego.iterdir() if lego.is_dir() else [])
         if entry.name not in ("__pycache__", "__init__.py")  # __init__.py: check (a)
     )
-    if entries != [brick.short] or not brick.package_dir.is_dir():
+    if entries != [brick.import_name] or not brick.package_dir.is_dir():
         problems.append(
-            f"{where}/src/lego: must hold exactly one folder, {brick.short}/ (found: "
+            f"{where}/src/lego: must hold exactly one folder, {brick.import_name}/ (found: "
             f"{', '.join(entries) or 'nothing'})"
         )
     for path, kind in [
@@ -96,7 +97,7 @@ def _check_files(brick: bricks.Brick, root: Path) -> list[str]:
             f'packages = ["src/lego"] (found {packages!r})'
         )
     version_path = hatch.get("version", {}).get("path")
-    expected = f"src/lego/{brick.short}/__about__.py"
+    expected = f"src/lego/{brick.import_name}/__about__.py"
     if version_path != expected:
         problems.append(
             f'{where}/pyproject.toml: set [tool.hatch.version] path = "{expected}" '
@@ -121,7 +122,15 @@ def _check_ranges(brick: bricks.Brick, found: dict[str, bricks.Brick], root: Pat
     for table, text in declared:
         req = Requirement(text)
         name = canonicalize_name(req.name)
-        if not name.startswith(bricks.PREFIX) or name == brick.name:
+        if name == bricks.APPLICATION[0] and not brick.is_application:
+            problems.append(
+                f"{where}: {table} names {req.name}; bricks never depend on the application "
+                "(it composes them): move the code that needs it into legollm"
+            )
+            continue
+        if not (name.startswith(bricks.PREFIX) or name == bricks.APPLICATION[0]) or (
+            name == brick.name
+        ):
             continue
         if name not in versions:
             problems.append(f"{where}: {table} names {req.name}, which is no brick in packages/")
@@ -139,7 +148,7 @@ def _check_imports(brick: bricks.Brick, found: dict[str, bricks.Brick], root: Pa
     optional = required | {
         canonicalize_name(req.name) for reqs in brick.optional_siblings.values() for req in reqs
     }
-    shorts = {other.short: other.name for other in found.values() if other is not brick}
+    shorts = {other.import_name: other.name for other in found.values() if other is not brick}
     src = brick.path / "src"
     problems = []
     for file in sorted(src.rglob("*.py")):

@@ -90,3 +90,32 @@ def test_resume_latest_without_checkpoint_starts_fresh(
     assert trainer.state.step == 0
     with pytest.raises(ConfigError, match="resume"):
         make_trainer(base_config.replace(resume=str(Path(base_config.out_dir) / "nope")))
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"step": "six"}, "step"),
+        ({"tokens_seen": -1}, "tokens_seen"),
+        ({"files": []}, "files"),
+        ({"stepz": 1}, "stepz"),
+    ],
+)
+def test_damaged_trainer_state_is_a_format_error_naming_the_key(
+    make_trainer: MakeTrainer,
+    base_config: TrainConfig,
+    change: dict[str, Any],
+    key: str,
+) -> None:
+    from lego.protocols import FormatError
+
+    make_trainer(base_config).fit()
+    path = Path(base_config.out_dir) / "checkpoints" / "step-00000006" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state.update(change)
+    path.write_text(json.dumps(state))
+    with pytest.raises(FormatError) as info:
+        make_trainer(base_config.replace(resume="latest"))
+    assert info.value.key == key
+    assert info.value.path == str(path)
+    assert "trainer state file is not valid" in info.value.message

@@ -63,3 +63,35 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path, strategy:
     for name in a:
         assert b[name].shape == a[name].shape
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lego.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("auto") == torch.device("cuda", 1)
+
+
+def test_pick_device_refuses_what_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lego.protocols import ConfigError
+    from lego.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="asks for CUDA") as info:
+        pick_device("cuda")
+    assert info.value.key == "device"
+    with pytest.raises(ConfigError, match="MPS"):
+        pick_device("mps")
+    with pytest.raises(ConfigError, match="unknown device"):
+        pick_device("gpu")

@@ -1,6 +1,7 @@
 """Where runs, checkpoints and model directories keep their files.
 
-lego-train writes this layout and lego-generate (and any tool) reads it::
+lego-train writes this layout and the application's ``legollm generate`` (and any tool)
+reads it::
 
     RUN_DIR/                      a training run (lego-train's ``out_dir``)
       checkpoints/
@@ -17,7 +18,7 @@ lego-train writes this layout and lego-generate (and any tool) reads it::
       tokenizer.json              the tokenizer in HuggingFace's format, when expressible
 
 [`find_model_dir()`][lego.protocols.layout.find_model_dir] accepts any of the three levels, so
-``lego-generate run --model runs/tiny`` runs the newest checkpoint of a run.
+``legollm generate --model runs/tiny`` runs the newest checkpoint of a run.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Optional dependencies: import one, or say which package or extra to install.
 
-Command-line recipes compose sibling bricks and plotting libraries that a brick declares
-only as extras (DESIGN §2). [`import_optional()`][lego.protocols.optional.import_optional]
-is the one way they are imported, so a missing one is always the same kind of error: a
+Some features need a third-party library that a brick declares only as an extra
+(matplotlib for plots, PyYAML for config files, rich for progress bars, tensorboard).
+[`import_optional()`][lego.protocols.optional.import_optional] is the one way they are
+imported, so a missing one is always the same kind of error: a
 [`ConfigError`][lego.protocols.ConfigError] that names who needs it and the ``pip install``
 that provides it.
 """
@@ -24,10 +25,10 @@ def import_optional(module: str, *, needed_by: str, install: str) -> ModuleType:
     """Import ``module``, or raise a ConfigError that says how to install it.
 
     Args:
-        module: The module to import, e.g. ``"lego.arch"`` or ``"matplotlib.figure"``.
-        needed_by: Who needs it, for the message (``"the pretrain recipe"``).
-        install: The requirement that provides it, e.g. ``'"lego-train[recipes]"'`` or
-            ``"lego-arch"``; the hint reads ``pip install <install>``.
+        module: The module to import, e.g. ``"matplotlib.figure"`` or ``"yaml"``.
+        needed_by: Who needs it, for the message (``"lego-train plot"``).
+        install: The requirement that provides it, e.g. ``'"lego-train[plot]"'`` or
+            ``"matplotlib"``; the hint reads ``pip install <install>``.
 
     Returns:
         The module.

@@ -1,4 +1,4 @@
-"""LegoLLM's pretraining Trainer: any causal LM, any batch source, exact resume, torchrun.
+"""LegoLLM's training library: any causal LM, any batch source, exact resume, torchrun.
 
 - [`Trainer`][lego.train.trainer.Trainer] and its [`TrainConfig`][lego.train.config.TrainConfig]
   ([`OptimConfig`][lego.train.config.OptimConfig],
@@ -9,9 +9,12 @@
   verified, resumable bit for bit;
 - DDP / FSDP2 under ``torchrun`` ([`lego.train.distributed`][lego.train.distributed]);
 - FLOPs and MFU ([`flops_per_token()`][lego.train.flops.flops_per_token]), the metrics log and
-  the console ([`lego.train.monitor`][lego.train.monitor]);
-- callbacks ([`SampleCallback`][lego.train.callbacks.SampleCallback]);
-- the ``lego-train pretrain`` recipe ([`lego.train.recipe`][lego.train.recipe]).
+  its progress line ([`lego.train.monitor`][lego.train.monitor]);
+- callbacks ([`SampleCallback`][lego.train.callbacks.SampleCallback]).
+
+lego-train is a library: it trains any model on any batch source and imports no other
+brick. Pretraining a lego-arch model on lego-data tokens from a YAML file is a recipe of the
+application, ``legollm pretrain`` (``lego.recipes.pretrain``).
 """
 
 from lego.train.__about__ import __version__

@@ -1,25 +1,48 @@
 """Ready-made callbacks: text samples during training.
 
 [`SampleCallback`][lego.train.callbacks.SampleCallback] decodes a few tokens from a prompt
-every N steps so the log shows what the model has learned. It uses lego-generate
-(``lego.generate.generate``, KV-cached, top-k sampling) when that brick is installed, imported
-lazily; without it, a plain top-k sampling loop over the model's logits is used. Either way
-the sample is drawn from a private ``torch.Generator``, so training's random state (and hence
-exact resume) is untouched.
+every N steps so the log shows what the model has learned. It samples with a function it is
+given (the ``sampler``: legollm passes lego-generate's KV-cached ``generate``), or with
+[`sample_tokens()`][lego.train.callbacks.sample_tokens], a plain top-k loop over the model's
+full forward pass. Either way the sample is drawn from a private ``torch.Generator``, so
+training's random state (and hence exact resume) is untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from lego.protocols import TrainerState
 
-__all__ = ["SampleCallback", "sample_tokens"]
+__all__ = ["SampleCallback", "Sampler", "sample_tokens"]
+
+
+class Sampler(Protocol):
+    """Draws a continuation: ``sampler(model, input_ids, **settings) -> ids``.
+
+    The keyword arguments are those of [`sample_tokens()`][lego.train.callbacks.sample_tokens]
+    (``max_new_tokens``, ``top_k``, ``temperature``, ``seed``), which are also
+    ``lego.generate.generate``'s names; the result holds prompt and continuation,
+    ``(B, T + new)``.
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        top_k: int,
+        temperature: float,
+        seed: int,
+    ) -> torch.Tensor:
+        """Return prompt and continuation, ``(B, T + max_new_tokens)``."""
+        ...
 
 
 def sample_tokens(
@@ -63,14 +86,6 @@ def sample_tokens(
     return ids
 
 
-def _lego_generate() -> Callable[..., Any] | None:
-    try:
-        from lego.generate import generate  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return generate  # type: ignore[no-any-return,unused-ignore]
-
-
 class SampleCallback:
     """Print a short sample from a prompt every ``every`` steps and at the end.
 
@@ -86,11 +101,12 @@ class SampleCallback:
         temperature: Sampling temperature.
         seed: The sample's seed (a private generator; training's RNG is untouched).
         emit: Where the text goes (default: ``print``).
-        use_lego_generate: Use ``lego.generate.generate`` when installed.
+        sampler: Draws the continuation (a [`Sampler`][lego.train.callbacks.Sampler], e.g.
+            ``lego.generate.generate``); default
+            [`sample_tokens()`][lego.train.callbacks.sample_tokens].
 
     Attributes:
         samples: ``(step, text)`` of every sample drawn.
-        backend: ``"lego-generate"`` or ``"builtin"``: what drew the last sample.
     """
 
     def __init__(
@@ -105,7 +121,7 @@ class SampleCallback:
         temperature: float = 0.8,
         seed: int = 0,
         emit: Callable[[str], None] | None = None,
-        use_lego_generate: bool = True,
+        sampler: Sampler | None = None,
     ) -> None:
         self.model = model
         self.prompt_ids = list(prompt_ids)
@@ -116,9 +132,8 @@ class SampleCallback:
         self.temperature = temperature
         self.seed = seed
         self.emit = emit if emit is not None else print
-        self.use_lego_generate = use_lego_generate
+        self.sampler: Sampler = sampler if sampler is not None else sample_tokens
         self.samples: list[tuple[int, str]] = []
-        self.backend = "builtin"
 
     def sample(self, step: int) -> str:
         """Draw one sample now and emit it.
@@ -133,29 +148,16 @@ class SampleCallback:
         prompt = torch.tensor([self.prompt_ids], dtype=torch.long, device=device)  # (1, T)
         was_training = self.model.training
         self.model.eval()
-        generate = _lego_generate() if self.use_lego_generate else None
         try:
             with torch.no_grad():
-                if generate is not None:
-                    ids = generate(
-                        self.model,
-                        prompt,
-                        max_new_tokens=self.max_new_tokens,
-                        top_k=self.top_k,
-                        temperature=self.temperature,
-                        seed=self.seed,
-                    )
-                    self.backend = "lego-generate"
-                else:
-                    ids = sample_tokens(
-                        self.model,
-                        prompt,
-                        max_new_tokens=self.max_new_tokens,
-                        top_k=self.top_k,
-                        temperature=self.temperature,
-                        seed=self.seed,
-                    )
-                    self.backend = "builtin"
+                ids = self.sampler(
+                    self.model,
+                    prompt,
+                    max_new_tokens=self.max_new_tokens,
+                    top_k=self.top_k,
+                    temperature=self.temperature,
+                    seed=self.seed,
+                )
         finally:
             self.model.train(was_training)
         new = [int(t) for t in ids[0, len(self.prompt_ids) :].tolist()]

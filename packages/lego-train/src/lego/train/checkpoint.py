@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ from torch import nn
 
 from lego.protocols import (
     CompatibilityError,
+    Config,
     ConfigError,
     FormatError,
     atomic_write_text,
+    check_int,
     read_json,
 )
 from lego.protocols.layout import CHECKPOINTS_DIR, LATEST_FILE, checkpoint_name, read_latest
@@ -46,6 +49,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "TRAINER_STATE_FILE",
+    "TrainerStateFile",
     "CheckpointManager",
     "file_manifest",
     "verify_manifest",
@@ -61,6 +65,55 @@ CHECKPOINT_FORMAT = "lego-train-checkpoint"
 CHECKPOINT_VERSION = 1
 TRAINER_STATE_FILE = "trainer_state.json"
 _TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerStateFile(Config):
+    """``trainer_state.json``: what a checkpoint records besides its tensors.
+
+    Written with ``to_dict()`` and read with ``Config.from_header``, so a damaged or foreign
+    file is a [`FormatError`][lego.protocols.FormatError] naming the key.
+
+    Attributes:
+        format: Always ``"lego-train-checkpoint"``.
+        version: The layout version (1).
+        step: Optimizer steps taken.
+        max_steps: Steps the run planned when it saved.
+        tokens_seen: Training tokens consumed over all ranks.
+        skipped_steps: Steps skipped for a non-finite loss.
+        metrics: The latest finite metrics.
+        world_size: Processes that trained.
+        strategy: ``single``, ``ddp`` or ``fsdp``.
+        precision: The training precision.
+        tokenizer_hash: Identifies the tokenizer (SHA-256 of its file), or None.
+        model: The model signature (config and parameter shapes).
+        config: The ``TrainConfig`` of the run, as a mapping.
+        files: Size and SHA-256 of every other file of the checkpoint.
+    """
+
+    format: str = CHECKPOINT_FORMAT
+    version: int = CHECKPOINT_VERSION
+    step: int
+    max_steps: int = 0
+    tokens_seen: int
+    skipped_steps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1
+    strategy: str = "single"
+    precision: str = "fp32"
+    tokenizer_hash: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]]
+
+    def validate(self) -> None:
+        """Non-negative counts, at least one process."""
+        super().validate()
+        for name in ("step", "max_steps", "tokens_seen", "skipped_steps"):
+            check_int(name, getattr(self, name), minimum=0)
+        check_int("world_size", self.world_size, minimum=1)
+
+
 _OLD_PREFIX = ".old-"
 _CHUNK = 1 << 20
 
@@ -441,7 +494,7 @@ class CheckpointManager:
             if latest is None or old.resolve() != latest.resolve():
                 shutil.rmtree(old, ignore_errors=True)
 
-    def read_state(self, checkpoint: Path) -> dict[str, Any]:
+    def read_state(self, checkpoint: Path) -> TrainerStateFile:
         """Read and verify a checkpoint's ``trainer_state.json`` and file list.
 
         Args:
@@ -454,28 +507,27 @@ class CheckpointManager:
             FormatError: On a malformed state file, or a missing, truncated or altered file.
         """
         path = checkpoint / TRAINER_STATE_FILE
-        state = read_json(path, what="trainer state file")
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        data = read_json(path, what="trainer state file")
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise FormatError(
                 f"not a lego-train trainer state (expected format {CHECKPOINT_FORMAT!r})",
                 path=path,
                 hint="resume from a checkpoint written by lego-train",
             )
-        if state.get("version") != CHECKPOINT_VERSION:
+        if data.get("version") != CHECKPOINT_VERSION:
             raise FormatError(
-                f"unsupported checkpoint version {state.get('version')!r}",
+                f"unsupported checkpoint version {data.get('version')!r}",
                 path=path,
                 key="version",
                 hint=f"this lego-train reads version {CHECKPOINT_VERSION}",
             )
-        for key, kind in (("step", int), ("tokens_seen", int), ("files", dict)):
-            if not isinstance(state.get(key), kind):
-                raise FormatError(
-                    f"trainer state field {key!r} is missing or not {kind.__name__}",
-                    path=path,
-                    key=key,
-                )
-        verify_manifest(checkpoint, state["files"])
+        state = TrainerStateFile.from_header(
+            data,
+            path=path,
+            what="trainer state file",
+            hint="the checkpoint is damaged; resume from an earlier one (or delete this one)",
+        )
+        verify_manifest(checkpoint, state.files)
         return state
 
 

@@ -81,28 +81,55 @@ def _env_int(name: str, default: int) -> int:
 
 
 def pick_device(spec: str) -> torch.device:
-    """Resolve the ``device`` setting.
+    """Resolve a ``device`` setting: ``auto`` picks CUDA, then Apple's MPS, then the CPU.
 
     Args:
-        spec: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is available, else CPU) or a torch
-            device string (``cpu``, ``cuda``, ``cuda:1``).
+        spec: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is available, else ``mps`` when
+            Apple's Metal backend is, else CPU) or a torch device string (``cpu``,
+            ``cuda``, ``cuda:1``, ``mps``).
 
     Returns:
         The device.
 
     Raises:
-        ConfigError: On a string torch does not understand.
+        ConfigError: A string torch does not understand, or a CUDA / MPS device that this
+            torch build or machine does not have.
+
+    Example:
+        >>> pick_device("cpu")
+        device(type='cpu')
     """
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", _env_int("LOCAL_RANK", 0))
+        if _mps_available():
+            return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(spec)
+        device = torch.device(spec)
     except RuntimeError as exc:
         raise ConfigError(
-            f"unknown device {spec!r}", key="device", hint="use auto, cpu, cuda or cuda:N"
+            f"unknown device {spec!r}", key="device", hint="use auto, cpu, cuda, cuda:N or mps"
         ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU"
+        raise ConfigError(
+            f"device {spec!r} asks for CUDA, but this torch {torch.__version__} is {build}",
+            key="device",
+            hint="use device=auto or device=cpu, or install a CUDA build of torch on a GPU machine",
+        )
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(
+            f"device {spec!r} asks for Apple's MPS backend, which is not available here",
+            key="device",
+            hint="use device=auto or device=cpu",
+        )
+    return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -1,4 +1,9 @@
-"""Observability: the JSONL metrics log, the console (rich bar or plain lines), TensorBoard.
+"""Observability: the JSONL metrics log, TensorBoard, and the text of a progress line.
+
+The progress display itself is lego-protocols' one mechanism
+([`make_progress()`][lego.protocols.make_progress]: a rich bar on a terminal, plain lines
+otherwise); [`format_step()`][lego.train.monitor.format_step] is what the trainer shows
+for a step.
 
 ``RUN_DIR/metrics.jsonl`` gets one JSON object per log event:
 ``{"step": 10, "split": "train", "loss": 3.2, "lr": 3e-4, "tokens_per_s": 12000.0, ...}``
@@ -11,15 +16,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from lego.protocols import ConfigError
 
-__all__ = ["METRICS_FILE", "MetricsLog", "Console", "read_metrics", "TensorBoardWriter"]
+__all__ = ["METRICS_FILE", "MetricsLog", "read_metrics", "TensorBoardWriter", "format_step"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -126,95 +129,23 @@ class TensorBoardWriter:
         self._writer.close()
 
 
-class Console:
-    """Progress on the terminal: a rich bar (step, loss, lr, tokens/s, ETA) or plain lines.
+def format_step(metrics: Mapping[str, float]) -> str:
+    """The metrics of a training step as one short line of text.
 
     Args:
-        mode: ``auto`` (rich when stderr is a terminal), ``rich``, ``plain`` or ``none``.
-        max_steps: The planned steps (the bar's total).
-        start_step: The step the run starts or resumes at.
-        stream: Where plain lines go (default: stderr).
+        metrics: ``loss``, ``lr``, ``tokens_per_s`` and optionally ``mfu``.
+
+    Returns:
+        E.g. ``"loss 3.2100  lr 3.00e-04  12,000 tok/s  mfu 41.0%"``.
+
+    Example:
+        >>> format_step({"loss": 2.0, "lr": 1e-3, "tokens_per_s": 10.0})
+        'loss 2.0000  lr 1.00e-03  10 tok/s'
     """
-
-    def __init__(
-        self,
-        *,
-        mode: Literal["auto", "rich", "plain", "none"],
-        max_steps: int,
-        start_step: int = 0,
-        stream: TextIO | None = None,
-    ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        if mode == "auto":
-            mode = "rich" if self.stream.isatty() else "plain"
-        self.mode = mode
-        self.max_steps = max_steps
-        self.start_step = start_step
-        self._start = time.perf_counter()
-        self._progress: Any = None
-        self._task: Any = None
-        if mode == "rich":
-            from rich.console import Console as RichConsole
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=RichConsole(file=self.stream),
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(
-                "train", total=max_steps, completed=start_step, info=""
-            )
-
-    def _eta(self, step: int) -> float:
-        done = step - self.start_step
-        if done <= 0:
-            return float("nan")
-        return (time.perf_counter() - self._start) / done * (self.max_steps - step)
-
-    def step(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Show a training step's metrics.
-
-        Args:
-            step: Steps taken.
-            metrics: ``loss``, ``lr``, ``tokens_per_s`` and optionally ``mfu``.
-        """
-        info = (
-            f"loss {metrics.get('loss', float('nan')):.4f}  lr {metrics.get('lr', 0.0):.2e}  "
-            f"{metrics.get('tokens_per_s', 0.0):,.0f} tok/s"
-        )
-        if metrics.get("mfu"):
-            info += f"  mfu {100 * metrics['mfu']:.1f}%"
-        if self.mode == "rich":
-            self._progress.update(self._task, completed=step, info=info)
-        elif self.mode == "plain":
-            eta = self._eta(step)
-            eta_text = f"  eta {eta:.0f}s" if math.isfinite(eta) else ""
-            print(f"step {step}/{self.max_steps}  {info}{eta_text}", file=self.stream, flush=True)
-
-    def message(self, text: str) -> None:
-        """Print a line (above the bar in rich mode)."""
-        if self.mode == "rich":
-            self._progress.console.print(text, markup=False, highlight=False)
-        elif self.mode == "plain":
-            print(text, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        """Stop the bar."""
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    info = (
+        f"loss {metrics.get('loss', float('nan')):.4f}  lr {metrics.get('lr', 0.0):.2e}  "
+        f"{metrics.get('tokens_per_s', 0.0):,.0f} tok/s"
+    )
+    if metrics.get("mfu"):
+        info += f"  mfu {100 * metrics['mfu']:.1f}%"
+    return info

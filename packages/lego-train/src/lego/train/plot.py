@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from lego.train.monitor import read_metrics
 __all__ = ["plot_run", "matplotlib_modules"]
 
 
-def matplotlib_modules(needed_by: str) -> tuple[Any, Any]:
+def matplotlib_modules(needed_by: str, *, install: str = '"lego-train[plot]"') -> tuple[Any, Any]:
     """Matplotlib's Agg canvas and Figure modules (the ``plot`` extra), without pyplot.
 
     Args:
         needed_by: Who draws, for the error message.
+        install: The requirement that brings matplotlib, for the error message.
 
     Returns:
         ``(matplotlib.backends.backend_agg, matplotlib.figure)``, typed ``Any``: matplotlib is
@@ -25,18 +27,24 @@ def matplotlib_modules(needed_by: str) -> tuple[Any, Any]:
     Raises:
         ConfigError: When matplotlib is not installed.
     """
-    install = '"lego-train[plot]"'
     agg = import_optional("matplotlib.backends.backend_agg", needed_by=needed_by, install=install)
     figure = import_optional("matplotlib.figure", needed_by=needed_by, install=install)
     return agg, figure
 
 
-def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+def plot_run(
+    run_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    baseline: float | None = None,
+) -> Path:
     """Draw a run's loss (train and validation) and learning-rate curves into an image.
 
     Args:
         run_dir: The run directory (holds ``metrics.jsonl``).
         output: The image file (``.png``, ``.svg``, ``.pdf``).
+        baseline: A loss to draw as a dashed line (e.g. the unigram entropy of the
+            validation tokens); None draws the last ``baseline`` record of the log, if any.
 
     Returns:
         The image path.
@@ -54,15 +62,17 @@ def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) ->
             path=Path(run_dir) / "metrics.jsonl",
             hint="train for at least one logged step",
         )
-    baseline = [r["unigram_entropy"] for r in records if r.get("split") == "baseline"]
+    if baseline is None:
+        logged = [r["unigram_entropy"] for r in records if r.get("split") == "baseline"]
+        baseline = float(logged[-1]) if logged else None
     figure = figure_module.Figure(figsize=(8, 6))
     agg.FigureCanvasAgg(figure)
     ax_loss, ax_lr = figure.subplots(2, 1, sharex=True)
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if val:
         ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
-    if baseline:
-        ax_loss.axhline(baseline[-1], linestyle="--", color="gray", label="unigram entropy")
+    if baseline is not None and math.isfinite(baseline):
+        ax_loss.axhline(baseline, linestyle="--", color="gray", label="unigram entropy")
     ax_loss.set_ylabel("loss (nats/token)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)

@@ -7,11 +7,13 @@ micro-batch's summed loss is divided by the step's total trained tokens, so accu
 ``W`` ranks of ``B`` rows the same as one process of ``W * B`` rows, even when the number of
 ignored labels differs between micro-batches.
 
-Example:
-    >>> trainer = Trainer(model=model, train_data=loader, eval_data=val_loader,
-    ...                   config=TrainConfig(out_dir="runs/demo", max_steps=200))
-    >>> state = trainer.fit()     # resumes from runs/demo when config.resume == "latest"
-    >>> state.metrics["val_loss"]
+Example (``model`` any ``CausalLM``, ``loader`` and ``val_loader`` any ``BatchSource``, e.g.
+a lego-arch model and lego-data ``TokenLoader``s; ``examples/pretrain.py`` runs it)::
+
+    trainer = Trainer(model=model, train_data=loader, eval_data=val_loader,
+                      config=TrainConfig(out_dir="runs/demo", max_steps=200))
+    state = trainer.fit()     # resumes from runs/demo when config.resume == "latest"
+    state.metrics["val_loss"]
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from lego.protocols import (
     TrainingError,
 )
 from lego.protocols.layout import HF_TOKENIZER_FILE, LEGO_TOKENIZER_FILE, MODEL_DIR
+from lego.protocols.progress import Progress, Task, make_progress
 from lego.train import distributed as dd
 from lego.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     TRAINER_STATE_FILE,
     CheckpointManager,
+    TrainerStateFile,
     check_compatible,
     file_manifest,
     load_model_dir,
@@ -56,7 +58,7 @@ from lego.train.checkpoint import (
 )
 from lego.train.config import TrainConfig
 from lego.train.flops import flops_per_token, measure_peak_flops, mfu
-from lego.train.monitor import Console, MetricsLog, TensorBoardWriter
+from lego.train.monitor import MetricsLog, TensorBoardWriter, format_step
 from lego.train.optim import build_optimizer
 from lego.train.precision import (
     MasterWeights,
@@ -187,14 +189,14 @@ class Trainer:
 
         # Resume, part 1: verify the checkpoint and load the weights before wrapping.
         self.resumed_from = self.checkpoints.resolve(config.resume)
-        saved: dict[str, Any] | None = None
+        saved: TrainerStateFile | None = None
         if self.resumed_from is not None:
             saved = self.checkpoints.read_state(self.resumed_from)
             check_compatible(
-                saved.get("model") or {},
+                saved.model,
                 model_signature(model),
                 path=self.resumed_from,
-                saved_tokenizer=saved.get("tokenizer_hash"),
+                saved_tokenizer=saved.tokenizer_hash,
                 current_tokenizer=tokenizer_hash,
             )
             load_model_dir(model, self.resumed_from / MODEL_DIR)
@@ -224,7 +226,8 @@ class Trainer:
         self._iterator: Iterator[LMBatch] | None = None
         self._log: MetricsLog | None = None
         self._tb: TensorBoardWriter | None = None
-        self._console: Console | None = None
+        self._progress: Progress | None = None
+        self._task: Task | None = None
 
     # -- setup helpers -------------------------------------------------------------------
 
@@ -233,7 +236,7 @@ class Trainer:
         """The user's model (outside DDP / ``torch.compile``)."""
         return self.model
 
-    def _load_training_state(self, checkpoint: Path, saved: Mapping[str, Any]) -> None:
+    def _load_training_state(self, checkpoint: Path, saved: TrainerStateFile) -> None:
         optim_state = torch_load(checkpoint / "optimizer.pt", what="optimizer")
         try:
             if self.fsdp:
@@ -266,13 +269,10 @@ class Trainer:
             ) from exc
         self.train_data.load_state_dict(torch_load(checkpoint / "data.pt", what="data position"))
         restore_rng_state(torch_load(checkpoint / "rng.pt", what="RNG"), path=str(checkpoint))
-        self.state.step = int(saved["step"])
-        self.state.tokens_seen = int(saved["tokens_seen"])
-        self.state.skipped_steps = int(saved.get("skipped_steps", 0))
-        metrics = saved.get("metrics") or {}
-        self.state.metrics = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-        }
+        self.state.step = saved.step
+        self.state.tokens_seen = saved.tokens_seen
+        self.state.skipped_steps = saved.skipped_steps
+        self.state.metrics = dict(saved.metrics)
 
     # -- batches -------------------------------------------------------------------------
 
@@ -492,24 +492,22 @@ class Trainer:
                 torch_save(self.scaler.state_dict(), tmp / "scaler.pt")
             torch_save(capture_rng_state(), tmp / "rng.pt")
             torch_save(self.train_data.state_dict(), tmp / "data.pt")
-            trainer_state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "step": step,
-                "max_steps": self.config.max_steps,
-                "tokens_seen": self.state.tokens_seen,
-                "skipped_steps": self.state.skipped_steps,
-                "metrics": {k: v for k, v in self.state.metrics.items() if math.isfinite(v)},
-                "world_size": self.dist.world_size,
-                "strategy": self.strategy,
-                "precision": self.config.precision,
-                "tokenizer_hash": self.tokenizer_hash,
-                "model": model_signature(self.unwrapped),
-                "config": self.config.to_dict(),
-                "files": file_manifest(tmp),
-            }
+            trainer_state = TrainerStateFile(
+                step=step,
+                max_steps=self.config.max_steps,
+                tokens_seen=self.state.tokens_seen,
+                skipped_steps=self.state.skipped_steps,
+                metrics={k: v for k, v in self.state.metrics.items() if math.isfinite(v)},
+                world_size=self.dist.world_size,
+                strategy=self.strategy,
+                precision=self.config.precision,
+                tokenizer_hash=self.tokenizer_hash,
+                model=model_signature(self.unwrapped),
+                config=self.config.to_dict(),
+                files=file_manifest(tmp),
+            )
             (tmp / TRAINER_STATE_FILE).write_text(
-                json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8"
+                json.dumps(trainer_state.to_dict(), indent=2) + "\n", encoding="utf-8"
             )
             final = self.checkpoints.commit(tmp, step)
             for callback in self.callbacks:
@@ -546,8 +544,8 @@ class Trainer:
         """
         if not self.dist.is_main:
             return
-        if self._console is not None:
-            self._console.message(text)
+        if self._progress is not None:
+            self._progress.message(text)
         elif self.config.progress != "none":
             import sys
 
@@ -625,11 +623,11 @@ class Trainer:
                     self._log = MetricsLog(run_dir=self.run_dir)
                 if config.tensorboard and self._tb is None:
                     self._tb = TensorBoardWriter(log_dir=self.run_dir / "tensorboard")
-                self._console = Console(
-                    mode=config.progress,
-                    max_steps=config.max_steps,
-                    start_step=state.step,
-                    stream=self._console_stream,
+                self._progress = make_progress(
+                    config.progress, stream=self._console_stream, interval=0
+                )
+                self._task = self._progress.task(
+                    "train", total=config.max_steps, unit="steps", completed=state.step
                 )
                 if self.resumed_from is not None:
                     self.message(f"resumed from {self.resumed_from} at step {state.step}")
@@ -654,8 +652,8 @@ class Trainer:
                     record = {"step": state.step, "split": "train", **state.metrics}
                     record["tokens_seen"] = state.tokens_seen
                     self.log_record(record)
-                    if self._console is not None:
-                        self._console.step(state.step, state.metrics)
+                    if self._task is not None:
+                        self._task.update(state.step, info=format_step(state.metrics))
                     window_tokens, window_start = 0, time.perf_counter()
                 if config.eval_every and (state.step % config.eval_every == 0 or last):
                     metrics = self.evaluate()
@@ -724,9 +722,15 @@ class Trainer:
 
     def close(self) -> None:
         """Close the metrics log, TensorBoard and the progress bar."""
-        if self._console is not None:
-            self._console.close()
-            self._console = None
+        if self._task is not None:
+            if self.state.step >= self.config.max_steps:
+                self._task.finish()
+            else:
+                self._task.stop()
+            self._task = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
         if self._log is not None:
             self._log.close()
             self._log = None

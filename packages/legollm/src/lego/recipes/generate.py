@@ -1,33 +1,26 @@
-"""The ``lego-generate`` command: ``run`` one prompt, or ``chat`` interactively.
+"""``legollm generate`` (one prompt) and ``legollm chat`` (an interactive conversation).
 
-    lego-generate run --model runs/gpt2 --prompt "Once upon a time" --max-new-tokens 50
-    lego-generate run --model gpt2-dir --prompt "def f(" --temperature 0.8 --top-p 0.95 --seed 0
-    lego-generate chat --model runs/sft --template chatml
+    legollm generate --model runs/gpt2 --prompt "Once upon a time" --max-new-tokens 50
+    legollm generate --model gpt2-dir --prompt "def f(" --temperature 0.8 --top-p 0.95 --seed 0
+    legollm chat --model runs/sft --template chatml
 
-``--model`` takes an HF or lego model directory, a lego-train checkpoint or a run directory;
-the tokenizer comes from ``--tokenizer SPEC`` or from the model directory. Exit codes: 0 ok,
-2 bad input (one message), 1 a bug.
+``--model`` takes an HF or lego model directory, a lego-train checkpoint or a run directory
+([`load_model()`][lego.recipes.loading.load_model]); the tokenizer comes from
+``--tokenizer SPEC`` or from the model directory. Decoding is lego-generate's.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import torch
 
-from lego.generate.chat import ChatSession
-from lego.generate.config import GenerationConfig
-from lego.generate.loading import default_eos_ids, load_model, load_tokenizer
-from lego.generate.streaming import stream
-from lego.protocols import ConfigError, run_cli
-from lego.protocols.cli import make_parser
+from lego.generate import ChatSession, GenerationConfig, generate, stream
+from lego.protocols import ConfigError
+from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 
-__all__ = ["build_parser", "main"]
-
-PROG = "lego-generate"
+__all__ = ["add_generate_command", "add_chat_command", "run_generate", "run_chat"]
 
 
 def _strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +28,11 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="model dir, lego-train checkpoint or run dir")
     g.add_argument("--tokenizer", help="tokenizer spec (file, tiktoken:NAME, hf:FILE, gpt2:DIR)")
     g.add_argument("--dtype", help="parameter dtype: float32, bf16, float16 (default: stored)")
-    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="torch device, or auto: CUDA, then Apple's MPS, then the CPU (default: auto)",
+    )
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")
     g.add_argument("--max-new-tokens", type=int, default=256, help="default: 256")
     g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None)
@@ -62,25 +59,42 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--truncate-prompt", action="store_true", help="left-truncate a too-long prompt")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``lego-generate`` (subcommands ``run`` and ``chat``)."""
-    parser = make_parser(
-        PROG,
-        "Generate text with a causal language model: one prompt, or an interactive chat.",
-        example='lego-generate run --model runs/gpt2 --prompt "Once upon a time"\n'
-        "lego-generate chat --model runs/sft --template chatml",
+def add_generate_command(commands: Any) -> None:
+    """Add ``generate`` to the ``legollm`` subcommands.
+
+    Args:
+        commands: The ``add_subparsers()`` object of the ``legollm`` parser.
+    """
+    run = commands.add_parser(
+        "generate",
+        help="continue one prompt and print the text",
+        description="Continue a prompt with a trained model: greedy by default, sampling "
+        "with --temperature/--top-k/--top-p, beam search with --num-beams.",
+        epilog='example:\n  legollm generate --model runs/tiny --prompt "def " --top-k 40',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="continue one prompt and print the text")
     run.add_argument("--prompt", required=True, help="the text to continue")
     run.add_argument("--num-beams", type=int, default=1, help="beam search with N beams")
     run.add_argument("--length-penalty", type=float, default=1.0)
     _strategy_flags(run)
-    chat = commands.add_parser("chat", help="interactive multi-turn chat, replies streamed")
+
+
+def add_chat_command(commands: Any) -> None:
+    """Add ``chat`` to the ``legollm`` subcommands.
+
+    Args:
+        commands: The ``add_subparsers()`` object of the ``legollm`` parser.
+    """
+    chat = commands.add_parser(
+        "chat",
+        help="interactive multi-turn chat, replies streamed",
+        description="Talk to a model through its chat template; /reset starts over, /exit quits.",
+        epilog="example:\n  legollm chat --model runs/sft --template chatml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     chat.add_argument("--template", default="chatml", help="chatml or llama3 (default: chatml)")
     chat.add_argument("--system", help="a system prompt")
     _strategy_flags(chat)
-    return parser
 
 
 def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
@@ -104,24 +118,35 @@ def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
         "truncate_prompt": args.truncate_prompt,
         "eos_token_id": eos or None,
     }
-    if args.command == "run":
+    if args.command == "generate":
         options["num_beams"] = args.num_beams
         options["length_penalty"] = args.length_penalty
     return GenerationConfig.from_options(None, **options)
 
 
-def _run(args: argparse.Namespace, out: TextIO) -> int:
+def run_generate(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``legollm generate``: continue the prompt and write the text to ``out``.
+
+    Args:
+        args: The parsed arguments.
+        out: Where the text goes (streamed piece by piece).
+
+    Returns:
+        The exit code.
+
+    Raises:
+        ConfigError: An empty prompt, a bad model path or tokenizer, bad decoding flags.
+    """
     if not args.prompt:
         raise ConfigError("the prompt is empty", key="--prompt", hint="give some text")
     model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
+    device = next(model.parameters()).device
     tokenizer = load_tokenizer(args.tokenizer, model_dir)
     config = _config(args, default_eos_ids(model_dir, tokenizer))
     if config.seed is not None:
         torch.manual_seed(config.seed)
     if config.num_beams > 1:
-        from lego.generate.generate import generate
-
-        ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+        ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
         result = generate(model, ids, generation_config=config)
         new = [t for t in result[0, ids.shape[1] :].tolist() if t not in config.eos_ids]
         out.write(tokenizer.decode(new) + "\n")
@@ -133,7 +158,20 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
+def run_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
+    """Run ``legollm chat``: read messages from ``inp``, stream replies to ``out``.
+
+    Args:
+        args: The parsed arguments.
+        out: Where prompts and replies go.
+        inp: Where the user's lines come from.
+
+    Returns:
+        The exit code (0 at ``/exit`` or end of input).
+
+    Raises:
+        ConfigError: A bad model path or tokenizer, a template the tokenizer cannot encode.
+    """
     model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
     tokenizer = load_tokenizer(args.tokenizer, model_dir)
     session = ChatSession(
@@ -163,19 +201,3 @@ def _chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
             out.write(piece)
             out.flush()
         out.write("\n")
-
-
-def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args, sys.stdout)
-    return _chat(args, sys.stdout, sys.stdin)
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console-script entry point of ``lego-generate``.
-
-    Args:
-        argv: The arguments (default: ``sys.argv[1:]``).
-    """
-    sys.exit(run_cli(_main, None if argv is None else list(argv), prog=PROG))

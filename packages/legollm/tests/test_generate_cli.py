@@ -1,21 +1,20 @@
-"""The lego-generate command end to end: a lego-arch model directory, a run directory, errors."""
+"""legollm generate and chat end to end: a lego-arch model directory, a run directory, errors."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from lego.arch import build, to_hf
-from lego.generate import generate, native
-from lego.generate.cli import main
+from lego.generate import generate
 from lego.protocols.layout import CHECKPOINTS_DIR, LATEST_FILE, MODEL_DIR
+from lego.recipes.cli import main
 from lego.tokenize import RegexBPETokenizer
 
-SHARED = Path(os.environ.get("LEGO_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
+SHARED = Path(os.environ.get("LEGO_SHARED_DATA", Path(__file__).parents[4] / "shared" / "data"))
 
 
 def _tokenizer() -> RegexBPETokenizer:
@@ -41,14 +40,14 @@ def _run(args: list[str]) -> int:
     return code
 
 
-def test_run_prints_the_greedy_continuation(
+def test_generate_prints_the_greedy_continuation(
     model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tokenizer = _tokenizer()
     hf_json = SHARED / "hf_gpt2" / "tokenizer.json"
     code = _run(
         [
-            "run",
+            "generate",
             "--model",
             str(model_dir),
             "--tokenizer",
@@ -75,16 +74,16 @@ def test_run_directory_follows_latest(model_dir: Path, capsys: pytest.CaptureFix
     (run_dir / CHECKPOINTS_DIR / LATEST_FILE).write_text("step-00000010\n")
     hf_json = SHARED / "hf_gpt2" / "tokenizer.json"
     args = ["--tokenizer", f"hf:{hf_json}", "--prompt", "Hi", "--max-new-tokens", "5"]
-    assert _run(["run", "--model", str(run_dir), *args]) == 0
+    assert _run(["generate", "--model", str(run_dir), *args]) == 0
     first = capsys.readouterr().out
-    assert _run(["run", "--model", str(model_dir), *args]) == 0
+    assert _run(["generate", "--model", str(model_dir), *args]) == 0
     assert capsys.readouterr().out == first
 
 
 def test_model_dir_without_tokenizer_says_how_to_pass_one(
     model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(["run", "--model", str(model_dir), "--prompt", "Hi"]) == 2
+    assert _run(["generate", "--model", str(model_dir), "--prompt", "Hi"]) == 2
     err = capsys.readouterr().err
     assert "no tokenizer" in err
     assert "--tokenizer" in err
@@ -95,7 +94,7 @@ def test_bad_strategy_flag_exits_2(model_dir: Path, capsys: pytest.CaptureFixtur
     _tokenizer()
     code = _run(
         [
-            "run",
+            "generate",
             "--model",
             str(model_dir),
             "--tokenizer",
@@ -165,34 +164,3 @@ def test_chat_needs_the_template_special_tokens(
     err = capsys.readouterr().err
     assert "no special token '<|im_end|>'" in err
     assert "chatml template" in err
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_compiled_decode_step_gives_the_same_tokens(model_dir: Path) -> None:
-    from torch._dynamo.utils import counters
-
-    from lego.arch import from_hf
-
-    model = from_hf(model_dir)
-    ids = torch.randint(0, 50257, (2, 5))
-    plain = generate(model, ids, max_new_tokens=12)
-    torch._dynamo.reset()
-    counters.clear()
-    calls = 0
-    operator = native._kernel_for  # run by each call of torch.ops.lego.skinny_linear
-
-    def counted(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return operator(*args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(native, "_kernel_for", counted)
-        compiled = generate(model, ids, max_new_tokens=12, compile=True)
-    assert torch.equal(plain, compiled)
-    # One graph for every cache length: a step recompiled per length would make 8 graphs
-    # here (dynamo's recompile limit) and then fall back to eager.
-    assert counters["stats"]["unique_graphs"] == 1
-    if native.native_status().available:  # the compiled steps call the native kernels
-        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        assert calls > 2 * linears  # more than decode_linears' one preparation per layer

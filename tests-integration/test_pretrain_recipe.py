@@ -1,4 +1,4 @@
-"""lego-train's pretrain recipe with the real bricks: lego-arch, lego-data, lego-tokenize."""
+"""``legollm pretrain`` with the real bricks: lego-arch, lego-data, lego-tokenize, lego-train."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tiny_train import TINY_RUN
 
 from lego.protocols.layout import find_model_dir, find_tokenizer_file
 from lego.train import read_metrics
-from lego.train.cli import _main, main
+from lego.recipes.cli import _main, main
+from lego.train.cli import _main as train_main
 
 SMALL = [
     "max_steps=4",
@@ -134,7 +135,7 @@ def test_plot_draws_the_curves(tmp_path: Path, cache_dir: Path) -> None:
     run = tmp_path / "run"
     _pretrain(run, cache_dir)
     out = tmp_path / "curves.png"
-    assert _main(["plot", str(run), "-o", str(out)]) == 0
+    assert train_main(["plot", str(run), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -146,8 +147,10 @@ def test_trainer_state_records_the_tokenizer_hash(tmp_path: Path, cache_dir: Pat
     assert state["model"]["config"]["d_model"] == 32
 
 
-def test_sample_callback_uses_lego_generate_when_installed() -> None:
+def test_recipe_samples_with_lego_generate() -> None:
     import lego.arch
+    from lego.generate import generate
+    from lego.recipes.pretrain import _sampler
     from lego.train import SampleCallback
 
     torch.manual_seed(0)
@@ -159,12 +162,16 @@ def test_sample_callback_uses_lego_generate_when_installed() -> None:
         decode=lambda ids: " ".join(map(str, ids)),
         max_new_tokens=6,
         emit=texts.append,
+        sampler=_sampler,
     )
     text = callback.sample(0)
-    assert callback.backend == "lego-generate"
-    assert len(text.split()) == 6
-    assert texts == [f"sample @ step 0: 1 2 3{text}"]
     assert model.training  # restored after sampling
+    model.eval()
+    expected = generate(
+        model, torch.tensor([[1, 2, 3]]), max_new_tokens=6, top_k=40, temperature=0.8, seed=0
+    )
+    assert text == " ".join(map(str, expected[0, 3:].tolist()))
+    assert texts == [f"sample @ step 0: 1 2 3{text}"]
 
 
 def test_activation_checkpointing_gives_the_same_weights(tmp_path: Path, cache_dir: Path) -> None:
@@ -212,7 +219,7 @@ def test_torchrun_recipe_shards_the_data_by_rank(tmp_path: Path, cache_dir: Path
         "--master_port",
         str(29600 + os.getpid() % 1000),
         "-m",
-        "lego.train.cli",
+        "lego.recipes.cli",
         "pretrain",
         "--config",
         "tiny",

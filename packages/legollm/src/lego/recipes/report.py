@@ -1,12 +1,12 @@
 """The pipeline's run report: samples, ``loss.png``, ``attention.png`` and ``report.md``.
 
-[`write_report()`][lego.train.report.write_report] loads the final model directory with
+[`write_report()`][lego.recipes.report.write_report] loads the final model directory with
 lego-arch and its tokenizer with lego-tokenize, generates samples with lego-generate (greedy,
-top-k and top-p, seeded), draws the loss curves
-([`plot_run()`][lego.train.plot.plot_run]) and the attention heatmaps of one sample (every
-head of every layer, from ``DecoderLM.attention_weights``: the explicit math attention), and
-writes ``report.md`` beside them. These bricks come from the ``recipes`` extra and matplotlib
-from the ``plot`` extra.
+top-k and top-p, seeded), draws the loss curves (lego-train's
+[`plot_run()`][lego.train.plot.plot_run], with the baseline it is given) and the attention
+heatmaps of one sample (every head of every layer, from ``DecoderLM.attention_weights``: the
+explicit math attention), and writes ``report.md`` beside them. matplotlib comes from the
+``plot`` extra (``pip install "legollm[plot]"``).
 """
 
 from __future__ import annotations
@@ -18,16 +18,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lego.arch
+from lego.generate import generate
 from lego.protocols import atomic_write_text
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
+from lego.tokenize import load as load_tokenizer_file
 from lego.train.plot import matplotlib_modules, plot_run
-from lego.train.recipe import _require
 from lego.train.state import RunState
 
 if TYPE_CHECKING:
-    from lego.train.pipeline import PipelineConfig
+    from lego.recipes.pipeline import PipelineConfig
 
-__all__ = ["Sample", "generate_samples", "draw_attention", "write_report"]
+__all__ = [
+    "Sample",
+    "generate_samples",
+    "draw_attention",
+    "write_report",
+    "check_report_dependencies",
+]
+
+_NEEDED_BY = "the pipeline report's pictures"
+
+
+def check_report_dependencies() -> None:
+    """Check that the report can draw its pictures (matplotlib), before any training.
+
+    Raises:
+        ConfigError: matplotlib is not installed (with the ``pip install`` to run).
+    """
+    matplotlib_modules(_NEEDED_BY, install='"legollm[plot]"')
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,6 @@ def generate_samples(model: Any, tokenizer: Any, config: PipelineConfig) -> list
     """
     import torch
 
-    lgen = _require("lego.generate", "lego-generate")
     spec = config.report
     eos = tokenizer.special_tokens.get("<|endoftext|>")
     strategies: list[tuple[str, dict[str, Any]]] = [
@@ -74,7 +92,7 @@ def generate_samples(model: Any, tokenizer: Any, config: PipelineConfig) -> list
         for name, options in strategies:
             if options:
                 options = {**options, "temperature": spec.temperature, "seed": spec.seed}
-            out = lgen.generate(
+            out = generate(
                 model, ids, max_new_tokens=spec.max_new_tokens, eos_token_id=eos, **options
             )
             new = [t for t in out[0, ids.shape[1] :].tolist() if t != eos]
@@ -102,7 +120,7 @@ def draw_attention(
     """
     import torch
 
-    agg, figure_module = matplotlib_modules("the pipeline report")
+    agg, figure_module = matplotlib_modules(_NEEDED_BY, install='"legollm[plot]"')
     maps = model.attention_weights(torch.tensor([ids]))  # n_layers x (1, H, T, T)
     n_layers, n_heads = len(maps), int(maps[0].shape[1])
     labels = [repr(decode([i]))[1:-1][:8] for i in ids]
@@ -151,14 +169,12 @@ def write_report(
     Returns:
         The ``report.md`` path.
     """
-    arch = _require("lego.arch", "lego-arch")
-    ltok = _require("lego.tokenize", "lego-tokenize")
-    model = arch.from_hf(model_dir).eval()
-    tokenizer = ltok.load(model_dir / LEGO_TOKENIZER_FILE)
+    model = lego.arch.from_hf(model_dir).eval()
+    tokenizer = load_tokenizer_file(model_dir / LEGO_TOKENIZER_FILE)
 
     echo("generating samples (greedy, top-k, top-p)")
     samples = generate_samples(model, tokenizer, config)
-    loss_png = plot_run(run_dir, run_dir / "loss.png")
+    loss_png = plot_run(run_dir, run_dir / "loss.png", baseline=baseline)
     greedy = samples[0].ids[: config.report.attention_tokens]
     attention_png = draw_attention(model, greedy, tokenizer.decode, run_dir / "attention.png")
 
@@ -215,7 +231,7 @@ def write_report(
         "",
         "- `model/`: the final model directory (HF-compatible `config.json` + "
         "`model.safetensors`, `lego-tokenizer.json`, `tokenizer.json` when expressible); "
-        f"`lego-generate run --model {run_dir} --prompt 'def '` continues a prompt",
+        f"`legollm generate --model {run_dir} --prompt 'def '` continues a prompt",
         "- `checkpoints/`: the last checkpoints (`latest` names the newest)",
         "- `metrics.jsonl`: every logged record; `pipeline.json`: the configuration",
         "",

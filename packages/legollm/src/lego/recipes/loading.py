@@ -1,11 +1,8 @@
-"""Loading a model and its tokenizer for the command line (lego-arch and lego-tokenize).
+"""Loading a model and its tokenizer from a model directory, a checkpoint or a run.
 
-These are recipes: they import lego-arch and lego-tokenize lazily, from the ``recipes`` extra
-(``pip install "lego-generate[recipes]"``); a missing one is a
-[`ConfigError`][lego.protocols.ConfigError] naming the package to install.
-
-``--model`` accepts a model directory (HF or lego: ``config.json`` + ``model.safetensors``),
-a lego-train checkpoint or a run directory
+The one way the application opens what training wrote (``legollm generate``, ``chat``, the
+pipeline's report). ``--model`` accepts a model directory (HF or lego: ``config.json`` +
+``model.safetensors``), a lego-train checkpoint or a run directory
 ([`find_model_dir()`][lego.protocols.layout.find_model_dir]). The tokenizer comes from an
 explicit spec, or from the model directory
 ([`find_tokenizer_file()`][lego.protocols.layout.find_tokenizer_file]).
@@ -13,12 +10,11 @@ explicit spec, or from the model directory
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lego.protocols import ConfigError, Tokenizer, import_optional, read_json
+import lego.arch
+from lego.protocols import ConfigError, Tokenizer, read_json
 from lego.protocols.layout import (
     HF_TOKENIZER_FILE,
     LEGO_TOKENIZER_FILE,
@@ -26,22 +22,15 @@ from lego.protocols.layout import (
     find_tokenizer_file,
 )
 from lego.protocols.special_tokens import ENDOFTEXT
+from lego.tokenize import RegexBPETokenizer
+from lego.tokenize import load as load_tokenizer_file
+from lego.tokenize.interop.resolve import resolve_tokenizer
+from lego.train.distributed import pick_device
 
 if TYPE_CHECKING:
     import torch
 
-    from lego.protocols import CausalLM
-
 __all__ = ["load_model", "load_tokenizer", "default_eos_ids"]
-
-
-def _recipe_import(module: str, package: str) -> ModuleType:
-    """Import a sibling brick of the ``recipes`` extra (a ConfigError names what to install)."""
-    return import_optional(
-        module,
-        needed_by="the lego-generate command line",
-        install=f'"lego-generate[recipes]" ({package})',
-    )
 
 
 def load_model(
@@ -49,23 +38,25 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> tuple[CausalLM, Path]:
+) -> tuple[lego.arch.DecoderLM, Path]:
     """Load the model of a model directory, checkpoint or run through ``lego.arch.from_hf``.
 
     Args:
         path: A model directory, a lego-train checkpoint or a run directory.
         dtype: Parameter dtype (``"float32"``, ``"bf16"``...); None keeps the stored one.
-        device: Where to put the model.
+        device: Where to put the model: a torch device, or ``"auto"`` (CUDA, then Apple's
+            MPS, then the CPU); None is the CPU.
 
     Returns:
         ``(model, model_dir)``, the model in eval mode.
 
     Raises:
-        ConfigError: No model found at ``path`` or lego-arch is not installed.
+        ConfigError: No model found at ``path``; a device this machine lacks.
     """
-    arch = _recipe_import("lego.arch", "lego-arch")
     model_dir = find_model_dir(path)
-    model: Any = arch.from_hf(model_dir, dtype=dtype, device=device)
+    if isinstance(device, str):
+        device = pick_device(device)
+    model = lego.arch.from_hf(model_dir, dtype=dtype, device=device)
     model.train(False)
     return model, model_dir
 
@@ -82,13 +73,10 @@ def load_tokenizer(spec: str | None, model_dir: Path) -> Tokenizer:
         The tokenizer.
 
     Raises:
-        ConfigError: No tokenizer given or found (saying how to pass one), or lego-tokenize
-            is not installed.
+        ConfigError: No tokenizer given or found (saying how to pass one).
     """
-    _recipe_import("lego.tokenize", "lego-tokenize")
     if spec is not None:
-        resolve = _recipe_import("lego.tokenize.interop.resolve", "lego-tokenize")
-        tokenizer: Tokenizer = resolve.resolve_tokenizer(spec)
+        tokenizer: Tokenizer = resolve_tokenizer(spec)
         return tokenizer
     found = find_tokenizer_file(model_dir)
     if found is None:
@@ -98,11 +86,10 @@ def load_tokenizer(spec: str | None, model_dir: Path) -> Tokenizer:
             hint="pass one with --tokenizer, e.g. --tokenizer tiktoken:gpt2, "
             "--tokenizer path/to/lego-tokenizer.json or --tokenizer hf:path/to/tokenizer.json",
         )
-    tokenize: Any = importlib.import_module("lego.tokenize")
     if found.name == LEGO_TOKENIZER_FILE:
-        loaded: Tokenizer = tokenize.load(found)
+        loaded: Tokenizer = load_tokenizer_file(found)
         return loaded
-    hf: Tokenizer = tokenize.RegexBPETokenizer.from_hf(found)
+    hf: Tokenizer = RegexBPETokenizer.from_hf(found)
     return hf
 
 

@@ -1,18 +1,23 @@
-"""``lego-train pipeline``: raw text to a talking model, with a report, in one command.
+"""``legollm pipeline``: raw text to a talking model, with a report, in one command.
 
 The pipeline is the ``pretrain`` recipe plus what a person wants to see afterwards. One YAML
 file (``examples/pipelines/tiny.yaml``) holds every
-[`PretrainConfig`][lego.train.recipe.PretrainConfig] key plus a ``report:`` section
-([`ReportSpec`][lego.train.pipeline.ReportSpec]) and ``runs_dir``:
+[`PretrainConfig`][lego.recipes.pretrain.PretrainConfig] key plus a ``report:`` section
+([`ReportSpec`][lego.recipes.pipeline.ReportSpec]) and ``runs_dir``:
 
 1. the tokenizer is trained and the corpus prepared (cached, see
-   [`prepare_data()`][lego.train.recipe.prepare_data]);
+   [`prepare_data()`][lego.recipes.pretrain.prepare_data]);
 2. the model is pretrained into ``runs_dir/<timestamp>/`` with checkpoints;
 3. samples are generated with greedy, top-k and top-p decoding (lego-generate);
 4. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
    ``attention.png`` (every head of every layer on one sample, from the explicit math
    attention) are drawn, and ``report.md`` collects the configuration, the figures and the
    samples; the final model directory (with its tokenizer) is copied to ``model/``.
+
+Everything the later stages need is checked before training starts (the report's prompts
+and ``max_new_tokens`` against the model's context, matplotlib for the pictures), and each
+stage hands its figures to the next (the unigram baseline comes from the pretraining
+result, not from a file).
 
 **Resuming.** Each run directory holds ``pipeline.json`` (the configuration and a status).
 When the command is interrupted (Ctrl-C: the trainer saves a checkpoint and stops), running
@@ -44,11 +49,13 @@ from lego.protocols import (
     LegoError,
     TrainingError,
     atomic_write_text,
+    check_float,
+    check_int,
     read_json,
 )
 from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
-from lego.train.monitor import read_metrics
-from lego.train.recipe import PretrainConfig, run_pretrain
+from lego.recipes.pretrain import PretrainConfig, build_pretraining, check_fits_context
+from lego.recipes.report import check_report_dependencies, write_report
 
 __all__ = [
     "ReportSpec",
@@ -92,14 +99,15 @@ class ReportSpec(Config):
         """Prompts present and non-empty; sizes positive; ``top_p`` in (0, 1]."""
         super().validate()
         if not self.prompts or not all(self.prompts):
-            raise ConfigError("report.prompts needs at least one non-empty prompt", key="prompts")
+            raise ConfigError(
+                "report.prompts needs at least one non-empty prompt",
+                key="prompts",
+                hint='e.g. prompts: ["def ", "import "]',
+            )
         for key in ("max_new_tokens", "top_k", "attention_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"report.{key} must be at least 1", key=f"report.{key}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"report.top_p must be in (0, 1], got {self.top_p}", key="top_p")
-        if self.temperature <= 0.0:
-            raise ConfigError("report.temperature must be > 0", key="report.temperature")
+            check_int(key, getattr(self, key), minimum=1)
+        check_float("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        check_float("temperature", self.temperature, low=0.0, low_open=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +116,7 @@ class PipelineConfig(PretrainConfig):
 
     Attributes:
         runs_dir: The folder of timestamped run directories (used unless ``out_dir`` is set).
-        report: The [`ReportSpec`][lego.train.pipeline.ReportSpec].
+        report: The [`ReportSpec`][lego.recipes.pipeline.ReportSpec].
     """
 
     runs_dir: str = "runs"
@@ -121,6 +129,23 @@ class PipelineConfig(PretrainConfig):
             dataclasses.replace(self, out_dir=str(Path(self.runs_dir) / "check"))
             return
         super().validate()
+
+    def check_later_stages(self, *, context: int, prompt_tokens: list[int]) -> None:
+        """Check the report against the model before training starts.
+
+        Args:
+            context: The model's context length.
+            prompt_tokens: Each report prompt's length in tokens.
+
+        Raises:
+            ConfigError: A prompt plus ``report.max_new_tokens`` exceeds the context, or
+                matplotlib (for the pictures) is missing.
+        """
+        for length in prompt_tokens:
+            check_fits_context(
+                length, self.report.max_new_tokens, context, key="report.max_new_tokens"
+            )
+        check_report_dependencies()
 
     def pretrain_config(self, out_dir: Path) -> PretrainConfig:
         """The ``PretrainConfig`` that trains into ``out_dir``, resuming its latest checkpoint.
@@ -148,7 +173,7 @@ class PipelineConfig(PretrainConfig):
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """What a finished pipeline produced.
+    """What a pipeline run produced.
 
     Attributes:
         run_dir: The run directory.
@@ -248,26 +273,31 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         echo: Where progress lines go (``print`` by default).
 
     Returns:
-        The [`PipelineResult`][lego.train.pipeline.PipelineResult].
+        The [`PipelineResult`][lego.recipes.pipeline.PipelineResult].
 
     Raises:
-        ConfigError: Bad settings, a missing sibling brick or matplotlib, an unwritable run
-            directory.
+        ConfigError: Bad settings (the report's included, checked before training),
+            matplotlib missing, an unwritable run directory.
         TrainingError: Training failed, or the disk filled up (the run can be continued).
     """
-    from lego.train.report import write_report
-
     run_dir = find_run_dir(config)
     _check_writable(run_dir)
     with _disk_errors(run_dir):
         resumed = (run_dir / PIPELINE_FILE).is_file()
+        pretraining = build_pretraining(config.pretrain_config(run_dir))
+        if pretraining.tokenizer is not None:
+            config.check_later_stages(
+                context=int(pretraining.model.config.context_length),
+                prompt_tokens=[len(pretraining.tokenizer.encode(p)) for p in config.report.prompts],
+            )
         _write_record(run_dir, config, _RUNNING)
         echo(f"{'continuing' if resumed else 'starting'} the run in {run_dir}")
         start = time.perf_counter()
-        state = run_pretrain(config.pretrain_config(run_dir))
+        result = pretraining.run()
+        state = result.state
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
-        baseline = _baseline(run_dir)
+        baseline = result.baseline
         if state.step < config.max_steps:
             echo(
                 f"stopped at step {state.step} of {config.max_steps}; run the same command "
@@ -295,12 +325,6 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
     return PipelineResult(
         run_dir=run_dir, report=report, finished=True, val_loss=val_loss, baseline=baseline
     )
-
-
-def _baseline(run_dir: Path) -> float:
-    """The unigram entropy the recipe logged for this run (NaN without validation data)."""
-    records = [r for r in read_metrics(run_dir) if r.get("split") == "baseline"]
-    return float(records[-1]["unigram_entropy"]) if records else math.nan
 
 
 def _final_model_dir(run_dir: Path) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lego.protocols import ConfigError
-from lego.train.pipeline import PIPELINE_FILE, PipelineConfig, ReportSpec, find_run_dir
+from lego.recipes.pipeline import PIPELINE_FILE, PipelineConfig, ReportSpec, find_run_dir
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -1,0 +1,133 @@
+"""The ``legollm`` command: one entry point for the recipes that compose the bricks.
+
+    legollm pipeline --config examples/pipelines/tiny.yaml     # raw text -> model + report
+    legollm pretrain --config tiny max_steps=300 optim.lr=1e-3  # pretrain from a YAML config
+    legollm generate --model runs/tiny --prompt "def "          # continue a prompt
+    legollm chat --model runs/sft --template chatml              # talk to a model
+    legollm configs                                              # the shipped configs
+
+Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted for sections
+and converted by each field's type ([`lego.protocols.load_config()`][lego.protocols.load_config]).
+Exit codes: 0 done, 2 bad input (one message, no traceback; ``--debug`` shows it), 130 / 143
+interrupted (a checkpoint was saved: the same command continues), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from lego.protocols import make_parser, run_cli
+from lego.recipes.configs import read_recipe_config, shipped_configs
+from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
+from lego.recipes.pipeline import PipelineConfig, run_pipeline
+from lego.recipes.pretrain import PretrainConfig, run_pretrain
+
+__all__ = ["build_parser", "main", "PROG"]
+
+PROG = "legollm"
+
+_EXAMPLES = """\
+legollm pipeline --config examples/pipelines/tiny.yaml
+legollm pretrain --config tiny max_steps=300 optim.lr=1e-3
+legollm pretrain --config tiny resume=latest
+legollm generate --model runs/tiny --prompt "def " --top-k 40
+legollm chat --model runs/sft --template chatml
+legollm configs"""
+
+
+def _config_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help_text: str,
+    description: str,
+    example: str,
+) -> None:
+    parser = commands.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="a YAML file or a shipped config name")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides, dotted for sections (optim.lr=3e-4)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``legollm``, with every subcommand."""
+    parser = make_parser(
+        PROG,
+        "LegoLLM: train a tokenizer, pretrain, sample and talk to GPT-style models, one "
+        "subcommand per recipe.",
+        example=_EXAMPLES,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _config_command(
+        commands,
+        "pipeline",
+        help_text="raw text to a talking model: tokenizer, data, pretraining, samples, report",
+        description="Train a model from raw text and write runs/<timestamp>/report.md with "
+        "samples, loss.png and attention.png. After an interruption, the same command "
+        "continues the run.",
+        example="legollm pipeline --config examples/pipelines/tiny.yaml max_steps=200",
+    )
+    _config_command(
+        commands,
+        "pretrain",
+        help_text="pretrain a model from a YAML config",
+        description="Train from a YAML config (a path or a shipped name: "
+        + ", ".join(shipped_configs())
+        + "); key=value overrides follow.",
+        example="legollm pretrain --config tiny out_dir=runs/a optim.lr=3e-4",
+    )
+    add_generate_command(commands)
+    add_chat_command(commands)
+    commands.add_parser(
+        "configs",
+        help="list the shipped configs",
+        description="Print the names of the configs shipped with legollm (--config NAME).",
+    )
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "configs":
+        for name in shipped_configs():
+            print(name)
+        return 0
+    if args.command == "generate":
+        return run_generate(args, sys.stdout)
+    if args.command == "chat":
+        return run_chat(args, sys.stdout, sys.stdin)
+    if args.command == "pipeline":
+        result = run_pipeline(read_recipe_config(PipelineConfig, args.config, args.overrides))
+        return 0 if result.finished else 130
+    config = read_recipe_config(PretrainConfig, args.config, args.overrides)
+    state = run_pretrain(config).state
+    print(
+        f"done: step {state.step}/{state.max_steps}, "
+        f"loss {state.metrics.get('loss', float('nan')):.4f}"
+        + (f", val_loss {state.metrics['val_loss']:.4f}" if "val_loss" in state.metrics else "")
+        + f"; run in {config.out_dir}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console-script entry point of ``legollm``.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+    """
+    sys.exit(run_cli(_main, None if argv is None else list(argv), prog=PROG))
+
+
+if __name__ == "__main__":
+    main()
