@@ -251,7 +251,7 @@ def decode_section(quick: bool) -> Section:
                 d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, rotary=rotary
             ),
             attention_norm=RMSNorm(dim=d_model),
-            feed_forward=GatedMLP(d_model=d_model, d_ff=d_ff),
+            feed_forward=GatedMLP.build(d_model=d_model, d_ff=d_ff),
             ffn_norm=RMSNorm(dim=d_model),
         ).eval()
         for _ in range(n_layers)

@@ -5,12 +5,18 @@ variant is the same config with one field changed:
 
 1. ``gpt2``: multi-head attention, LayerNorm, learned positions, GELU MLP;
 2. ``+ GQA``: 4 query heads share 2 key/value heads (``n_kv_heads=2``);
-3. ``+ RMSNorm``: ``norm="rmsnorm"`` (no bias);
+3. ``+ RMSNorm``: ``norm="rmsnorm"`` (its bias goes with it: ``norm_bias`` follows the norm);
 4. ``+ RoPE``: positions rotate queries and keys (``positions="rope"``) instead of a table;
-5. ``+ SwiGLU``: a gated feed-forward (``ffn="swiglu"``) with 2/3 of the hidden width, so it
-   keeps the parameter count (and no biases, as in Llama);
+5. ``+ SwiGLU``: a gated feed-forward (``ffn="swiglu"``: SiLU on the gate, which the name
+   brings with it) with 2/3 of the hidden width, so it keeps the parameter count (and no
+   biases, as in Llama);
 6. ``+ MoE``: 4 SwiGLU experts of half that width, 2 per token (``ffn="moe"``): the same
    compute per token with twice the feed-forward parameters, plus the router's aux loss.
+
+A field tied to a component (``norm_bias`` to the norm, ``activation`` and ``mlp_bias`` to
+the feed-forward) follows the component when it still holds the old component's default,
+so ``replace(ffn="swiglu")`` of the GELU MLP gives SiLU, not a GELU-gated GeGLU. The script
+prints the feed-forward each variant actually built.
 
 Every variant starts from the same seed and trains on the same batches of the embedded
 ``python-stdlib`` corpus (bytes as tokens: no tokenizer to train), and the script prints
@@ -31,6 +37,7 @@ import torch.nn.functional as F  # noqa: N812 - the universal alias
 
 from lego.arch import DecoderConfig, DecoderLM
 from lego.data.corpora import PythonStdlibCorpus
+from lego.layers import MLP, GatedMLP, MoEFeedForward
 
 
 def byte_tokens(max_bytes: int) -> torch.Tensor:
@@ -47,8 +54,9 @@ def variants(base: DecoderConfig) -> dict[str, DecoderConfig]:
     """Each variant is the previous one with one brick swapped."""
     out = {"gpt2": base}
     out["+ GQA"] = out["gpt2"].replace(n_kv_heads=2, fused_qkv=False)
-    out["+ RMSNorm"] = out["+ GQA"].replace(norm="rmsnorm", norm_bias=False)
+    out["+ RMSNorm"] = out["+ GQA"].replace(norm="rmsnorm")  # norm_bias=False follows
     out["+ RoPE"] = out["+ RMSNorm"].replace(positions="rope")
+    # activation="silu" follows the name; the biases go too, as in Llama
     out["+ SwiGLU"] = out["+ RoPE"].replace(ffn="swiglu", d_ff=base.d_ff * 2 // 3, mlp_bias=False)
     # 4 experts of half the width, 2 per token: the same compute per token as + SwiGLU
     moe_d_ff = base.d_ff // 3
@@ -56,6 +64,16 @@ def variants(base: DecoderConfig) -> dict[str, DecoderConfig]:
         ffn="moe", n_experts=4, experts_top_k=2, moe_d_ff=moe_d_ff
     )
     return out
+
+
+def describe_ffn(model: DecoderLM) -> str:
+    """The feed-forward a model really built, e.g. ``GatedMLP(silu)``."""
+    ffn = model.blocks[0].feed_forward
+    if isinstance(ffn, MoEFeedForward):  # a mixture of experts: the experts' activation
+        return f"MoE({getattr(ffn.experts, 'activation', '?')}, {ffn.router.n_experts} experts)"
+    if isinstance(ffn, (MLP, GatedMLP)):
+        return f"{type(ffn).__name__}({ffn.activation})"
+    return type(ffn).__name__
 
 
 def batches(tokens: torch.Tensor, *, batch: int, context: int, seed: int) -> torch.Tensor:
@@ -112,10 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uniform guess: loss {math.log(256):.3f}; {steps} steps of batch 16 per variant")
     for name, config in variants(base).items():
         start = time.perf_counter()
-        n = sum(p.numel() for p in DecoderLM.from_config(config).parameters())
+        model = DecoderLM.from_config(config)
+        n = sum(p.numel() for p in model.parameters())
+        ffn = describe_ffn(model)
+        if name == "+ SwiGLU":
+            assert config.activation == "silu", config.activation  # a real SwiGLU, not GeGLU
+            assert ffn == "GatedMLP(silu)", ffn
         val = train(config, train_ids, val_ids, steps)
         seconds = time.perf_counter() - start
-        print(f"{name:>10}: {n / 1e6:5.2f}M parameters, val loss {val:.3f} ({seconds:.1f} s)")
+        print(
+            f"{name:>10}: {n / 1e6:5.2f}M parameters, {ffn:<22} val loss {val:.3f} "
+            f"({seconds:.1f} s)"
+        )
     return 0
 
 

@@ -131,7 +131,7 @@ def test_mlp_equals_gpt2_mlp() -> None:
     torch.manual_seed(0)
     config = GPT2Config(n_embd=32, n_inner=128, activation_function="gelu_new", resid_pdrop=0.0)
     theirs = GPT2MLP(128, config).eval()
-    ours = MLP(d_model=32, d_ff=128, activation=config.activation_function).eval()
+    ours = MLP.build(d_model=32, d_ff=128, activation=config.activation_function).eval()
     with torch.no_grad():  # GPT-2's Conv1D stores (in, out): transpose into nn.Linear
         ours.fc.weight.copy_(theirs.c_fc.weight.T)
         ours.fc.bias.copy_(theirs.c_fc.bias)
@@ -144,7 +144,7 @@ def test_mlp_equals_gpt2_mlp() -> None:
 def test_gated_mlp_equals_llama_mlp() -> None:
     torch.manual_seed(0)
     theirs = LlamaMLP(llama_config(None))
-    ours = GatedMLP(d_model=64, d_ff=96, activation="silu")
+    ours = GatedMLP.build(d_model=64, d_ff=96, activation="silu")
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 5, 64)
     torch.testing.assert_close(ours(x), theirs(x), **TOL)
@@ -221,7 +221,7 @@ def test_shared_expert_equals_qwen2_moe_block() -> None:
     )
     theirs = Qwen2MoeSparseMoeBlock(config).eval()
     _init_block(theirs)
-    shared = GatedMLP(d_model=32, d_ff=40)
+    shared = GatedMLP.build(d_model=32, d_ff=40)
     shared.load_state_dict(theirs.shared_expert.state_dict())
     gate = torch.nn.Linear(32, 1, bias=False)
     gate.load_state_dict(theirs.shared_expert_gate.state_dict())

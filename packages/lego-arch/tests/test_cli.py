@@ -89,7 +89,6 @@ def test_memory_dtype_aliases() -> None:
 
 
 def test_info_hf_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("lego.arch.hf.io", reason="the HF config translation is not built")
     hf_config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
-from lego.arch import FFNS, NORMS, POSITIONS, Positions, build, get_preset
+from lego.arch import FFNS, NORMS, POSITIONS, Component, Positions, build, get_preset
+from lego.arch import defaults as component_table
 from lego.arch.components import register_ffn, register_norm, register_positions
 from lego.arch.config import DecoderConfig
-from lego.layers import LayerNorm, SinusoidalPositionalEmbedding
+from lego.layers import MLP, GatedMLP, LayerNorm, SinusoidalPositionalEmbedding
 from lego.protocols import ConfigError
 
 
 @pytest.fixture
 def restore_registries() -> Iterator[None]:
-    saved = (dict(NORMS), dict(FFNS), dict(POSITIONS))
+    """Undo the registrations a test makes (builders and tied defaults)."""
+    registries = (NORMS, FFNS, POSITIONS)
+    builders = [dict(r._builders) for r in registries]
+    defaults = copy.deepcopy(component_table._DEFAULTS)
     yield
-    for table, old in zip((NORMS, FFNS, POSITIONS), saved, strict=True):
-        table.clear()
-        table.update(old)
+    for registry, saved in zip(registries, builders, strict=True):
+        registry._builders.clear()
+        registry._builders.update(saved)
+    component_table._DEFAULTS.clear()
+    component_table._DEFAULTS.update(defaults)
 
 
 def test_builtin_names() -> None:
@@ -77,6 +84,61 @@ def test_no_positions() -> None:
     assert model.blocks[0].attention.rotary is None
 
 
-def test_moe_with_bias_refused() -> None:
-    with pytest.raises(ConfigError, match="mlp_bias"):
-        build(get_preset("qwen3-moe-tiny").replace(mlp_bias=True))
+def test_moe_with_bias_refused_by_the_config() -> None:
+    """A cross-field rule: the config refuses it before any builder runs."""
+    with pytest.raises(ConfigError, match="mlp_bias") as info:
+        get_preset("qwen3-moe-tiny").replace(mlp_bias=True)
+    assert info.value.key == "mlp_bias"
+
+
+def test_registries_carry_builders_and_defaults() -> None:
+    assert isinstance(NORMS["rmsnorm"], Component)
+    assert NORMS["rmsnorm"].defaults == {"norm_bias": False}
+    assert NORMS["layernorm"].defaults == {"norm_bias": True}
+    assert FFNS["swiglu"].defaults == {"activation": "silu", "mlp_bias": True}
+    assert FFNS["geglu"].defaults == {"activation": "gelu_tanh", "mlp_bias": True}
+    assert FFNS["gelu_mlp"].defaults == {"activation": "gelu_tanh", "mlp_bias": True}
+    assert FFNS["moe"].defaults == {"activation": "silu", "mlp_bias": False}
+    assert POSITIONS["rope"].defaults == {}
+    with pytest.raises(KeyError):
+        NORMS["batchnorm"]
+    with pytest.raises(TypeError):  # read-only: register_* is the one way in
+        NORMS["x"] = NORMS["rmsnorm"]  # type: ignore[index]
+
+
+def test_builders_use_the_layers_build_methods() -> None:
+    gpt2 = build("gpt2-tiny")
+    mlp = gpt2.blocks[0].feed_forward
+    assert isinstance(mlp, MLP)
+    assert (mlp.d_model, mlp.d_ff, mlp.activation) == (64, 256, "gelu_tanh")
+    llama = build("llama-tiny")
+    ffn = llama.blocks[0].feed_forward
+    assert isinstance(ffn, GatedMLP)
+    assert ffn.activation == "silu"
+    assert ffn.gate_proj.bias is None
+
+
+@pytest.mark.usefixtures("restore_registries")
+def test_registered_defaults_fill_the_tied_fields() -> None:
+    def bias_free(config: DecoderConfig, dim: int) -> nn.Module:
+        return LayerNorm(dim=dim, eps=config.norm_eps, bias=bool(config.norm_bias))
+
+    register_norm("layernorm_nobias", bias_free, defaults={"norm_bias": False})
+    config = get_preset("gpt2-tiny").replace(norm="layernorm_nobias")
+    assert config.norm_bias is False  # followed the new norm's default
+    assert build(config).final_norm.bias is None
+    register_ffn("relu_mlp", FFNS["gelu_mlp"].builder, defaults={"activation": "relu"})
+    assert get_preset("gpt2-tiny").replace(ffn="relu_mlp").activation == "relu"
+
+
+@pytest.mark.usefixtures("restore_registries")
+def test_defaults_of_fields_the_kind_does_not_tie_are_refused() -> None:
+    with pytest.raises(ConfigError, match="not a config field tied to norm") as info:
+        register_norm("odd", lambda config, dim: nn.Identity(), defaults={"activation": "silu"})
+    assert info.value.key == "activation"
+    with pytest.raises(ConfigError, match="must be a bool"):
+        register_norm("odd", lambda config, dim: nn.Identity(), defaults={"norm_bias": 1})
+    with pytest.raises(ConfigError, match="no config field is tied"):
+        register_positions("odd", lambda config: Positions(None, None), defaults={"x": 1})
+    assert "odd" not in NORMS
+    assert "odd" not in POSITIONS

@@ -70,7 +70,11 @@ def test_dict_form_is_plain_data() -> None:
         ({"n_kv_heads": 3}, "n_kv_heads"),
         ({"n_layers": 0}, "n_layers"),
         ({"head_dim": 0}, "head_dim"),
-        ({"norm": "rmsnrom", "norm_bias": False}, "norm"),
+        ({"norm": "rmsnrom"}, "norm"),
+        (
+            {"ffn": "moe", "mlp_bias": True, "n_experts": 4, "experts_top_k": 2, "moe_d_ff": 8},
+            "mlp_bias",
+        ),
         ({"positions": "rotary"}, "positions"),
         ({"ffn": "swiglue"}, "ffn"),
         ({"activation": "gelu_fancy"}, "activation"),
@@ -154,3 +158,65 @@ def test_parse_dtype_errors_name_the_value() -> None:
     assert "bfloat16" in str(info.value)
     with pytest.raises(ConfigError, match="floating"):
         parse_dtype(torch.int64)
+
+
+# -- tied fields: a component name carries its defaults ------------------------------------
+
+
+def test_tied_fields_take_the_component_defaults() -> None:
+    gpt2 = make()
+    assert (gpt2.norm_bias, gpt2.activation, gpt2.mlp_bias) == (True, "gelu_tanh", True)
+    llama = make(norm="rmsnorm", ffn="swiglu")
+    assert (llama.norm_bias, llama.activation, llama.mlp_bias) == (False, "silu", True)
+    assert make(ffn="geglu").activation == "gelu_tanh"
+    moe = make(ffn="moe", n_experts=4, experts_top_k=2, moe_d_ff=8)
+    assert (moe.activation, moe.mlp_bias) == ("silu", False)
+
+
+def test_to_dict_holds_concrete_values() -> None:
+    data = make(norm="rmsnorm", ffn="swiglu").to_dict()
+    assert (data["norm_bias"], data["activation"], data["mlp_bias"]) == (False, "silu", True)
+    assert DecoderConfig.from_dict({**BASE, "norm_bias": None}).norm_bias is True
+
+
+def test_replace_of_a_component_moves_its_default_fields() -> None:
+    gpt2 = get_preset("gpt2")
+    swiglu = gpt2.replace(ffn="swiglu")
+    assert swiglu.activation == "silu"  # a real SwiGLU, not a GeGLU
+    assert swiglu.mlp_bias  # GPT-2's biases stay: they are also the SwiGLU default
+    assert gpt2.replace(norm="rmsnorm").norm_bias is False
+    moe = gpt2.replace(ffn="moe", n_experts=4, experts_top_k=2, moe_d_ff=32)
+    assert (moe.activation, moe.mlp_bias) == ("silu", False)
+    back = swiglu.replace(ffn="gelu_mlp")
+    assert back.activation == "gelu_tanh"
+    assert back == gpt2
+
+
+def test_replace_keeps_values_that_are_not_the_old_default() -> None:
+    relu = make(activation="relu")
+    assert relu.replace(ffn="swiglu").activation == "relu"  # chosen, not a default: kept
+    llama = get_preset("llama-tiny")  # swiglu with mlp_bias=False (not swiglu's default)
+    assert llama.replace(ffn="gelu_mlp").mlp_bias is False
+    assert llama.replace(ffn="gelu_mlp").activation == "gelu_tanh"
+
+
+def test_replace_with_the_tied_field_given_keeps_it() -> None:
+    gpt2 = get_preset("gpt2-tiny")
+    geglu = gpt2.replace(ffn="swiglu", activation="gelu_tanh")
+    assert geglu.activation == "gelu_tanh"
+    with pytest.raises(ConfigError, match="norm_bias") as info:
+        gpt2.replace(norm="rmsnorm", norm_bias=True)
+    assert info.value.key == "norm_bias"
+
+
+def test_replace_of_another_field_changes_no_tied_field() -> None:
+    custom = make(activation="relu", mlp_bias=False)
+    assert custom.replace(n_layers=3).activation == "relu"
+    assert custom.replace(ffn="gelu_mlp") == custom  # the same component: nothing moves
+
+
+def test_unknown_component_with_unset_tied_fields_names_the_component() -> None:
+    with pytest.raises(ConfigError) as info:
+        make(ffn="swiglue")
+    assert info.value.key == "ffn"
+    assert "swiglu" in str(info.value)

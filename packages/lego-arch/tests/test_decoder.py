@@ -360,3 +360,21 @@ def test_attention_weights_need_lego_attention() -> None:
     model.blocks[1].attention = Opaque()
     with pytest.raises(CompatibilityError, match=r"blocks \[1\]"):
         model.attention_weights(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_from_config_without_initialization_keeps_the_constructors_values() -> None:
+    """initialize=False is for loaders: the values are the modules' own, not N(0, 0.02)."""
+    config = get_preset("gpt2-tiny")
+    drawn = DecoderLM.from_config(config)
+    raw = DecoderLM.from_config(config, initialize=False)
+    assert float(drawn.token_embedding.weight.detach().std()) < 0.05
+    assert float(raw.token_embedding.weight.detach().std()) > 0.5  # nn.Embedding's N(0, 1)
+
+
+def test_from_config_takes_prebuilt_positions() -> None:
+    from lego.arch.components import build_positions
+
+    config = get_preset("llama-tiny")
+    positions = build_positions(config)
+    model = DecoderLM.from_config(config, positions=positions)
+    assert all(block.attention.rotary is positions.rotary for block in model.blocks)

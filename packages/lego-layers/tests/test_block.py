@@ -197,7 +197,7 @@ def _llama_block(checkpointing: bool, dropout: float = 0.0) -> TransformerBlock:
             d_model=16, n_heads=4, n_kv_heads=2, rotary=RotaryEmbedding(head_dim=4), dropout=dropout
         ),
         attention_norm=RMSNorm(dim=16),
-        feed_forward=GatedMLP(d_model=16, d_ff=32),
+        feed_forward=GatedMLP.build(d_model=16, d_ff=32),
         ffn_norm=RMSNorm(dim=16),
         dropout=dropout,
         activation_checkpointing=checkpointing,

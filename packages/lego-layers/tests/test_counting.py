@@ -14,7 +14,7 @@ class TiedLM(nn.Module):
         super().__init__()
         self.wte = TokenEmbedding(vocab_size=100, d_model=16)
         self.wpe = LearnedPositionalEmbedding(max_seq_len=32, d_model=16)
-        self.mlp = MLP(d_model=16, d_ff=64)
+        self.mlp = MLP.build(d_model=16, d_ff=64)
         self.lm_head = nn.Linear(16, 100, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
 

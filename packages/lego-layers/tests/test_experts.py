@@ -11,7 +11,7 @@ def test_each_stacked_expert_is_a_gated_mlp() -> None:
     bank = GatedExperts(n_experts=3, d_model=6, d_ff=10, activation="gelu_tanh")
     x = torch.randn(5, 6)
     for e in range(3):
-        mlp = GatedMLP(d_model=6, d_ff=10, activation="gelu_tanh")
+        mlp = GatedMLP.build(d_model=6, d_ff=10, activation="gelu_tanh")
         with torch.no_grad():
             mlp.gate_proj.weight.copy_(bank.gate_proj[e])
             mlp.up_proj.weight.copy_(bank.up_proj[e])
@@ -35,7 +35,7 @@ def test_forward_runs_each_expert_on_its_slice() -> None:
 
 
 def test_expert_list_takes_any_feedforward() -> None:
-    experts = [MLP(d_model=4, d_ff=8), GatedMLP(d_model=4, d_ff=6)]
+    experts = [MLP.build(d_model=4, d_ff=8), GatedMLP.build(d_model=4, d_ff=6)]
     bank = ExpertList(experts=experts)
     assert bank.n_experts == 2
     x = torch.randn(5, 4)
@@ -49,7 +49,7 @@ def test_counts_must_match() -> None:
     with pytest.raises(DataError, match="summing to the 3 rows"):
         bank(torch.randn(3, 4), [1, 1])
     with pytest.raises(DataError, match="one size per expert"):
-        ExpertList(experts=[MLP(d_model=4, d_ff=4)])(torch.randn(3, 4), [1, 2])
+        ExpertList(experts=[MLP.build(d_model=4, d_ff=4)])(torch.randn(3, 4), [1, 2])
 
 
 def test_bad_config() -> None:
@@ -60,5 +60,5 @@ def test_bad_config() -> None:
     with pytest.raises(ConfigError, match="at least one expert"):
         ExpertList(experts=[])
     with pytest.raises(ConfigError, match=r"expert 1 .* is not a FeedForward") as info:
-        ExpertList(experts=[MLP(d_model=4, d_ff=4), lambda t: t])  # type: ignore[list-item]
+        ExpertList(experts=[MLP.build(d_model=4, d_ff=4), lambda t: t])  # type: ignore[list-item]
     assert info.value.key == "experts[1]"

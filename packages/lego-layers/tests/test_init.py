@@ -23,7 +23,7 @@ class TinyBlock(nn.Module):
         self.attention = nn.Module()
         self.attention.qkv_proj = nn.Linear(64, 192)
         self.attention.out_proj = nn.Linear(64, 64)
-        self.mlp = MLP(d_model=64, d_ff=256)
+        self.mlp = MLP.build(d_model=64, d_ff=256)
 
 
 class TinyModel(nn.Module):
@@ -88,7 +88,7 @@ def test_residual_projection_names() -> None:
 def test_stacked_experts_are_initialized_and_scaled() -> None:
     model = nn.Module()
     model.experts = GatedExperts(n_experts=4, d_model=32, d_ff=64)
-    model.ffn = GatedMLP(d_model=32, d_ff=64)
+    model.ffn = GatedMLP.build(d_model=32, d_ff=64)
     init_gpt2_(model, n_layers=2, std=0.1)
     assert model.experts.gate_proj.std().item() == pytest.approx(0.1, rel=0.1)
     assert model.experts.down_proj.std().item() == pytest.approx(0.05, rel=0.1)

@@ -22,7 +22,7 @@ def make_moe(
     return MoEFeedForward(
         router=TopKRouter(d_model=d_model, n_experts=n_experts, top_k=top_k, norm_topk_prob=norm),
         experts=GatedExperts(n_experts=n_experts, d_model=d_model, d_ff=d_ff),
-        shared_expert=SwiGLU(d_model=d_model, d_ff=d_ff) if shared else None,
+        shared_expert=SwiGLU.build(d_model=d_model, d_ff=d_ff) if shared else None,
         aux_loss_coef=coef,
     )
 
@@ -107,7 +107,7 @@ def test_shared_expert_adds_its_output() -> None:
 def test_shared_expert_gate_scales_by_sigmoid() -> None:
     router = TopKRouter(d_model=8, n_experts=4, top_k=2, norm_topk_prob=False)
     experts = GatedExperts(n_experts=4, d_model=8, d_ff=12)
-    shared = SwiGLU(d_model=8, d_ff=6)
+    shared = SwiGLU.build(d_model=8, d_ff=6)
     gate = torch.nn.Linear(8, 1, bias=False)
     moe = MoEFeedForward(
         router=router, experts=experts, shared_expert=shared, shared_expert_gate=gate
@@ -157,7 +157,7 @@ def test_expert_list_equals_stacked_experts_with_the_same_weights() -> None:
     assert isinstance(stacked.experts, GatedExperts)
     mlps = []
     for e in range(3):
-        mlp = GatedMLP(d_model=8, d_ff=12)
+        mlp = GatedMLP.build(d_model=8, d_ff=12)
         with torch.no_grad():
             mlp.gate_proj.weight.copy_(stacked.experts.gate_proj[e])
             mlp.up_proj.weight.copy_(stacked.experts.up_proj[e])
@@ -169,7 +169,7 @@ def test_expert_list_equals_stacked_experts_with_the_same_weights() -> None:
 
 
 def test_heterogeneous_experts_work() -> None:
-    experts = ExpertList(experts=[MLP(d_model=8, d_ff=4), SwiGLU(d_model=8, d_ff=16)])
+    experts = ExpertList(experts=[MLP.build(d_model=8, d_ff=4), SwiGLU.build(d_model=8, d_ff=16)])
     moe = MoEFeedForward(
         router=TopKRouter(d_model=8, n_experts=2, top_k=1, norm_topk_prob=True), experts=experts
     )

@@ -16,8 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import lego.arch
 from lego.arch import DecoderLM, build, from_hf, read_hf_config, to_hf
-from lego.arch.hf import io as hf_io
-from lego.arch.hf.io import INDEX_NAME, SAFETENSORS_NAME, parse_shard_size
+from lego.arch.hf import INDEX_NAME, SAFETENSORS_NAME, parse_shard_size, reading
 from lego.protocols import CompatibilityError, ConfigError, FormatError
 
 TINY = ("gpt2-tiny", "llama-tiny", "qwen3-tiny", "qwen3-moe-tiny")
@@ -407,27 +406,27 @@ def test_parse_shard_size_refuses(bad: int | str) -> None:
 
 
 def test_tensors_are_read_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each tensor read is released (cast into the model) before the next one is read."""
+    """Each stored tensor read is released (cast into the model) before the next one is read."""
     to_hf(build("llama-tiny"), tmp_path)
     alive: list[weakref.ref[torch.Tensor]] = []
     most_alive = 0
     reads: list[str] = []
-    real_get = hf_io._Reader.get
+    real_get = reading._Reader.get
 
-    def counting_get(self: Any, name: str, *, view: bool) -> torch.Tensor:
+    def counting_get(self: Any, name: str) -> torch.Tensor:
         nonlocal most_alive
         most_alive = max(most_alive, sum(ref() is not None for ref in alive))
-        assert not view  # a cast: read as a private copy, never through the long-lived map
-        tensor = real_get(self, name, view=view)
+        tensor = real_get(self, name)
         alive.append(weakref.ref(tensor))
         reads.append(name)
         return tensor
 
-    monkeypatch.setattr(hf_io._Reader, "get", counting_get)
+    monkeypatch.setattr(reading._Reader, "get", counting_get)
     model = from_hf(tmp_path, dtype=torch.bfloat16)  # every stored fp32 tensor is a temporary
     assert len(reads) == len(set(reads)) == len(list(model.parameters()))
     assert most_alive <= 1
     assert all(ref() is None for ref in alive)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_load_file_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -441,15 +440,27 @@ def test_load_file_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     from_hf(tmp_path)
 
 
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory map holds the tensor's data (Linux), or None."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split()
+        low, high = (int(part, 16) for part in span.split("-"))
+        if low <= address < high:
+            return rest[4] if len(rest) >= 5 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
 def test_kept_dtype_parameters_are_views_on_the_file(tmp_path: Path) -> None:
-    """Same dtype, CPU, no transform: the parameter shares the file's mapped pages."""
+    """Same dtype, CPU, no transform: the parameter is the file's mapped pages, read lazily."""
     model = build("llama-tiny")
     to_hf(model, tmp_path)
-    size = (tmp_path / SAFETENSORS_NAME).stat().st_size
+    file = str((tmp_path / SAFETENSORS_NAME).resolve())
     loaded = from_hf(tmp_path)
     weight = loaded.get_parameter("blocks.0.attention.q_proj.weight")
-    assert weight.untyped_storage().nbytes() == size
-    with torch.no_grad():  # writes stay private: the file is unchanged
+    assert _mapped_file(weight) == file
+    with torch.no_grad():  # writes stay private (copy-on-write): the file is unchanged
         weight.add_(1.0)
     again = from_hf(tmp_path)
     assert torch.equal(
@@ -457,31 +468,53 @@ def test_kept_dtype_parameters_are_views_on_the_file(tmp_path: Path) -> None:
         model.get_parameter("blocks.0.attention.q_proj.weight"),
     )
     cast = from_hf(tmp_path, dtype="bf16")
-    assert cast.get_parameter("blocks.0.attention.q_proj.weight").untyped_storage().nbytes() < size
+    assert _mapped_file(cast.get_parameter("blocks.0.attention.q_proj.weight")) != file
 
 
-def test_parameters_are_built_on_meta_before_loading(
+def test_parameters_are_built_on_meta_and_installed_by_assignment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """from_hf builds on the meta device and installs with load_state_dict(assign=True)."""
     to_hf(build("qwen3-tiny"), tmp_path)
-    seen: list[str] = []
-    real_install = hf_io._install
+    seen: list[tuple[set[str], bool]] = []
+    real_load = DecoderLM.load_state_dict
 
-    def spy(slot: Any, tensor: torch.Tensor) -> None:
-        owner, attr = slot.owners[0]
-        seen.append(owner._parameters[attr].device.type)
-        real_install(slot, tensor)
+    def spy(self: DecoderLM, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        seen.append(({p.device.type for p in self.parameters()}, assign))
+        return real_load(self, state, strict=strict, assign=assign)
 
-    monkeypatch.setattr(hf_io, "_install", spy)
+    monkeypatch.setattr(DecoderLM, "load_state_dict", spy)
     model = from_hf(tmp_path)
-    assert seen
-    assert set(seen) == {"meta"}
-    probe = torch.zeros(3)  # the initializers skipped while building are restored
+    assert seen == [({"meta"}, True)]
+    probe = torch.zeros(3)  # nothing of torch.nn.init was changed
     torch.nn.init.ones_(probe)
     assert torch.equal(probe, torch.ones(3))
     assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(b.device.type == "cpu" for b in model.buffers())  # RoPE tables computed
     ids = torch.randint(0, model.config.vocab_size, (1, 5))
     assert torch.isfinite(model(ids)).all()
+
+
+def test_skip_init_is_scoped_and_leaves_torch_unchanged() -> None:
+    from lego.arch.loading import SkipInit
+
+    before = torch.nn.init.normal_
+    weight = torch.zeros(4, 4)
+    with SkipInit():
+        torch.nn.init.normal_(weight)
+        weight.uniform_()
+        assert torch.nn.init.normal_ is before
+    assert torch.equal(weight, torch.zeros(4, 4))
+    torch.nn.init.normal_(weight)
+    assert not torch.equal(weight, torch.zeros(4, 4))
+
+
+def test_rope_tables_are_computed_not_loaded(tmp_path: Path) -> None:
+    model = build("llama-tiny")
+    to_hf(model, tmp_path)
+    loaded = from_hf(tmp_path)
+    for ours, theirs in zip(model.buffers(), loaded.buffers(), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_read_hf_config_accepts_a_file_and_a_directory(tmp_path: Path) -> None:

@@ -48,9 +48,16 @@ def test_load_weights_of_another_shape_lists_the_differences(tmp_path: Path) -> 
         target.load_weights(directory)
     message = str(info.value)
     assert "n_layers: 3 in the directory" in message
-    assert "unexpected" in message
-    assert "blocks.2." in message
+    assert "unexpected (12)" in message  # the third block's tensors, in the file's names
+    assert "transformer.h.2." in message
     assert torch.equal(target.token_embedding.weight, before)  # nothing was loaded
+
+
+def test_load_weights_into_a_model_of_another_family_lists_the_config(tmp_path: Path) -> None:
+    directory = build("llama-tiny").save_pretrained(tmp_path / "m")
+    with pytest.raises(CompatibilityError) as info:
+        build("gpt2-tiny").load_weights(directory)
+    assert "family: 'llama' in the directory, 'gpt2' in the model" in str(info.value)
 
 
 def test_save_pretrained_with_a_given_state_dict(tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ components are named by string and resolved through
     >>> sorted(lego.arch.presets())[:3]
     ['gpt2', 'gpt2-large', 'gpt2-medium']
 
+Each family is also written out as one self-contained file, for reading:
+``lego.arch.reference.gpt2``, ``.llama3`` and ``.qwen3`` (plain PyTorch, shape comments,
+``load_hf(folder)`` for HF checkpoints; the docs page "Reference models"). They are not
+used by the rest of LegoLLM; ``DecoderLM`` is.
+
 [`estimate_size()`][lego.arch.estimate_size] counts parameters by part and the memory of
 weights, gradients, optimizer state and activations; ``lego-arch info <preset>`` prints it.
 """
@@ -20,6 +25,7 @@ from lego.arch.components import (
     FFNS,
     NORMS,
     POSITIONS,
+    Component,
     Positions,
     register_ffn,
     register_norm,
@@ -27,7 +33,8 @@ from lego.arch.components import (
 )
 from lego.arch.config import DTYPES, DecoderConfig, parse_dtype
 from lego.arch.decoder import DecoderLM, DecoderOutput
-from lego.arch.hf import from_hf, read_hf_config, to_hf
+from lego.arch.hf import read_hf_config, to_hf
+from lego.arch.loading import from_hf
 from lego.arch.registry import (
     build,
     get_preset,
@@ -76,6 +83,7 @@ __all__ = [
     "NORMS",
     "FFNS",
     "POSITIONS",
+    "Component",
     "Positions",
     "register_norm",
     "register_ffn",

@@ -6,7 +6,7 @@ Subcommands:
   and memory for weights, gradients, AdamW state, activations and the KV cache (see
   [`lego.arch.size`][lego.arch.size] for the conventions). ``MODEL`` is a preset name
   (``lego-arch list`` shows them), a HuggingFace model directory or its ``config.json``
-  (read through ``lego.arch.hf.io.read_hf_config``), or a lego config
+  (read through ``lego.arch.hf.read_hf_config``), or a lego config
   written by ``DecoderConfig.to_json``. Nothing is allocated: the model is built on the
   meta device.
 - ``list``: the presets with their family and parameter count.
@@ -25,7 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+
 from lego.arch.config import DecoderConfig
+from lego.arch.decoder import DecoderLM
+from lego.arch.hf import read_hf_config
 from lego.arch.registry import get_preset, list_presets, presets
 from lego.arch.size import MEMORY_DTYPES, SizeEstimate, estimate_size, format_count, size_tables
 from lego.protocols import ConfigError, did_you_mean, make_parser, read_json, run_cli
@@ -93,8 +98,6 @@ def load_model_config(spec: str) -> tuple[str, DecoderConfig]:
     data = read_json(file, what="config file")
     if isinstance(data, dict) and "model_type" not in data and "d_model" in data:
         return path.name or spec, DecoderConfig.from_dict(data, path=file)
-    from lego.arch.hf.io import read_hf_config  # HF translation only when it is needed
-
     name = (path if path.is_dir() else path.parent).name or spec
     return name, read_hf_config(file)
 
@@ -167,8 +170,6 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_estimate_json(estimate), indent=2))
         return 0
-    from rich.console import Console
-
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     for table in size_tables(estimate):
         console.print(table)
@@ -176,10 +177,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import torch
-
-    from lego.arch.decoder import DecoderLM
-
     for name in list_presets():
         config = presets()[name]
         with torch.device("meta"):

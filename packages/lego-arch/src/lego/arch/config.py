@@ -12,23 +12,49 @@ yaml.safe_load(text))``; PyYAML is not a dependency of this brick).
 
 Swapping a brick is one field: ``config.replace(norm="rmsnorm")`` turns LayerNorm into
 RMSNorm, ``n_kv_heads=2`` turns multi-head attention into grouped-query attention,
-``positions="rope"`` replaces the learned table by rotary embeddings, ``ffn="moe"`` (with
-the ``n_experts`` / ``experts_top_k`` / ``moe_d_ff`` fields) replaces the MLP by a mixture
-of experts.
+``positions="rope"`` replaces the learned table by rotary embeddings, ``ffn="swiglu"`` turns
+the GELU MLP into SwiGLU, ``ffn="moe"`` (with the ``n_experts`` / ``experts_top_k`` /
+``moe_d_ff`` fields) replaces it by a mixture of experts.
+
+A component name carries the defaults of the fields that belong to it (its *tied* fields,
+[`lego.arch.defaults`][lego.arch.defaults]): ``norm_bias`` follows the norm, ``activation``
+and ``mlp_bias`` follow the feed-forward. Left as None they take the component's default,
+so a config never holds None there, and ``replace()`` of a component moves every tied field
+that still holds the old component's default to the new one's:
+
+    >>> gpt2 = DecoderConfig(vocab_size=1000, context_length=128, d_model=64, n_layers=2,
+    ...                      n_heads=4, d_ff=256)
+    >>> gpt2.norm_bias, gpt2.activation
+    (True, 'gelu_tanh')
+    >>> swapped = gpt2.replace(norm="rmsnorm", ffn="swiglu")
+    >>> swapped.norm_bias, swapped.activation     # RMSNorm has no bias; SwiGLU gates with SiLU
+    (False, 'silu')
+    >>> gpt2.replace(ffn="swiglu", activation="gelu_tanh").activation  # given: kept (GeGLU)
+    'gelu_tanh'
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
-from lego.arch.components import FFNS, NORMS, POSITIONS
+from lego.arch.defaults import KINDS, TIED_FIELDS, component_defaults, component_names
 from lego.layers import get_activation, rope_scaling_from_dict
-from lego.protocols import ConfigError, ModelConfig, did_you_mean
+from lego.protocols import (
+    ConfigError,
+    ModelConfig,
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    did_you_mean,
+)
 
 __all__ = ["DTYPES", "DecoderConfig", "Family", "parse_dtype"]
+
+D = TypeVar("D", bound="DecoderConfig")
 
 Family = Literal["gpt2", "llama", "qwen3", "custom"]
 """The model families lego-arch knows; ``"custom"`` for anything assembled by hand."""
@@ -109,7 +135,8 @@ class DecoderConfig(ModelConfig):
         norm: Norm name in [`NORMS`][lego.arch.components.NORMS] (``"layernorm"``,
             ``"rmsnorm"``).
         norm_eps: The norms' epsilon (also QK-norm's).
-        norm_bias: LayerNorm with a bias (``"rmsnorm"`` has none).
+        norm_bias: Norms with a bias. Tied to ``norm``: None means the norm's default
+            (``"layernorm"``: True, ``"rmsnorm"``: False, and RMSNorm refuses True).
         positions: Position scheme in [`POSITIONS`][lego.arch.components.POSITIONS]
             (``"learned"``, ``"rope"``, ``"none"``).
         rope_theta: RoPE's base.
@@ -117,10 +144,12 @@ class DecoderConfig(ModelConfig):
             "llama3", "factor": 32.0, ...}``), or None.
         ffn: Feed-forward name in [`FFNS`][lego.arch.components.FFNS] (``"gelu_mlp"``,
             ``"swiglu"``, ``"geglu"``, ``"moe"``).
-        activation: Activation of the feed-forward (``"gelu_tanh"`` for GPT-2,
-            ``"silu"`` for SwiGLU and the experts; transformers' aliases such as
-            ``"gelu_new"`` are accepted); see ``lego.layers.ACTIVATIONS``.
-        mlp_bias: Biases on the feed-forward projections.
+        activation: Activation of the feed-forward (transformers' aliases such as
+            ``"gelu_new"`` are accepted; see ``lego.layers.ACTIVATIONS``). Tied to ``ffn``:
+            None means the feed-forward's default (``"gelu_mlp"`` and ``"geglu"``:
+            ``"gelu_tanh"``, ``"swiglu"`` and ``"moe"``: ``"silu"``).
+        mlp_bias: Biases on the feed-forward projections. Tied to ``ffn``: None means the
+            feed-forward's default (True, but False for ``"moe"``, whose experts have none).
         attention_bias: Biases on the query/key/value projections.
         out_bias: Bias on the attention output projection.
         fused_qkv: One ``qkv_proj`` (GPT-2's ``c_attn``) instead of ``q_proj`` / ``k_proj`` /
@@ -140,6 +169,13 @@ class DecoderConfig(ModelConfig):
         scale_residual_init: Draw the residual projections (``out_proj``, ``proj``,
             ``down_proj``) from ``N(0, initializer_range / sqrt(2 * n_layers))`` (GPT-2).
 
+    Tied fields. ``norm_bias``, ``activation`` and ``mlp_bias`` belong to a component (see
+    [`lego.arch.defaults`][lego.arch.defaults]). Given as None (their default) they are
+    filled with the component's default when the config is built, so ``to_dict()`` and
+    ``to_hf`` always see concrete values. [`replace()`][lego.arch.config.DecoderConfig.replace]
+    of ``norm``, ``ffn`` or ``positions`` moves each tied field that still holds the old
+    component's default to the new component's default, unless the same call gives it.
+
     Raises:
         ConfigError: Any field of the wrong type or a combination that cannot work
             (see [`validate()`][lego.arch.config.DecoderConfig.validate]).
@@ -147,8 +183,9 @@ class DecoderConfig(ModelConfig):
     Example:
         >>> config = DecoderConfig(vocab_size=1000, context_length=128, d_model=64,
         ...                        n_layers=2, n_heads=4, d_ff=256)
-        >>> config.replace(norm="rmsnorm", positions="rope", ffn="swiglu").head_size
-        16
+        >>> llama_like = config.replace(norm="rmsnorm", positions="rope", ffn="swiglu")
+        >>> llama_like.norm_bias, llama_like.activation, llama_like.head_size
+        (False, 'silu', 16)
     """
 
     family: Family = "custom"
@@ -160,13 +197,13 @@ class DecoderConfig(ModelConfig):
     d_ff: int
     norm: str = "layernorm"
     norm_eps: float = 1e-5
-    norm_bias: bool = True
+    norm_bias: bool | None = None
     positions: str = "learned"
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     ffn: str = "gelu_mlp"
-    activation: str = "gelu_tanh"
-    mlp_bias: bool = True
+    activation: str | None = None
+    mlp_bias: bool | None = None
     attention_bias: bool = True
     out_bias: bool = True
     fused_qkv: bool = False
@@ -182,6 +219,46 @@ class DecoderConfig(ModelConfig):
     attention_backend: Literal["sdpa", "math"] = "sdpa"
     initializer_range: float = 0.02
     scale_residual_init: bool = False
+
+    # -- tied fields -------------------------------------------------------------------
+
+    def __post_init__(self) -> None:
+        """Fill each tied field left as None with its component's default, then validate."""
+        for kind in KINDS:
+            name = self.__dict__[kind]
+            defaults = component_defaults(kind, name) if isinstance(name, str) else None
+            for field, value in (defaults or {}).items():  # an unknown name: validate() says
+                if self.__dict__[field] is None:
+                    object.__setattr__(self, field, value)
+        super().__post_init__()
+
+    def replace(self: D, **changes: Any) -> D:
+        """Return a copy with some fields changed, validated like a new config.
+
+        Changing a component (``norm``, ``ffn``, ``positions``) also moves every field tied
+        to it that still holds the old component's default to the new component's default,
+        unless ``changes`` gives that field too: ``replace(ffn="swiglu")`` of a GELU MLP
+        gives SiLU, ``replace(norm="rmsnorm")`` of a biased LayerNorm gives
+        ``norm_bias=False``.
+
+        Args:
+            **changes: Field names to new values.
+
+        Returns:
+            The new config.
+
+        Raises:
+            ConfigError: On an unknown field name or an invalid value.
+        """
+        for kind in KINDS:
+            new = changes.get(kind, self.__dict__[kind])
+            if new == self.__dict__[kind]:
+                continue
+            old = component_defaults(kind, self.__dict__[kind]) or {}
+            for field in TIED_FIELDS[kind]:
+                if field not in changes and field in old and self.__dict__[field] == old[field]:
+                    changes[field] = None  # the new component's default, filled on build
+        return super().replace(**changes)
 
     # -- derived sizes -----------------------------------------------------------------
 
@@ -203,24 +280,26 @@ class DecoderConfig(ModelConfig):
     # -- validation --------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check the rules that involve several fields.
+        """Check the rules that involve several fields (every cross-field rule is here).
 
         Raises:
             ConfigError: Sizes below 1; ``n_heads`` not dividing ``d_model`` without a
                 ``head_dim``; ``n_kv_heads`` not dividing ``n_heads``; an unknown norm,
                 positions, feed-forward or activation name (with the closest valid ones);
-                a RoPE scaling mapping that cannot be used; MoE fields missing with
-                ``ffn="moe"`` or given without it; ``experts_top_k > n_experts``; a bias on
-                RMSNorm; a dropout outside ``[0, 1)``; a non-positive epsilon, theta or
-                initializer range.
+                a RoPE scaling mapping that cannot be used; an odd head size with RoPE; MoE
+                fields missing with ``ffn="moe"`` or given without it;
+                ``experts_top_k > n_experts``; a bias on RMSNorm or on the experts
+                (``ffn="moe"`` with ``mlp_bias=True``); a dropout outside ``[0, 1)``; a
+                non-positive epsilon, theta or initializer range; a negative
+                ``router_aux_loss_coef``.
         """
         super().validate()
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
-            _at_least(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("n_kv_heads", "head_dim", "sliding_window"):
             value = getattr(self, name)
             if value is not None:
-                _at_least(name, value, 1)
+                check_int(name, value, minimum=1)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} does not divide d_model={self.d_model}",
@@ -234,30 +313,20 @@ class DecoderConfig(ModelConfig):
                 hint="each key/value head serves the same number of query heads: pick a "
                 "divisor of n_heads (n_heads for MHA, 1 for MQA)",
             )
-        _known("norm", self.norm, NORMS)
-        _known("positions", self.positions, POSITIONS)
-        _known("ffn", self.ffn, FFNS)
+        for kind in KINDS:
+            check_choice(kind, getattr(self, kind), component_names(kind))
+        assert self.activation is not None  # filled from the (known) feed-forward's defaults
         get_activation(self.activation)  # raises ConfigError with the closest names
         if self.norm == "rmsnorm" and self.norm_bias:
             raise ConfigError(
                 "norm='rmsnorm' has no bias but norm_bias=True",
                 key="norm_bias",
-                hint="set norm_bias=False, or use norm='layernorm'",
+                hint="leave norm_bias unset (or False), or use norm='layernorm'",
             )
         for name in ("norm_eps", "rope_theta", "initializer_range"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}", key=name)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(
-                f"dropout must be in [0, 1), got {self.dropout}",
-                key="dropout",
-                hint="0.0 disables dropout; GPT-2 trained with 0.1",
-            )
-        if self.router_aux_loss_coef < 0:
-            raise ConfigError(
-                f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}",
-                key="router_aux_loss_coef",
-            )
+            check_float(name, getattr(self, name), low=0.0, low_open=True)
+        check_probability("dropout", self.dropout, hint="0.0 disables dropout; GPT-2 used 0.1")
+        check_float("router_aux_loss_coef", self.router_aux_loss_coef, low=0.0)
         if self.positions == "rope":
             if self.head_size % 2:
                 raise ConfigError(
@@ -280,7 +349,7 @@ class DecoderConfig(ModelConfig):
                         key=name,
                         hint="a mixture of experts needs n_experts, experts_top_k and moe_d_ff",
                     )
-                _at_least(name, value, 1)
+                check_int(name, value, minimum=1)
             assert self.n_experts is not None
             assert self.experts_top_k is not None
             if self.experts_top_k > self.n_experts:
@@ -288,6 +357,12 @@ class DecoderConfig(ModelConfig):
                     f"experts_top_k={self.experts_top_k} exceeds n_experts={self.n_experts}",
                     key="experts_top_k",
                     hint="a token can be routed to at most n_experts experts",
+                )
+            if self.mlp_bias:
+                raise ConfigError(
+                    "ffn='moe' builds experts without biases but mlp_bias=True",
+                    key="mlp_bias",
+                    hint="leave mlp_bias unset (or False) for a mixture of experts",
                 )
             return
         for name in moe_fields:
@@ -297,17 +372,3 @@ class DecoderConfig(ModelConfig):
                     key=name,
                     hint=f"set ffn='moe', or leave {name} as None",
                 )
-
-
-def _at_least(name: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}", key=name)
-
-
-def _known(name: str, value: str, choices: Any) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"unknown {name} {value!r}",
-            key=name,
-            hint=did_you_mean(value, choices),
-        )

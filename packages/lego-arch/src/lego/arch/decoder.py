@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 
-from lego.arch.components import NORMS, POSITIONS, build_block
+from lego.arch.components import Positions, build_block, build_norm, build_positions
 from lego.arch.config import DecoderConfig
+from lego.arch.hf import load_hf_weights, to_hf
 from lego.layers import (
     CausalSelfAttention,
     MoEFeedForward,
@@ -42,7 +43,7 @@ from lego.layers import (
     init_normal_,
     scale_residual_projections_,
 )
-from lego.protocols import CompatibilityError, ConfigError, DataError
+from lego.protocols import CompatibilityError, ConfigError, DataError, check_probability
 
 if TYPE_CHECKING:
     import os
@@ -126,8 +127,6 @@ class DecoderLM(nn.Module):
                 f"(vocab_size, d_model) = {expected}",
                 key="vocab_size",
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"DecoderLM: dropout must be in [0, 1), got {dropout}", key="dropout")
         if bool(tie_embeddings) != config.tie_embeddings:
             raise ConfigError(
                 f"DecoderLM: tie_embeddings={tie_embeddings} but config.tie_embeddings="
@@ -141,15 +140,16 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
         self.lm_head = lm_head
-        self.embedding_dropout = float(dropout)
-        if tie_embeddings:
-            self.lm_head.weight = self.token_embedding.weight
+        self.embedding_dropout = check_probability("dropout", dropout, owner="DecoderLM")
+        self.tie_weights()
         self.activation_checkpointing = activation_checkpointing
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: DecoderConfig) -> DecoderLM:
+    def from_config(
+        cls, config: DecoderConfig, *, positions: Positions | None = None, initialize: bool = True
+    ) -> DecoderLM:
         """Build and initialize a model from its config.
 
         The parts come from the registries of [`lego.arch.components`][lego.arch.components].
@@ -161,22 +161,29 @@ class DecoderLM(nn.Module):
 
         Args:
             config: The model configuration.
+            positions: The position modules to use; None builds them from
+                ``config.positions``. A loader passes ones built on the target device (their
+                tables are computed, not loaded) while it builds the rest on the meta device.
+            initialize: Draw the initial values (above). False leaves the values the
+                modules' constructors gave, for a loader that replaces every parameter.
 
         Returns:
             The initialized model, in training mode.
         """
-        positions = POSITIONS[config.positions](config)
+        if positions is None:
+            positions = build_positions(config)
         model = cls(
             config=config,
             token_embedding=TokenEmbedding(vocab_size=config.vocab_size, d_model=config.d_model),
             position_embedding=positions.embedding,
             blocks=[build_block(config, positions.rotary) for _ in range(config.n_layers)],
-            final_norm=_final_norm(config),
+            final_norm=build_norm(config, config.d_model),
             lm_head=nn.Linear(config.d_model, config.vocab_size, bias=False),
             tie_embeddings=config.tie_embeddings,
             dropout=config.dropout,
         )
-        model.reset_parameters()
+        if initialize:
+            model.reset_parameters()
         return model
 
     @torch.no_grad()
@@ -193,6 +200,16 @@ class DecoderLM(nn.Module):
         for name, param in self.named_parameters():
             if param.ndim == 1 and _is_norm_scale(name):
                 param.fill_(1.0)
+
+    def tie_weights(self) -> None:
+        """Make ``lm_head.weight`` the token embedding's parameter, when the config ties them.
+
+        The constructor calls it; call it again after replacing either parameter (e.g.
+        ``load_state_dict(..., assign=True)`` installs one new parameter per key). Without
+        ``config.tie_embeddings`` it does nothing.
+        """
+        if self._config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
 
     # -- properties ---------------------------------------------------------------------
 
@@ -404,7 +421,7 @@ class DecoderLM(nn.Module):
     ) -> Path:
         """Write a HuggingFace model directory (``config.json`` + safetensors).
 
-        Same as [`lego.arch.to_hf(self, path)`][lego.arch.hf.io.to_hf] with default shards
+        Same as [`lego.arch.to_hf(self, path)`][lego.arch.hf.writing.to_hf] with default shards
         and the parameters' dtype.
 
         Args:
@@ -419,14 +436,14 @@ class DecoderLM(nn.Module):
             CompatibilityError: The config has no HF architecture, or ``state_dict`` does
                 not fit the model (every difference listed).
         """
-        from lego.arch.hf.io import to_hf  # the hf package imports this module
-
         return to_hf(self, path, state_dict=state_dict)
 
     def load_weights(self, path: str | os.PathLike[str], /) -> None:
         """Load the weights of a model directory into this model, in place.
 
-        See [`lego.arch.hf.load_hf_weights()`][lego.arch.hf.io.load_hf_weights].
+        See [`lego.arch.hf.load_hf_weights()`][lego.arch.hf.reading.load_hf_weights]: the
+        parameters are copied into in place (an optimizer built on them stays valid), cast
+        to their dtype and device.
 
         Args:
             path: A directory written by ``save_pretrained`` / ``to_hf`` or transformers.
@@ -435,8 +452,6 @@ class DecoderLM(nn.Module):
             CompatibilityError: The directory holds a model of another configuration or
                 other tensors (every difference listed).
         """
-        from lego.arch.hf.io import load_hf_weights  # the hf package imports this module
-
         load_hf_weights(self, path)
 
     # -- incremental decoding -----------------------------------------------------------
@@ -482,10 +497,6 @@ class DecoderLM(nn.Module):
             dtype=weight.dtype if dtype is None else dtype,
             device=weight.device if device is None else device,
         )
-
-
-def _final_norm(config: DecoderConfig) -> nn.Module:
-    return NORMS[config.norm](config, config.d_model)
 
 
 _NORM_NAMES = ("attention_norm", "ffn_norm", "final_norm", "q_norm", "k_norm")

@@ -12,8 +12,8 @@ Backends (identical results, see [`CausalSelfAttention`][lego.layers.CausalSelfA
   or cached prefix it passes ``is_causal=True`` and no mask, so the fused kernels (flash,
   memory-efficient, CPU flash) are eligible; otherwise an explicit boolean mask. One
   exception: a single new token on the CPU under ``torch.compile`` (a compiled decode step)
-  takes the math path, which inductor fuses into one loop over the cache; the CPU flash
-  kernel costs tens of microseconds per call for that one query.
+  takes the math path, which inductor fuses into one loop over the cache (why: the README's
+  benchmark notes).
 - ``"math"``: ``softmax(Q K^T * scale + mask) V`` written out, softmax in fp32. Slower and
   memory-hungry (it materializes the ``(B, n_heads, T, S)`` scores) but transparent, and it
   can return the attention weights:
@@ -29,15 +29,19 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 
-from lego.layers._checks import (
-    check_dim,
-    check_int_at_least,
-    check_positive_float,
-    check_probability,
-)
+from lego.layers._tensor_checks import check_dim
 from lego.layers.mask import _check_window, build_attention_mask, causal_mask
 from lego.layers.norm import QKNorm
-from lego.protocols import ConfigError, DataError, LayerKVCache, Norm, PositionalEncoding
+from lego.protocols import (
+    ConfigError,
+    DataError,
+    LayerKVCache,
+    Norm,
+    PositionalEncoding,
+    check_float,
+    check_int,
+    check_probability,
+)
 from lego.protocols import did_you_mean as _did_you_mean
 
 __all__ = ["AttentionBackend", "BACKENDS", "CausalSelfAttention", "repeat_kv"]
@@ -174,11 +178,10 @@ class CausalSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.n_heads = check_int_at_least("n_heads", n_heads, 1, owner=owner)
-        self.n_kv_heads = check_int_at_least(
-            "n_kv_heads", n_heads if n_kv_heads is None else n_kv_heads, 1, owner=owner
-        )
-        self.head_dim = check_int_at_least("head_dim", head_dim, 1, owner=owner)
+        self.n_heads = check_int("n_heads", n_heads, minimum=1, owner=owner)
+        kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        self.n_kv_heads = check_int("n_kv_heads", kv_heads, minimum=1, owner=owner)
+        self.head_dim = check_int("head_dim", head_dim, minimum=1, owner=owner)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"{owner}: n_kv_heads must divide n_heads, got n_heads={self.n_heads}, "
@@ -201,7 +204,7 @@ class CausalSelfAttention(nn.Module):
         self.scale = (
             1.0 / math.sqrt(self.head_dim)
             if scale is None
-            else check_positive_float("scale", scale, owner=owner)
+            else check_float("scale", scale, low=0.0, low_open=True, owner=owner)
         )
         """Multiplies ``Q K^T`` before the softmax."""
 
@@ -338,8 +341,8 @@ class CausalSelfAttention(nn.Module):
                 None, and everything the constructor raises.
         """
         owner = cls.__name__
-        check_int_at_least("d_model", d_model, 1, owner=owner)
-        check_int_at_least("n_heads", n_heads, 1, owner=owner)
+        check_int("d_model", d_model, minimum=1, owner=owner)
+        check_int("n_heads", n_heads, minimum=1, owner=owner)
         if head_dim is None:
             if d_model % n_heads:
                 raise ConfigError(
@@ -350,9 +353,9 @@ class CausalSelfAttention(nn.Module):
                     hint="choose n_heads dividing d_model, or pass head_dim explicitly",
                 )
             head_dim = d_model // n_heads
-        check_int_at_least("head_dim", head_dim, 1, owner=owner)
+        check_int("head_dim", head_dim, minimum=1, owner=owner)
         kv = n_heads if n_kv_heads is None else n_kv_heads
-        check_int_at_least("n_kv_heads", kv, 1, owner=owner)
+        check_int("n_kv_heads", kv, minimum=1, owner=owner)
         q_size, kv_size = n_heads * head_dim, kv * head_dim
         factory = {"device": device, "dtype": dtype}
         projections: dict[str, nn.Module] = {}

@@ -22,8 +22,14 @@ import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lego.layers._checks import check_probability
-from lego.protocols import Attention, ConfigError, FeedForward, LayerKVCache, Norm
+from lego.protocols import (
+    Attention,
+    ConfigError,
+    FeedForward,
+    LayerKVCache,
+    Norm,
+    check_probability,
+)
 from lego.protocols import did_you_mean as _did_you_mean
 
 __all__ = ["NormPosition", "TransformerBlock"]
@@ -64,7 +70,7 @@ class TransformerBlock(nn.Module):
         >>> block = TransformerBlock(
         ...     attention=CausalSelfAttention.build(d_model=64, n_heads=4),
         ...     attention_norm=RMSNorm(dim=64),
-        ...     feed_forward=GatedMLP(d_model=64, d_ff=128),
+        ...     feed_forward=GatedMLP.build(d_model=64, d_ff=128),
         ...     ffn_norm=RMSNorm(dim=64),
         ... )
         >>> block(torch.randn(2, 5, 64)).shape

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lego.layers._checks import check_int_at_least
 from lego.layers.embedding import LearnedPositionalEmbedding
+from lego.protocols import check_int
 
 __all__ = ["count_parameters", "parameter_breakdown", "flops_per_token"]
 
@@ -133,10 +133,10 @@ def flops_per_token(
         ConfigError: A size below 1 (``n_params`` below 0).
     """
     owner = "flops_per_token"
-    check_int_at_least("n_params", n_params, 0, owner=owner)
-    check_int_at_least("n_layers", n_layers, 1, owner=owner)
-    check_int_at_least("n_heads", n_heads, 1, owner=owner)
-    check_int_at_least("head_dim", head_dim, 1, owner=owner)
-    check_int_at_least("seq_len", seq_len, 1, owner=owner)
+    check_int("n_params", n_params, minimum=0, owner=owner)
+    check_int("n_layers", n_layers, minimum=1, owner=owner)
+    check_int("n_heads", n_heads, minimum=1, owner=owner)
+    check_int("head_dim", head_dim, minimum=1, owner=owner)
+    check_int("seq_len", seq_len, minimum=1, owner=owner)
     forward = 2 * n_params + 4 * n_layers * seq_len * n_heads * head_dim
     return 3 * forward if training else forward

@@ -21,13 +21,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
-from lego.layers._checks import (
-    check_dim,
-    check_int_at_least,
-    check_position_range,
-    check_positive_float,
-)
-from lego.protocols import ConfigError, DataError
+from lego.layers._tensor_checks import check_dim, check_position_range
+from lego.protocols import ConfigError, DataError, check_float, check_int
 
 __all__ = ["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding"]
 
@@ -58,10 +53,10 @@ class TokenEmbedding(nn.Embedding):
         padding_idx: int | None = None,
         check_ids: bool = True,
     ) -> None:
-        check_int_at_least("vocab_size", vocab_size, 1, owner="TokenEmbedding")
-        check_int_at_least("d_model", d_model, 1, owner="TokenEmbedding")
+        check_int("vocab_size", vocab_size, minimum=1, owner="TokenEmbedding")
+        check_int("d_model", d_model, minimum=1, owner="TokenEmbedding")
         if padding_idx is not None:
-            check_int_at_least("padding_idx", padding_idx, 0, owner="TokenEmbedding")
+            check_int("padding_idx", padding_idx, minimum=0, owner="TokenEmbedding")
             if padding_idx >= vocab_size:
                 raise ConfigError(
                     f"TokenEmbedding: padding_idx {padding_idx} is not an id "
@@ -135,8 +130,8 @@ class LearnedPositionalEmbedding(nn.Module):
     def __init__(self, *, max_seq_len: int, d_model: int, check_ids: bool = True) -> None:
         super().__init__()
         owner = "LearnedPositionalEmbedding"
-        self.max_seq_len = check_int_at_least("max_seq_len", max_seq_len, 1, owner=owner)
-        self.d_model = check_int_at_least("d_model", d_model, 1, owner=owner)
+        self.max_seq_len = check_int("max_seq_len", max_seq_len, minimum=1, owner=owner)
+        self.d_model = check_int("d_model", d_model, minimum=1, owner=owner)
         self.check_ids = check_ids
         self.weight = nn.Parameter(torch.empty(max_seq_len, d_model))
         nn.init.normal_(self.weight, std=0.02)
@@ -235,15 +230,15 @@ class SinusoidalPositionalEmbedding(nn.Module):
     def __init__(self, *, max_seq_len: int, d_model: int, base: float = 10000.0) -> None:
         super().__init__()
         owner = "SinusoidalPositionalEmbedding"
-        self.max_seq_len = check_int_at_least("max_seq_len", max_seq_len, 1, owner=owner)
-        self.d_model = check_int_at_least("d_model", d_model, 2, owner=owner)
+        self.max_seq_len = check_int("max_seq_len", max_seq_len, minimum=1, owner=owner)
+        self.d_model = check_int("d_model", d_model, minimum=2, owner=owner)
         if d_model % 2:
             raise ConfigError(
                 f"{owner}: d_model must be even (sines and cosines in pairs), got {d_model}",
                 key="d_model",
                 hint=f"use d_model={d_model + 1} or {d_model - 1}",
             )
-        self.base = check_positive_float("base", base, owner=owner)
+        self.base = check_float("base", base, low=0.0, low_open=True, owner=owner)
         self.register_buffer(
             "table", sinusoidal_table(max_seq_len, d_model, base=base), persistent=False
         )

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
-from lego.layers._checks import check_int_at_least
 from lego.layers.activations import canonical_activation, get_activation
-from lego.protocols import ConfigError, DataError
+from lego.protocols import ConfigError, DataError, check_int
 
 if TYPE_CHECKING:
     from lego.protocols import FeedForward
@@ -69,9 +68,9 @@ class GatedExperts(nn.Module):
     ) -> None:
         super().__init__()
         owner = "GatedExperts"
-        self.n_experts = check_int_at_least("n_experts", n_experts, 1, owner=owner)
-        self.d_model = check_int_at_least("d_model", d_model, 1, owner=owner)
-        self.d_ff = check_int_at_least("d_ff", d_ff, 1, owner=owner)
+        self.n_experts = check_int("n_experts", n_experts, minimum=1, owner=owner)
+        self.d_model = check_int("d_model", d_model, minimum=1, owner=owner)
+        self.d_ff = check_int("d_ff", d_ff, minimum=1, owner=owner)
         self.activation = canonical_activation(activation)
         self.act = get_activation(self.activation)
         self.gate_proj = nn.Parameter(torch.empty(n_experts, d_ff, d_model))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import nn
 
-from lego.layers._checks import check_int_at_least, check_positive_float
+from lego.protocols import check_float, check_int
 
 __all__ = [
     "RESIDUAL_PROJECTIONS",
@@ -89,7 +89,7 @@ def init_normal_(
     Raises:
         ConfigError: ``std <= 0``.
     """
-    std = check_positive_float("std", std, owner="init_normal_")
+    std = check_float("std", std, low=0.0, low_open=True, owner="init_normal_")
     for name, param in module.named_parameters():
         if select is not None and not select(name, param):
             continue
@@ -129,8 +129,8 @@ def scale_residual_projections_(
     Raises:
         ConfigError: ``n_layers < 1`` or ``std <= 0``.
     """
-    check_int_at_least("n_layers", n_layers, 1, owner="scale_residual_projections_")
-    std = check_positive_float("std", std, owner="scale_residual_projections_")
+    check_int("n_layers", n_layers, minimum=1, owner="scale_residual_projections_")
+    std = check_float("std", std, low=0.0, low_open=True, owner="scale_residual_projections_")
     scaled_std = std / math.sqrt(2 * n_layers)
     if callable(select):
         predicate: ParameterFilter = select

@@ -30,15 +30,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lego.layers._checks import check_int_at_least
-from lego.protocols import CompatibilityError, ConfigError, DataError
+from lego.protocols import CompatibilityError, ConfigError, DataError, check_int
 
 __all__ = ["StaticLayerKVCache", "StaticKVCache"]
 
 
 def _check_positive(name: str, value: object, owner: str) -> None:
     """Raise a ConfigError unless ``value`` is an ``int`` of at least 1."""
-    check_int_at_least(name, value, 1, owner=owner)
+    check_int(name, value, minimum=1, owner=owner)
 
 
 def _check_indices(indices: Tensor, batch_size: int, device: torch.device) -> None:

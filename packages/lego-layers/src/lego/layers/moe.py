@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lego.layers._checks import check_dim, check_float_at_least
+from lego.layers._tensor_checks import check_dim
 from lego.layers.experts import ExpertList, GatedExperts
 from lego.layers.router import RouterOutput, TopKRouter, load_balancing_loss
-from lego.protocols import ConfigError, FeedForward
+from lego.protocols import ConfigError, FeedForward, check_float
 
 __all__ = ["MoEFeedForward"]
 
@@ -99,7 +99,7 @@ class MoEFeedForward(nn.Module):
                 f"{type(shared_expert).__name__}",
                 key="shared_expert",
             )
-        coef = check_float_at_least("aux_loss_coef", aux_loss_coef, 0.0, owner="MoEFeedForward")
+        coef = check_float("aux_loss_coef", aux_loss_coef, low=0.0, owner="MoEFeedForward")
         self.router = router
         self.experts = experts
         self.shared_expert = shared_expert

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
-from lego.layers._checks import check_dim, check_int_at_least, check_positive_float
+from lego.layers._tensor_checks import check_dim
+from lego.protocols import check_float, check_int
 
 __all__ = ["LayerNorm", "RMSNorm", "QKNorm"]
 
@@ -33,8 +34,8 @@ class LayerNorm(nn.Module):
 
     def __init__(self, *, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
-        self.dim = check_int_at_least("dim", dim, 1, owner="LayerNorm")
-        self.eps = check_positive_float("eps", eps, owner="LayerNorm")
+        self.dim = check_int("dim", dim, minimum=1, owner="LayerNorm")
+        self.eps = check_float("eps", eps, low=0.0, low_open=True, owner="LayerNorm")
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
@@ -80,8 +81,8 @@ class RMSNorm(nn.Module):
     def __init__(self, *, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.dim = check_int_at_least("dim", dim, 1, owner=owner)
-        self.eps = check_positive_float("eps", eps, owner=owner)
+        self.dim = check_int("dim", dim, minimum=1, owner=owner)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True, owner=owner)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, /) -> torch.Tensor:
@@ -127,7 +128,7 @@ class QKNorm(RMSNorm):
     """
 
     def __init__(self, *, head_dim: int, eps: float = 1e-6) -> None:
-        check_int_at_least("head_dim", head_dim, 1, owner="QKNorm")
+        check_int("head_dim", head_dim, minimum=1, owner="QKNorm")
         super().__init__(dim=head_dim, eps=eps)
 
     @property

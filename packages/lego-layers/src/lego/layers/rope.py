@@ -23,14 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lego.layers._checks import (
-    check_dim,
-    check_int_at_least,
-    check_position_range,
-    check_positive_float,
-)
+from lego.layers._tensor_checks import check_dim, check_position_range
 from lego.layers.rope_scaling import DynamicNTKScaling, RopeScaling, rope_inverse_frequencies
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, check_float, check_int
 
 __all__ = ["RotaryEmbedding", "apply_rotary"]
 
@@ -118,9 +113,9 @@ class RotaryEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         owner = "RotaryEmbedding"
-        self.head_dim = check_int_at_least("head_dim", head_dim, 1, owner=owner)
+        self.head_dim = check_int("head_dim", head_dim, minimum=1, owner=owner)
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
-        check_int_at_least("rotary_dim", rotary_dim, 2, owner=owner)
+        check_int("rotary_dim", rotary_dim, minimum=2, owner=owner)
         if rotary_dim % 2 or rotary_dim > head_dim:
             raise ConfigError(
                 f"{owner}: rotary_dim must be even and at most head_dim, got rotary_dim="
@@ -129,8 +124,8 @@ class RotaryEmbedding(nn.Module):
                 hint="rotate pairs of dimensions: an even rotary_dim <= head_dim",
             )
         self.rotary_dim = rotary_dim
-        self.base = check_positive_float("base", base, owner=owner)
-        self.max_seq_len = check_int_at_least("max_seq_len", max_seq_len, 1, owner=owner)
+        self.base = check_float("base", base, low=0.0, low_open=True, owner=owner)
+        self.max_seq_len = check_int("max_seq_len", max_seq_len, minimum=1, owner=owner)
         self.scaling = scaling
         self.interleaved = interleaved
         inv_freq = rope_inverse_frequencies(rotary_dim=rotary_dim, base=self.base, scaling=scaling)

@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from lego.layers._checks import check_int_at_least, check_positive_float
-from lego.protocols import ConfigError, did_you_mean
+from lego.protocols import ConfigError, check_float, check_int, did_you_mean
 
 __all__ = [
     "LinearScaling",
@@ -205,8 +204,8 @@ def rope_inverse_frequencies(
     Raises:
         ConfigError: ``rotary_dim`` odd or < 2 (or <= 2 for NTK scaling), ``base <= 0``.
     """
-    check_int_at_least("rotary_dim", rotary_dim, 2, owner="rope_inverse_frequencies")
-    check_positive_float("base", base, owner="rope_inverse_frequencies")
+    check_int("rotary_dim", rotary_dim, minimum=2, owner="rope_inverse_frequencies")
+    check_float("base", base, low=0.0, low_open=True, owner="rope_inverse_frequencies")
     if rotary_dim % 2:
         raise ConfigError(
             f"rotary_dim must be an even int >= 2, got {rotary_dim!r}",

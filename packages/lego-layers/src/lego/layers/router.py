@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
-from lego.layers._checks import check_dim, check_int_at_least
-from lego.protocols import ConfigError, DataError
+from lego.layers._tensor_checks import check_dim
+from lego.protocols import ConfigError, DataError, check_int
 
 __all__ = ["RouterOutput", "TopKRouter", "load_balancing_loss"]
 
@@ -63,9 +63,9 @@ class TopKRouter(nn.Module):
     def __init__(self, *, d_model: int, n_experts: int, top_k: int, norm_topk_prob: bool) -> None:
         super().__init__()
         owner = "TopKRouter"
-        self.d_model = check_int_at_least("d_model", d_model, 1, owner=owner)
-        self.n_experts = check_int_at_least("n_experts", n_experts, 1, owner=owner)
-        self.top_k = check_int_at_least("top_k", top_k, 1, owner=owner)
+        self.d_model = check_int("d_model", d_model, minimum=1, owner=owner)
+        self.n_experts = check_int("n_experts", n_experts, minimum=1, owner=owner)
+        self.top_k = check_int("top_k", top_k, minimum=1, owner=owner)
         if top_k > n_experts:
             raise ConfigError(
                 f"{owner}: top_k ({top_k}) cannot exceed n_experts ({n_experts})",

@@ -9,7 +9,7 @@ zero-copy views of the file). The Hub's original ``gpt2`` checkpoints store the
 base model's names without the ``transformer.`` prefix and carry the old causal-mask
 buffers ``attn.bias`` / ``attn.masked_bias``; both are accepted on reading. transformers
 saves no ``lm_head.weight`` (it is tied to ``wte``), and neither does
-[`to_hf()`][lego.arch.hf.io.to_hf].
+[`to_hf()`][lego.arch.hf.writing.to_hf].
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lego.arch.config import DecoderConfig
-from lego.arch.hf.fields import (
+from lego.arch.convert.fields import (
     activation_from_hf,
     activation_to_hf,
     get_bool,
@@ -26,7 +26,7 @@ from lego.arch.hf.fields import (
     get_int,
     reject,
 )
-from lego.arch.hf.mapping import WeightRule, WeightTable, transpose
+from lego.arch.convert.mapping import WeightRule, WeightTable, transpose
 from lego.protocols import CompatibilityError
 
 __all__ = ["ARCHITECTURE", "MODEL_TYPE", "WEIGHTS", "config_from_hf", "config_to_hf"]
@@ -142,7 +142,7 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
 
     Returns:
         The ``config.json`` mapping (without the dtype, added by
-        [`to_hf()`][lego.arch.hf.io.to_hf]).
+        [`to_hf()`][lego.arch.hf.writing.to_hf]).
 
     Raises:
         CompatibilityError: A field GPT-2 cannot express, naming it.
@@ -164,6 +164,7 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
         raise CompatibilityError(
             "GPT-2's head size is n_embd // n_head", key="head_dim", hint="use head_dim=None"
         )
+    assert config.activation is not None  # a tied field: filled by DecoderConfig
     return {
         "architectures": [ARCHITECTURE],
         "model_type": MODEL_TYPE,

@@ -56,13 +56,10 @@ def gpt2_config(
         n_layers=n_layers,
         n_heads=n_heads,
         d_ff=4 * d_model,
-        norm="layernorm",
+        norm="layernorm",  # with a bias: the norm's default
         norm_eps=1e-5,
-        norm_bias=True,
         positions="learned",
-        ffn="gelu_mlp",
-        activation="gelu_tanh",
-        mlp_bias=True,
+        ffn="gelu_mlp",  # tanh GELU, with biases: the MLP's defaults
         attention_bias=True,
         out_bias=True,
         fused_qkv=True,

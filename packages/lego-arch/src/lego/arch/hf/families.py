@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lego.arch.config import DecoderConfig
+from lego.arch.convert.mapping import WeightTable
 from lego.arch.gpt2 import hf as gpt2_hf
-from lego.arch.hf.mapping import WeightTable
 from lego.arch.llama import hf as llama_hf
 from lego.arch.qwen3 import hf as qwen3_hf
 from lego.protocols import CompatibilityError

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lego.arch.config import DecoderConfig
-from lego.arch.hf.fields import (
+from lego.arch.convert.fields import (
     activation_from_hf,
     activation_to_hf,
     get_bool,
@@ -28,7 +28,7 @@ from lego.arch.hf.fields import (
     rope_from_hf,
     rope_to_hf,
 )
-from lego.arch.hf.mapping import WeightRule, WeightTable
+from lego.arch.convert.mapping import WeightRule, WeightTable
 from lego.protocols import CompatibilityError
 
 __all__ = [
@@ -149,7 +149,7 @@ def base_config_to_hf(
         model_type: transformers' ``model_type``.
 
     Returns:
-        The mapping (without the dtype, added by [`to_hf()`][lego.arch.hf.io.to_hf]).
+        The mapping (without the dtype, added by [`to_hf()`][lego.arch.hf.writing.to_hf]).
 
     Raises:
         CompatibilityError: A field the architecture cannot express, naming it.
@@ -159,6 +159,7 @@ def base_config_to_hf(
     _require(config, "fused_qkv", False, architecture)
     _require(config, "out_bias", config.attention_bias, architecture)
     _require(config, "sliding_window", None, architecture)
+    assert config.activation is not None  # a tied field: filled by DecoderConfig
     return {
         "architectures": [architecture],
         "model_type": model_type,

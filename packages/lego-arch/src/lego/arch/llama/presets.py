@@ -92,14 +92,12 @@ def llama3_config(
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
         d_ff=d_ff,
-        norm="rmsnorm",
+        norm="rmsnorm",  # no bias: the norm's default
         norm_eps=1e-5,
-        norm_bias=False,
         positions="rope",
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
-        ffn="swiglu",
-        activation="silu",
+        ffn="swiglu",  # SiLU on the gate: the feed-forward's default
         mlp_bias=False,
         attention_bias=False,
         out_bias=False,

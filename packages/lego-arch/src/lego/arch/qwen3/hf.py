@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lego.arch.config import DecoderConfig
-from lego.arch.hf.fields import get_bool, get_float, get_int, reject
-from lego.arch.hf.mapping import WeightRule, WeightTable
+from lego.arch.convert.fields import get_bool, get_float, get_int, reject
+from lego.arch.convert.mapping import WeightRule, WeightTable
 from lego.arch.llama.hf import (
     ATTENTION_RULES,
     DENSE_FFN_RULES,

@@ -29,7 +29,6 @@ model = load_hf("path/to/gpt2")  # (B, T) token ids -> (B, T, 50257) logits
 """
 
 # B, T, C and F are PyTorch's usual names (batch, time, channels, functional).
-# ruff: noqa: N806, N812
 
 from __future__ import annotations
 

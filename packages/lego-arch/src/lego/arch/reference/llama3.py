@@ -38,7 +38,6 @@ model = load_hf("path/to/Llama-3.2-1B")  # (B, T) token ids -> (B, T, 128256) lo
 """
 
 # B, T, C and F are PyTorch's usual names (batch, time, channels, functional).
-# ruff: noqa: N803, N806, N812
 
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ model = load_hf("path/to/Qwen3-0.6B")  # (B, T) token ids -> (B, T, 151936) logi
 """
 
 # B, T, C and F are PyTorch's usual names (batch, time, channels, functional).
-# ruff: noqa: N803, N806, N812
 
 from __future__ import annotations
 

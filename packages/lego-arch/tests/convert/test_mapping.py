@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lego.arch import build
+from lego.arch.convert.mapping import TensorPlan, WeightRule, WeightTable, identity, transpose
 from lego.arch.gpt2.hf import WEIGHTS as GPT2_WEIGHTS
-from lego.arch.hf.mapping import TensorPlan, WeightRule, WeightTable, identity, transpose
 from lego.arch.llama.hf import WEIGHTS as LLAMA_WEIGHTS
 from lego.arch.qwen3.hf import MOE_WEIGHTS
 from lego.arch.qwen3.hf import WEIGHTS as QWEN3_WEIGHTS

@@ -1,7 +1,7 @@
 """A small, explicit rule engine between HuggingFace tensor names and lego state-dict keys.
 
 Each family describes its checkpoint layout as an ordered table of
-[`WeightRule`][lego.arch.hf.mapping.WeightRule]s::
+[`WeightRule`][lego.arch.convert.mapping.WeightRule]s::
 
     WeightRule("transformer.h.{i}.attn.c_attn.weight", "blocks.{i}.attention.qkv_proj.weight",
                to_lego=transpose, to_hf=transpose)
@@ -13,9 +13,9 @@ index and appears only on the HuggingFace side: the ``E`` per-expert HF tensors 
 (after ``to_lego``, each) into lego's one ``(E, ...)`` tensor, and split back (then
 ``to_hf``, each) when writing.
 
-[`WeightTable.plan()`][lego.arch.hf.mapping.WeightTable.plan] expands a table for one model
+[`WeightTable.plan()`][lego.arch.convert.mapping.WeightTable.plan] expands a table for one model
 (its layer and expert counts and its actual state-dict keys) into concrete
-[`TensorPlan`][lego.arch.hf.mapping.TensorPlan]s, one per lego tensor: which HF names it is
+[`TensorPlan`][lego.arch.convert.mapping.TensorPlan]s, one per lego tensor: which HF names it is
 made of and how. Rules whose lego name the model does not have (a bias the config turned
 off, a learned position table of a RoPE model) are skipped, so one table serves every
 configuration of a family.
@@ -140,9 +140,9 @@ class TensorPlan:
         Args:
             tensors: One tensor per name in ``hf``.
             contiguous: Return a contiguous tensor. With False, a plan that
-                [`is_view`][lego.arch.hf.mapping.TensorPlan.is_view] returns a view of the
+                [`is_view`][lego.arch.convert.mapping.TensorPlan.is_view] returns a view of the
                 HF tensor: the tensor itself, or GPT-2's ``Conv1D`` weight transposed
-                (strides swapped, no data moved; ``F.linear`` runs as fast on it).
+                (strides swapped, no data moved).
 
         Returns:
             The lego tensor; for a stacked plan, shape ``(E, *expert_shape)``. Data is
@@ -175,7 +175,7 @@ class TensorPlan:
             hf_shapes: The shape of each tensor in ``hf``.
 
         Returns:
-            The shape [`build()`][lego.arch.hf.mapping.TensorPlan.build] would return.
+            The shape [`build()`][lego.arch.convert.mapping.TensorPlan.build] would return.
         """
         metas = [torch.empty(tuple(shape), device="meta") for shape in hf_shapes]
         return tuple(self.build(metas).shape)
