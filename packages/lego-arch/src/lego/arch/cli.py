@@ -31,6 +31,7 @@ from rich.console import Console
 from lego.arch.config import DecoderConfig
 from lego.arch.decoder import DecoderLM
 from lego.arch.hf import read_hf_config
+from lego.arch.loading import SkipInit
 from lego.arch.registry import get_preset, list_presets, presets
 from lego.arch.size import MEMORY_DTYPES, SizeEstimate, estimate_size, format_count, size_tables
 from lego.protocols import ConfigError, did_you_mean, make_parser, read_json, run_cli
@@ -179,8 +180,9 @@ def _info(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     for name in list_presets():
         config = presets()[name]
-        with torch.device("meta"):
-            n = sum(p.numel() for p in DecoderLM.from_config(config).parameters())
+        with torch.device("meta"), SkipInit():
+            model = DecoderLM.from_config(config, initialize=False)
+        n = sum(p.numel() for p in model.parameters())
         print(f"{name:<16} {config.family:<7} {format_count(n):>8}")
     return 0
 

@@ -67,6 +67,7 @@ import torch
 
 from lego.arch.config import DecoderConfig
 from lego.arch.decoder import DecoderLM
+from lego.arch.loading import SkipInit
 from lego.arch.registry import resolve_config
 from lego.protocols import ConfigError, did_you_mean
 
@@ -234,8 +235,8 @@ def estimate_size(
         built = model
     else:
         config = resolve_config(model)
-        with torch.device("meta"):
-            built = DecoderLM.from_config(config)
+        with torch.device("meta"), SkipInit():
+            built = DecoderLM.from_config(config, initialize=False)
     config = built.config
     if seq_len is None:
         seq_len = min(config.context_length, 2048)
