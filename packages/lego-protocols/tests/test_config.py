@@ -250,3 +250,38 @@ def test_from_header_turns_config_errors_into_format_errors() -> None:
         Header.from_header({"version": 1, "nme": "y"}, path="m.json", what="metadata")
     with pytest.raises(FormatError, match="must hold a JSON object"):
         Header.from_header([1], path="m.json", what="metadata")
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "phrase"),
+    [
+        ([], None, "must hold a JSON object"),
+        ({"format": "other", "version": 1}, "format", "not a thing file: 'format' is 'other'"),
+        ({"format": "x"}, "version", "positive integer"),
+        ({"format": "x", "version": True}, "version", "positive integer"),
+        ({"format": "x", "version": 3}, "version", "reads versions up to 2"),
+    ],
+)
+def test_check_envelope(data: object, key: str | None, phrase: str) -> None:
+    from lego.protocols import FormatError, check_envelope
+
+    with pytest.raises(FormatError) as info:
+        check_envelope(data, format="x", version=2, path="f.json", what="thing file", reader="r")
+    assert info.value.key == key
+    assert phrase in info.value.message
+    assert info.value.path == "f.json"
+
+
+def test_from_header_keeps_the_suggestion_of_an_unknown_key() -> None:
+    from dataclasses import dataclass
+
+    from lego.protocols import Config, FormatError
+
+    @dataclass(frozen=True, kw_only=True)
+    class Header(Config):
+        version: int
+
+    with pytest.raises(FormatError) as info:
+        Header.from_header({"version": 1, "verison": 2}, path="m.json", what="metadata")
+    assert info.value.hint is not None
+    assert info.value.hint.startswith("did you mean 'version'?")

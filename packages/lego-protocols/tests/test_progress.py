@@ -103,3 +103,14 @@ def test_eta_and_format_amount() -> None:
     assert task.eta() != task.eta()  # NaN before any progress
     assert format_amount(1.5, "") == "1.50"
     assert format_amount(3 * 1024**3, "B") == "3.0 GiB"
+
+
+def test_a_callers_display_is_lent_not_closed() -> None:
+    out = io.StringIO()
+    mine = make_progress("plain", stream=out, interval=0)
+    with make_progress(mine) as lent:
+        assert lent.mode == "plain"
+        with lent.task("inner", total=1) as task:
+            task.advance()
+    mine.message("still open")
+    assert out.getvalue().splitlines()[-1] == "still open"

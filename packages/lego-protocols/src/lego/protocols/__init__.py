@@ -52,7 +52,7 @@ from lego.protocols.checks import (
     check_probability,
 )
 from lego.protocols.cli import make_parser, run_cli
-from lego.protocols.config import Config, ModelConfig
+from lego.protocols.config import Config, ModelConfig, check_envelope
 from lego.protocols.configfile import load_config, read_config_file
 from lego.protocols.errors import (
     CompatibilityError,
@@ -125,6 +125,7 @@ __all__ = [
     # value types
     "Config",
     "ModelConfig",
+    "check_envelope",
     "load_config",
     "read_config_file",
     "SpecialTokens",

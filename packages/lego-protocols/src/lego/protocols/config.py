@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from lego.protocols.errors import ConfigError, FormatError, LegoError, did_you_mean
 from lego.protocols.files import atomic_write_text, read_json
 
-__all__ = ["Config", "ModelConfig", "describe_annotation"]
+__all__ = ["Config", "ModelConfig", "check_envelope", "describe_annotation"]
 
 C = TypeVar("C", bound="Config")
 
@@ -166,7 +166,7 @@ class Config:
                 f"the {what} is not valid: {err.message}",
                 path=path,
                 key=err.key,
-                hint=fix,
+                hint=f"{err.hint}; else {fix}" if err.hint else fix,
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +211,74 @@ class Config:
                     hint=did_you_mean(key, names),
                 )
         return dataclasses.replace(self, **changes)
+
+
+def check_envelope(
+    data: Any,
+    *,
+    format: str,
+    version: int,
+    path: str | os.PathLike[str],
+    what: str,
+    reader: str,
+    hint: str | None = None,
+) -> int:
+    """Check the ``format`` and ``version`` of a file we wrote, before anything else.
+
+    They say how to read the rest: a newer file may hold fields this release does not know,
+    so its version is checked before its fields are.
+
+    Args:
+        data: The parsed file (a mapping).
+        format: The expected value of ``"format"`` (e.g. ``"lego-tokens"``).
+        version: The newest ``"version"`` this release reads.
+        path: The file, for messages.
+        what: What the file is, for messages (``"lego token dataset (meta.json)"``).
+        reader: Who reads it, for the upgrade hint (``"lego-data"``).
+        hint: What to do about a file of another format.
+
+    Returns:
+        The file's version.
+
+    Raises:
+        FormatError: Not a mapping, another format, a version that is not a positive int,
+            or a version newer than ``version``.
+
+    Example:
+        >>> check_envelope({"format": "lego-tokens", "version": 1}, format="lego-tokens",
+        ...                version=1, path="meta.json", what="meta.json", reader="lego-data")
+        1
+    """
+    if not isinstance(data, Mapping):
+        raise FormatError(
+            f"the {what} must hold a JSON object, not {type(data).__name__}",
+            path=path,
+            hint=hint,
+        )
+    found = data.get("format")
+    if found != format:
+        raise FormatError(
+            f"not a {what}: 'format' is {found!r}, expected {format!r}",
+            path=path,
+            key="format",
+            hint=hint,
+        )
+    number = data.get("version")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise FormatError(
+            f"the {what}'s 'version' must be a positive integer, got {number!r}",
+            path=path,
+            key="version",
+            hint="the file is damaged; write it again",
+        )
+    if number > version:
+        raise FormatError(
+            f"the {what} has format version {number}; this {reader} reads versions up to {version}",
+            path=path,
+            key="version",
+            hint=f"upgrade {reader} (pip install -U {reader})",
+        )
+    return number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -380,6 +380,24 @@ class RichProgress(Progress):
             self.display.stop()
 
 
+class _Borrowed(Progress):
+    """A caller's display, lent to a function: reports to it, never closes it."""
+
+    def __init__(self, lent: Progress) -> None:
+        self.lent = lent
+        self.mode = lent.mode
+
+    def task(
+        self, description: str, *, total: float | None = None, unit: str = "", completed: float = 0
+    ) -> Task:
+        """Start a task on the lent display."""
+        return self.lent.task(description, total=total, unit=unit, completed=completed)
+
+    def message(self, text: str) -> None:
+        """Show a line on the lent display."""
+        self.lent.message(text)
+
+
 def _rich_available() -> bool:
     try:
         import_optional("rich.progress", needed_by="", install="rich")
@@ -399,7 +417,9 @@ def make_progress(
     Args:
         mode: ``"auto"`` (or True): a rich display when ``stream`` is a terminal and rich is
             installed, plain lines otherwise; ``"rich"``, ``"plain"``, ``"none"`` (or
-            False); or a [`Progress`][lego.protocols.progress.Progress] to use as it is.
+            False); or a caller's [`Progress`][lego.protocols.progress.Progress], reported
+            to as it is and left open (closing the returned display does not close it), so
+            a function can always write ``with make_progress(progress) as display:``.
         stream: Where to report (default: ``sys.stderr``).
         interval: The least seconds between two plain update lines of one task.
 
@@ -414,7 +434,7 @@ def make_progress(
         ('none', 'plain')
     """
     if isinstance(mode, Progress):
-        return mode
+        return _Borrowed(mode)
     if mode is True:
         mode = "auto"
     elif mode is False:

@@ -40,6 +40,7 @@ from lego.protocols import (
     ConfigError,
     FormatError,
     atomic_write_text,
+    check_envelope,
     check_int,
     read_json,
 )
@@ -508,19 +509,15 @@ class CheckpointManager:
         """
         path = checkpoint / TRAINER_STATE_FILE
         data = read_json(path, what="trainer state file")
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise FormatError(
-                f"not a lego-train trainer state (expected format {CHECKPOINT_FORMAT!r})",
-                path=path,
-                hint="resume from a checkpoint written by lego-train",
-            )
-        if data.get("version") != CHECKPOINT_VERSION:
-            raise FormatError(
-                f"unsupported checkpoint version {data.get('version')!r}",
-                path=path,
-                key="version",
-                hint=f"this lego-train reads version {CHECKPOINT_VERSION}",
-            )
+        check_envelope(
+            data,
+            format=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            path=path,
+            what="lego-train trainer state file",
+            reader="lego-train",
+            hint="resume from a checkpoint written by lego-train",
+        )
         state = TrainerStateFile.from_header(
             data,
             path=path,
