@@ -11,6 +11,8 @@ Two parts, each in its own module section, each contributing rows:
   files are checked to be byte-identical before timing. Throughput is MB/s of UTF-8 text.
 - **loaders** (``benchmarks/_loader_bench.py``): batch assembly of ``TokenLoader`` against
   ``torch.utils.data.DataLoader`` and resident memory over a large token file.
+- **shuffling** (``benchmarks/_permutation_bench.py``): the loaders' Feistel permutation
+  against ``torch.randperm``: time to a resumed batch, a whole epoch, memory held.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tiktoken
 
 from benchmarks._harness import BenchResult, Row, compare, log, package_version
 from benchmarks._loader_bench import run_loader
+from benchmarks._permutation_bench import run_permutation
 from lego.data import PythonStdlibCorpus, __version__
 from lego.data.prepare import default_workers, plan_document_split, prepare
 
@@ -108,16 +111,17 @@ def prepare_rows(quick: bool) -> tuple[list[Row], dict[str, Any], list[str]]:
 def run(quick: bool) -> BenchResult:
     rows, params, notes = prepare_rows(quick)
     loader = run_loader(quick)
+    shuffle = run_permutation(quick)
     return BenchResult(
         name="data",
         title=f"Data preparation and loading: {OURS}",
         description=(
             "Tokenizing a corpus into token files (`lego.data.prepare.prepare` vs a "
             "single-process tiktoken script), assembling training batches (`TokenLoader` vs "
-            "`torch.utils.data.DataLoader`) and the resident memory of a pass over a large "
-            "token file."
+            "`torch.utils.data.DataLoader`), the resident memory of a pass over a large "
+            "token file, and the shuffled order (`FeistelPermutation` vs `torch.randperm`)."
         ),
-        rows=rows + loader.rows,
-        params={**params, **loader.params},
-        notes=notes + loader.notes,
+        rows=rows + loader.rows + shuffle.rows,
+        params={**params, **loader.params, **shuffle.params},
+        notes=notes + loader.notes + shuffle.notes,
     )

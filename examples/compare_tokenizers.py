@@ -5,7 +5,8 @@ corpus, which ships with Python, so this needs no network):
 
 - ``CharTokenizer``: one id per character;
 - ``RegexBPETokenizer`` trained here with GPT-4's split pattern, at two vocabulary sizes;
-- GPT-2's and GPT-4's (``cl100k_base``) tiktoken encodings, when tiktoken finds them
+- GPT-2's and GPT-4's (``cl100k_base``) tiktoken encodings, named by lego-tokenize's one
+  tokenizer spec (``tiktoken:gpt2``, as every command takes it), when tiktoken finds them
   (offline they need ``TIKTOKEN_CACHE_DIR``; the script skips them otherwise).
 
 For each, the script prints the vocabulary size, the held-out bytes per token (more is a
@@ -21,7 +22,8 @@ import time
 from collections.abc import Callable
 
 from lego.data.corpora import PythonStdlibCorpus
-from lego.tokenize import CharTokenizer, RegexBPETokenizer
+from lego.protocols import DataError
+from lego.tokenize import CharTokenizer, RegexBPETokenizer, resolve_tokenizer
 
 SAMPLE = "def tokenize(text: str) -> list[int]:  # 你好"
 
@@ -65,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         label = f"BPE {size} ({time.perf_counter() - start:.1f} s)"
         show(label, bpe.vocab_size, bpe.encode_ordinary, held_out, bpe.decode)
 
-    try:
-        import tiktoken
-
-        for name in ("gpt2", "cl100k_base"):
-            enc = tiktoken.get_encoding(name)
-            show(f"tiktoken {name}", enc.n_vocab, enc.encode_ordinary, held_out, enc.decode)
-    except Exception as err:  # offline without a tiktoken cache: skip the reference rows
-        print(f"(tiktoken encodings skipped: {type(err).__name__})")
+    for spec in ("tiktoken:gpt2", "tiktoken:cl100k_base"):
+        try:
+            tok = resolve_tokenizer(spec)
+        except DataError as err:  # offline without a tiktoken cache: skip the reference rows
+            print(f"({spec} skipped: {err.message})")
+            continue
+        assert isinstance(tok, RegexBPETokenizer)
+        show(spec, tok.vocab_size, tok.encode_ordinary, held_out, tok.decode)
     return 0
 
 

@@ -48,13 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = RegexBPETokenizer("gpt4")
         tokenizer.train(documents, 512 if args.quick else 2048, special_tokens=["<|endoftext|>"])
 
-        # 2. Token files (each document followed by <|endoftext|>) and a batch source. The
-        #    subset is written to a folder, one document per .txt file: a lego-data corpus.
-        (work / "docs").mkdir()
-        for i, document in enumerate(documents):
-            (work / "docs" / f"{i:04d}.txt").write_text(document, encoding="utf-8")
-        corpus = get_corpus(str(work / "docs"))
-        meta = prepare(corpus, tokenizer, work / "data", val_fraction=0.1, workers=1)
+        # 2. Token files (each document followed by <|endoftext|>) and a batch source: any
+        #    list (or re-iterable) of documents is a corpus for prepare().
+        meta = prepare(documents, tokenizer, work / "data", val_fraction=0.1, workers=1)
         print(f"{meta.splits['train'].tokens:,} training tokens, vocab {tokenizer.vocab_size}")
         context = 64
         train = TokenLoader(

@@ -18,13 +18,16 @@ from lego.data.corpora import FileCorpus, PythonStdlibCorpus
 from lego.data.meta import open_split, read_meta
 from lego.data.prepare import plan_document_split, prepare
 from lego.data.summary import plot, summarize
-from lego.data.tokenizers import TiktokenTokenizer, load_tokenizer, tokenizer_info
+from lego.data.tokenizers import resolve_for_prepare, resolve_with_spec, tokenizer_info
 from lego.protocols import CompatibilityError, run_cli
+from lego.tokenize import RegexBPETokenizer, resolve_tokenizer, tokenizer_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LEGO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SHAKESPEARE = SHARED / "input.txt"
 EXAMPLE_CONFIG = ROOT / "examples" / "configs" / "datasets" / "tiny_shakespeare.yaml"
+GPT2_SHA256 = "b9c16ddda9153c6e3661e476ca75598cdcbdc310e4c8db721c62af263c166bfc"
+"""``tokenizer.sha256`` of tiktoken's GPT-2 encoding in the meta.json lego-data 0.1 wrote."""
 
 needs_shakespeare = pytest.mark.skipif(
     not SHAKESPEARE.is_file(), reason=f"reference data missing: {SHAKESPEARE}"
@@ -80,32 +83,49 @@ def test_example_config_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0
     assert "train 301,967 tokens" in capsys.readouterr().out
     meta = read_meta(out)
-    assert meta.tokenizer.kind == "tiktoken"
-    assert meta.tokenizer.name == "gpt2"
-    gpt2 = TiktokenTokenizer.from_name("gpt2")
+    assert (meta.tokenizer.kind, meta.tokenizer.name) == ("tiktoken", "gpt2")
+    assert meta.tokenizer.sha256 == GPT2_SHA256  # the same identity as before the resolver
+    gpt2 = resolve_tokenizer("tiktoken:gpt2")
     meta.check_tokenizer(
-        gpt2.vocab_size, gpt2.special_tokens["<|endoftext|>"], tokenizer_info(gpt2).sha256
+        gpt2.vocab_size, gpt2.special_tokens["<|endoftext|>"], tokenizer_fingerprint(gpt2)
     )
-    cl100k = TiktokenTokenizer.from_name("cl100k_base")
+    cl100k = resolve_tokenizer("cl100k_base")
     with pytest.raises(CompatibilityError):
         meta.check_tokenizer(
-            cl100k.vocab_size, cl100k.special_tokens["<|endoftext|>"], tokenizer_info(cl100k).sha256
+            cl100k.vocab_size, cl100k.special_tokens["<|endoftext|>"], tokenizer_fingerprint(cl100k)
         )
 
 
-def test_tiktoken_adapter() -> None:
-    tok = load_tokenizer("gpt2")
-    assert isinstance(tok, TiktokenTokenizer)
-    assert tok.vocab_size == 50257
-    assert tok.special_tokens["<|endoftext|>"] == 50256
-    assert tok.encode("hello <|endoftext|>") == tok.encoding.encode_ordinary("hello <|endoftext|>")
-    assert tok.decode(tok.encode("héllo wörld")) == "héllo wörld"
-    blob = pickle.dumps(tok)
-    assert len(blob) < 200  # pickled by name, not by its 50k ranks
-    assert pickle.loads(blob).encode("abc") == tok.encode("abc")
-    first = tokenizer_info(tok)
-    assert first == tokenizer_info(load_tokenizer("tiktoken:gpt2"))
-    assert first.sha256 != tokenizer_info(load_tokenizer("cl100k_base")).sha256
+def test_tiktoken_through_the_one_resolver() -> None:
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("gpt2")
+    tok, spec = resolve_with_spec("gpt2")  # a bare encoding name, as lego-data 0.1 took it
+    assert isinstance(tok, RegexBPETokenizer)
+    assert (tok.vocab_size, tok.special_tokens["<|endoftext|>"]) == (50257, 50256)
+    text = "hello <|endoftext|> world"
+    assert tok.encode_ordinary(text) == encoding.encode_ordinary(text)  # special text: ordinary
+    assert tok.decode(tok.encode_ordinary("héllo wörld")) == "héllo wörld"
+    assert pickle.loads(pickle.dumps(tok)).encode_ordinary(text) == tok.encode_ordinary(text)
+    first = tokenizer_info(tok, spec)
+    assert first.sha256 == GPT2_SHA256
+    assert first == tokenizer_info(*resolve_with_spec("tiktoken:gpt2"))
+    assert first == tokenizer_info(*resolve_with_spec(encoding), given=encoding)
+    assert first.sha256 != tokenizer_info(*resolve_with_spec("cl100k_base")).sha256
+    shared, _, info = resolve_for_prepare("gpt2")  # prepare's: resolved once per process
+    assert resolve_for_prepare("tiktoken:gpt2")[0] is shared
+    assert info == first
+
+
+def test_a_tiktoken_encoding_object_and_its_name_give_the_same_dataset(tmp_path: Path) -> None:
+    import tiktoken
+
+    docs = ["hello <|endoftext|> world", "more text", "and more"] * 4
+    by_name = prepare(docs, "gpt2", tmp_path / "name", workers=2)
+    by_object = prepare(docs, tiktoken.get_encoding("gpt2"), tmp_path / "object", workers=2)
+    assert by_name == by_object
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "name" / name).read_bytes() == (tmp_path / "object" / name).read_bytes()
 
 
 def test_stdlib_with_one_and_two_workers(tmp_path: Path) -> None:
@@ -119,9 +139,8 @@ def test_stdlib_with_one_and_two_workers(tmp_path: Path) -> None:
 
 
 def test_lego_tokenizer_file(tmp_path: Path) -> None:
-    tokenize = pytest.importorskip("lego.tokenize", reason="lego-tokenize is not installed")
-    if not hasattr(tokenize, "load") or not hasattr(tokenize, "RegexBPETokenizer"):
-        pytest.skip("this lego-tokenize has no load() / RegexBPETokenizer yet")
+    import lego.tokenize as tokenize
+
     docs = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 5
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()

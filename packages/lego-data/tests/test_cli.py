@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,8 @@ import pytest
 
 from lego.data.cli import run
 from lego.data.meta import open_split, read_meta
-from lego.data.tokenizers import TokenizerSpec
 from lego.protocols import run_cli
+from lego.tokenize import RegexBPETokenizer
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -22,13 +21,15 @@ def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 @pytest.fixture
-def fake_specs(monkeypatch: pytest.MonkeyPatch, utf8_tokenizer: Callable[[], Any]) -> None:
-    """Every tokenizer spec loads the UTF-8 byte tokenizer (no tiktoken in unit tests)."""
-    monkeypatch.setattr(TokenizerSpec, "load", lambda self: utf8_tokenizer())
+def byte_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A lego tokenizer file whose ids are the UTF-8 bytes, ``<|endoftext|>`` = 256."""
+    path = tmp_path_factory.mktemp("tokenizer") / "bytes.json"
+    RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256}).save(path)
+    return str(path)
 
 
 def test_prepare_with_flags(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_specs: None
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], byte_spec: str
 ) -> None:
     corpus = tmp_path / "docs"
     corpus.mkdir()
@@ -40,7 +41,7 @@ def test_prepare_with_flags(
             "prepare",
             str(corpus),
             "--tokenizer",
-            "gpt2",
+            byte_spec,
             "-o",
             str(out),
             "--workers",
@@ -56,27 +57,56 @@ def test_prepare_with_flags(
     assert meta.split.method == "documents"
     assert meta.split.val_fraction == 0.2
     assert len(open_split(out, "train")) == 8 * 19  # 18 bytes + EOT per document
+    assert meta.tokenizer.kind == "lego"
+    assert meta.tokenizer.name == "bytes.json"
 
 
 def test_prepare_with_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_specs: None
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], byte_spec: str
 ) -> None:
     (tmp_path / "play.txt").write_text("All the world's a stage. " * 40)
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"corpus: {tmp_path / 'play.txt'}\ntokenizer: tiktoken:gpt2\nsplit: characters\n"
-        f"val_fraction: 0.1\nout_dir: {tmp_path / 'out'}\nworkers: 1\n"
+        f"source: {tmp_path / 'play.txt'}\ntokenizer: {byte_spec}\nsplit: characters\n"
+        f"val_fraction: 0.5\nout_dir: {tmp_path / 'out'}\nworkers: 1\n"
     )
-    code, stdout, stderr = cli(["prepare", "--config", str(config), "--quiet"], capsys)
+    code, stdout, stderr = cli(
+        ["prepare", "--config", str(config), "--quiet", "val_fraction=1e-1", "--workers", "2"],
+        capsys,
+    )
     assert code == 0, stderr
     assert "split by characters" in stdout
-    assert read_meta(tmp_path / "out").splits["val"].tokens == 100 + 1
+    meta = read_meta(tmp_path / "out")
+    assert meta.split.val_fraction == 0.1  # the override, as a float
+    assert meta.splits["val"].tokens == 100 + 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("val_fraction=", "the override val_fraction= has no value"),
+        ("val_fractoin=0.1", "did you mean 'val_fraction'?"),
+        ("val_fraction=abc", "is not a valid float"),
+        ("workers=0", "workers must be at least 1"),
+    ],
+)
+def test_bad_overrides_exit_2(
+    override: str, message: str, capsys: pytest.CaptureFixture[str], byte_spec: str
+) -> None:
+    code, _stdout, stderr = cli(
+        ["prepare", "python-stdlib", "--tokenizer", byte_spec, "-o", "x", override], capsys
+    )
+    assert code == 2
+    assert message in stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("lego-data: error:") == 1
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["prepare", "python-stdlib", "--tokenizer", "gtp2", "-o", "x"], "did you mean 'gpt2'"),
+        (["prepare", "python-stdlib", "--tokenizer", "tok.json", "-o", "x"], "not found"),
         (["prepare", "python-stdlib", "--tokenizer", "gpt2", "-o", "x", "sedd=1"], "'seed'"),
         (["prepare", "python-stdlib", "-o", "x"], "missing tokenizer"),
         (["prepare", "a", "b", "--tokenizer", "gpt2", "-o", "x"], "give one corpus"),
@@ -177,11 +207,11 @@ def test_summary_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_summary_with_tokenizer(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_specs: None
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], byte_spec: str
 ) -> None:
     (tmp_path / "a.txt").write_text("aab")
     code, stdout, _ = cli(
-        ["summary", str(tmp_path / "a.txt"), "--tokenizer", "gpt2", "--json", "--top-k", "1"],
+        ["summary", str(tmp_path / "a.txt"), "--tokenizer", byte_spec, "--json", "--top-k", "1"],
         capsys,
     )
     assert code == 0
@@ -190,60 +220,43 @@ def test_summary_with_tokenizer(
     assert tokens["most_common"] == [{"id": 97, "text": "a", "count": 2}]
 
 
-@pytest.mark.parametrize(
-    ("entry", "argv", "code", "expected"),
-    [
-        ("download_main", ["--list"], 0, "tiny_shakespeare"),
-        ("prepare_main", ["--help"], 0, "usage: prepare"),
-        ("summary_main", ["--help"], 0, "usage: dataset-summary"),
-        ("main", ["summary", "--help"], 0, "usage: lego-data summary"),
-        ("prepare_main", ["python-stdlib"], 2, "prepare: error: missing tokenizer, out_dir"),
-    ],
-)
-def test_console_scripts(
-    entry: str,
-    argv: list[str],
-    code: int,
-    expected: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+def test_summary_bad_top_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text("aab")
+    code, _, stderr = cli(["summary", str(tmp_path / "a.txt"), "--top-k", "-1"], capsys)
+    assert code == 2
+    assert "top_k must be at least 0" in stderr
+
+
+def test_main_console_script(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import lego.data.cli as cli_module
 
-    monkeypatch.setattr("sys.argv", ["script", *argv])
+    monkeypatch.setattr("sys.argv", ["lego-data", "summary", "--help"])
     with pytest.raises(SystemExit) as info:
-        getattr(cli_module, entry)()
-    assert info.value.code == code
-    captured = capsys.readouterr()
-    assert expected in captured.out + captured.err
+        cli_module.main()
+    assert info.value.code == 0
+    assert "usage: lego-data summary" in capsys.readouterr().out
+
+
+def test_only_the_lego_data_command_is_installed() -> None:
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = pyproject.read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert [line.split("=")[0].strip() for line in scripts.strip().splitlines()] == ["lego-data"]
 
 
 _NO_TORCH_SCRIPT = """
 import sys
 
 import lego.data.cli as cli
-from lego.data.tokenizers import TokenizerSpec
 
-
-class Utf8:
-    vocab_size = 257
-    special_tokens = {"<|endoftext|>": 256}
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-TokenizerSpec.load = lambda self: Utf8()
 assert "torch" not in sys.modules, "import lego.data.cli"
-corpus, out = sys.argv[1], sys.argv[2]
+corpus, out, tokenizer = sys.argv[1], sys.argv[2], sys.argv[3]
 for argv in (
     ["download", "--help"],
     ["download", "--list"],
     ["summary", corpus, "--json"],
-    ["prepare", corpus, "--tokenizer", "gpt2", "-o", out, "--workers", "1", "--quiet"],
+    ["prepare", corpus, "--tokenizer", tokenizer, "-o", out, "--workers", "1", "--quiet"],
 ):
     try:
         code = cli.run(argv)
@@ -255,7 +268,7 @@ print("no torch")
 """
 
 
-def test_commands_do_not_import_torch(tmp_path: Path) -> None:
+def test_commands_do_not_import_torch(tmp_path: Path, byte_spec: str) -> None:
     import subprocess
     import sys
 
@@ -264,7 +277,7 @@ def test_commands_do_not_import_torch(tmp_path: Path) -> None:
     for i in range(4):
         (corpus / f"{i}.txt").write_text(f"document number {i}\n")
     done = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH_SCRIPT, str(corpus), str(tmp_path / "out")],
+        [sys.executable, "-c", _NO_TORCH_SCRIPT, str(corpus), str(tmp_path / "out"), byte_spec],
         capture_output=True,
         text=True,
         check=False,

@@ -4,12 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lego.data.config import (
-    PrepareConfig,
-    build_prepare_config,
-    load_yaml_config,
-    parse_overrides,
-)
+from lego.data.config import PrepareConfig, build_prepare_config
 from lego.protocols import ConfigError, FormatError
 
 YAML = """\
@@ -80,33 +75,68 @@ def test_invalid_values(override: str, key: str) -> None:
     assert info.value.key == key
 
 
-def test_overrides_parse_yaml_values() -> None:
-    assert parse_overrides(["a=1", "b=0.5", "c=null", "d=text", "e=", "f=x=y"]) == {
-        "a": 1,
-        "b": 0.5,
-        "c": None,
-        "d": "text",
-        "e": "",
-        "f": "x=y",
-    }
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_overrides(["no-equals"])
-    with pytest.raises(ConfigError, match="cannot read"):
-        parse_overrides(["a=[1, 2"])
+def test_overrides_are_converted_by_annotation() -> None:
+    base = {"corpus": "c", "tokenizer": "t", "out_dir": "o"}
+    config = build_prepare_config(
+        flags=base,
+        overrides=["val_fraction=1e-3", "workers=null", "seed=7", "separator=---", "eot_id=5"],
+    )
+    assert config.val_fraction == 0.001
+    assert isinstance(config.val_fraction, float)
+    assert config.workers is None
+    assert config.seed == 7
+    assert config.separator == "---"
+    assert config.eot_id == 5
+    assert build_prepare_config(flags=base, overrides=["corpus=123"]).corpus == "123"
+    assert build_prepare_config(flags=base, overrides=["out_dir=a=b"]).out_dir == "a=b"
+
+
+@pytest.mark.parametrize(
+    ("override", "message", "key"),
+    [
+        ("val_fraction=", "has no value", "val_fraction"),
+        ("val_fraction=abc", "not a valid float", "val_fraction"),
+        ("seed=1.5", "not a valid int", "seed"),
+        ("sedd=1", "unknown PrepareConfig key 'sedd'", "sedd"),
+        ("no-equals", "not key=value", "no-equals"),
+    ],
+)
+def test_bad_overrides(override: str, message: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        build_prepare_config(
+            flags={"corpus": "c", "tokenizer": "t", "out_dir": "o"}, overrides=[override]
+        )
+    assert info.value.key == key
+
+
+def test_file_values_are_yaml_and_typed(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text(YAML + "seed: 1e3\n")
+    with pytest.raises(ConfigError, match="seed must be int") as info:
+        build_prepare_config(file=file)
+    assert info.value.path == str(file)
+    file.write_text(YAML.replace("val_fraction: 0.1", "val_fraction: 1e-3"))
+    assert build_prepare_config(file=file).val_fraction == 0.001  # YAML 1.2: a float
 
 
 def test_yaml_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_yaml_config(tmp_path / "none.yaml")
+        build_prepare_config(file=tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("corpus: x\n  tokenizer: : y\n")
     with pytest.raises(FormatError) as info:
-        load_yaml_config(bad)
+        build_prepare_config(file=bad)
     assert info.value.line == 2
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(FormatError, match="mapping"):
-        load_yaml_config(listing)
+        build_prepare_config(file=listing)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(YAML + "split: documents\n")
+    with pytest.raises(FormatError, match="given twice") as info:
+        build_prepare_config(file=twice)
+    assert info.value.key == "split"
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_yaml_config(empty) == {}
+    with pytest.raises(ConfigError, match="missing corpus, tokenizer, out_dir"):
+        build_prepare_config(file=empty)

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from lego.data.download import download, is_url, sha256_file
-from lego.data.progress import LineProgress
 from lego.protocols import ConfigError, DataError
 
 BODY = bytes(range(256)) * 997  # 255,232 bytes: several read chunks at chunk_size=4096
@@ -129,17 +128,27 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_progress_lines(file_server: Any, tmp_path: Path) -> None:
     import io
 
+    from lego.protocols import make_progress
+
     file_server.files["/f.bin"] = BODY
     stream = io.StringIO()
-    download(
-        file_server.url("/f.bin"),
-        tmp_path / "f.bin",
-        progress=LineProgress(stream=stream, interval=0.0),
-        chunk_size=65536,
-    )
+    with make_progress("plain", stream=stream, interval=0.0) as display:
+        download(file_server.url("/f.bin"), tmp_path / "f.bin", progress=display, chunk_size=65536)
+        display.message("still open")  # a caller's display is left open
     lines = stream.getvalue().splitlines()
     assert lines[0] == "downloading f.bin (249.2 KiB) ..."
-    assert lines[-1].startswith("downloading f.bin: done, 249.2 KiB in ")
+    assert lines[1].startswith("  downloading f.bin: 64.0 KiB of 249.2 KiB (26%)")
+    assert lines[-2].startswith("downloading f.bin: done, 249.2 KiB in ")
+    assert lines[-1] == "still open"
+
+
+@pytest.mark.parametrize(
+    ("option", "key"), [({"retries": -1}, "retries"), ({"timeout": 0}, "timeout")]
+)
+def test_bad_options(tmp_path: Path, option: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        download("http://127.0.0.1/x.txt", tmp_path / "x.txt", **option)
+    assert info.value.key == key
 
 
 def test_helpers(tmp_path: Path) -> None:

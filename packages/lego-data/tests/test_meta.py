@@ -21,7 +21,7 @@ from lego.data.meta import (
     read_meta,
     write_meta,
 )
-from lego.protocols import CompatibilityError, DataError, FormatError
+from lego.protocols import CompatibilityError, ConfigError, DataError, FormatError
 
 SHA = "ab" * 32
 
@@ -130,10 +130,42 @@ def test_invalid_fields_name_their_key(tmp_path: Path, edit: Any, key: str) -> N
     assert err.path == str(tmp_path / "meta.json")
 
 
-def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
+def test_unknown_key_is_named(tmp_path: Path) -> None:
     err = _corrupt(tmp_path, lambda d: d.update(vocab_sise=3))
     assert err.key == "vocab_sise"
-    assert "vocab_size" in (err.hint or "")
+    assert "unknown TokenMeta key 'vocab_sise'" in err.message
+    assert "meta.json" in err.message
+
+
+@pytest.mark.parametrize("key", ["format", "version"])
+def test_the_envelope_is_required(tmp_path: Path, key: str) -> None:
+    err = _corrupt(tmp_path, lambda d: d.pop(key))
+    assert err.key == key
+
+
+def test_a_newer_version_is_refused_before_its_fields(tmp_path: Path) -> None:
+    err = _corrupt(tmp_path, lambda d: d.update(version=2, new_field=1))
+    assert err.key == "version"
+    assert "upgrade" in (err.hint or "")
+
+
+def test_an_old_meta_json_still_loads(tmp_path: Path) -> None:
+    # written by lego-data 0.1 (before the sections were Configs), byte for byte
+    text = (
+        '{\n  "format": "lego-tokens",\n  "version": 1,\n  "dtype": "uint16",\n'
+        '  "vocab_size": 50257,\n  "eot_id": 50256,\n  "tokenizer": {\n'
+        '    "kind": "tiktoken",\n    "name": "gpt2",\n    "sha256": "' + SHA + '"\n  },\n'
+        '  "source": {\n    "corpus": "tiny_shakespeare",\n    "documents": 1,\n'
+        '    "bytes": 1115394\n  },\n  "split": {\n    "method": "characters",\n'
+        '    "val_fraction": 0.1,\n    "seed": 0\n  },\n  "splits": {\n'
+        '    "train": {\n      "file": "train.bin",\n      "tokens": 5,\n'
+        '      "documents": 1\n    },\n    "val": {\n      "file": "val.bin",\n'
+        '      "tokens": 3,\n      "documents": 1\n    }\n  }\n}\n'
+    )
+    (tmp_path / "meta.json").write_text(text)
+    assert read_meta(tmp_path) == make_meta()
+    write_meta(tmp_path / "again", make_meta())
+    assert (tmp_path / "again" / "meta.json").read_text() == text
 
 
 def test_newer_version_asks_for_an_upgrade(tmp_path: Path) -> None:
@@ -154,8 +186,11 @@ def test_missing_meta_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_constructor_validates_too() -> None:
-    with pytest.raises(FormatError):
+    with pytest.raises(ConfigError) as info:
         make_meta(eot_id=-1)
+    assert info.value.key == "eot_id"
+    with pytest.raises(ConfigError):
+        SplitFile("../train.bin", 1, 1)
 
 
 def test_check_tokenizer_accepts_the_same_tokenizer() -> None:

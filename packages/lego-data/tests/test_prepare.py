@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lego.data.prepare as prepare_module
-from lego.data.corpora import FileCorpus
+from lego.data.corpora import FileCorpus, IterableCorpus
 from lego.data.meta import open_split, read_meta
 from lego.data.prepare import plan_document_split, prepare
 from lego.protocols import ConfigError, DataError, Tokenizer
@@ -168,8 +168,9 @@ def test_eot_id_rules(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
     meta = prepare(ListCorpus(["a", "b"]), no_eot, tmp_path, eot_id=299, workers=1)
     assert meta.eot_id == 299
     assert read_split(tmp_path, "train")[-1] == 299
-    with pytest.raises(ConfigError, match="outside"):
+    with pytest.raises(ConfigError, match="at most 299") as info:
         prepare(ListCorpus(["a", "b"]), no_eot, tmp_path, eot_id=300)
+    assert info.value.key == "eot_id"
 
 
 @pytest.mark.parametrize(
@@ -180,6 +181,9 @@ def test_eot_id_rules(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
         ({"split": "random"}, "split"),
         ({"workers": 0}, "workers"),
         ({"chunk_chars": 0}, "chunk_chars"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"val_fraction": True}, "val_fraction"),
+        ({"progress": "fancy"}, "progress"),
     ],
 )
 def test_bad_options(
@@ -208,11 +212,23 @@ def test_not_a_tokenizer(tmp_path: Path) -> None:
         prepare(ListCorpus(DOCS), object(), tmp_path)
 
 
-def test_tiktoken_spec_without_tiktoken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tiktoken", None)  # import tiktoken -> ImportError
-    with pytest.raises(ConfigError) as info:
-        prepare(ListCorpus(DOCS), "tiktoken:gpt2", tmp_path)
-    assert info.value.hint == 'pip install "lego-data[tokenize]"'
+def test_spawned_workers_resolve_a_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, utf8_tokenizer: Utf8Factory
+) -> None:
+    import multiprocessing
+
+    from lego.tokenize import RegexBPETokenizer
+
+    file = tmp_path / "bytes.json"
+    RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": EOT}).save(file)
+    monkeypatch.setattr(
+        prepare_module, "_pool_context", lambda workers: multiprocessing.get_context("spawn")
+    )
+    meta = prepare(ListCorpus(DOCS), str(file), tmp_path / "spawned", workers=2, chunk_chars=40)
+    prepare(ListCorpus(DOCS), utf8_tokenizer(), tmp_path / "bytes", workers=1)
+    for split in ("train", "val"):
+        assert read_split(tmp_path / "spawned", split) == read_split(tmp_path / "bytes", split)
+    assert (meta.tokenizer.kind, meta.tokenizer.name) == ("lego", "bytes.json")
 
 
 def test_unpicklable_tokenizer_with_spawned_workers(
@@ -230,6 +246,57 @@ def test_unpicklable_tokenizer_with_spawned_workers(
     with pytest.raises(ConfigError, match="cannot be sent to worker processes"):
         prepare(ListCorpus(DOCS), tok, tmp_path, workers=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_documents_given_directly(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
+    tok = utf8_tokenizer()
+    reference = prepare(ListCorpus(DOCS), tok, tmp_path / "corpus", workers=1)
+
+    class Documents:  # a custom re-iterable: every iter() starts over
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(DOCS)
+
+    for name, docs in (
+        ("list", list(DOCS)),
+        ("tuple", tuple(DOCS)),
+        ("factory", lambda: (doc for doc in DOCS)),
+        ("iterable", Documents()),
+    ):
+        meta = prepare(docs, tok, tmp_path / name, workers=2, chunk_chars=30)
+        assert meta.splits == reference.splits
+        assert meta.source.corpus == "in-memory documents"
+        for split in ("train", "val"):
+            assert read_split(tmp_path / name, split) == read_split(tmp_path / "corpus", split)
+
+
+def test_one_shot_documents_are_refused(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
+    with pytest.raises(ConfigError, match="one-shot iterator") as info:
+        prepare((doc for doc in DOCS), utf8_tokenizer(), tmp_path / "out")
+    assert "lambda" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="one string"):
+        IterableCorpus("a single text")  # type: ignore[arg-type]  # a name for prepare()
+    with pytest.raises(ConfigError, match="got int"):
+        prepare(42, utf8_tokenizer(), tmp_path / "out")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"document 1 .* is a bytes") as err:
+        prepare(["text", b"bytes"], utf8_tokenizer(), tmp_path / "out", workers=1)
+    assert err.value.key == "corpus[1]"
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_progress_goes_to_the_given_display(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
+    import io
+
+    from lego.protocols import make_progress
+
+    stream = io.StringIO()
+    with make_progress("plain", stream=stream, interval=0) as display:
+        prepare(ListCorpus(DOCS), utf8_tokenizer(), tmp_path, workers=1, progress=display)
+        display.message("still open")
+    lines = stream.getvalue().splitlines()
+    characters = sum(len(doc) for doc in DOCS)
+    assert lines[0] == f"tokenizing list ({characters} chars) ..."
+    assert lines[-2].startswith(f"tokenizing list: done, {characters} chars in ")
+    assert lines[-1] == "still open"
 
 
 def test_rewrites_an_existing_dataset(tmp_path: Path, utf8_tokenizer: Utf8Factory) -> None:
@@ -322,3 +389,13 @@ def test_pool_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_special_token_text_in_a_document_is_ordinary_text(tmp_path: Path) -> None:
+    from lego.tokenize import RegexBPETokenizer
+
+    tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": EOT})
+    docs = ["before <|endoftext|> after", "second"]
+    prepare(docs, tok, tmp_path, val_fraction=0, workers=1)
+    ids = read_split(tmp_path, "train")
+    assert ids == [*docs[0].encode(), EOT, *docs[1].encode(), EOT]

@@ -95,3 +95,18 @@ def test_plot_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         plot(summary, tmp_path / "out.png")
     assert info.value.hint == 'pip install "lego-data[plot]"'
     assert not (tmp_path / "out.png").exists()
+
+
+def test_documents_and_special_token_text(tmp_path: Path) -> None:
+    from lego.tokenize import RegexBPETokenizer
+
+    tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+    text = "a <|endoftext|> b"
+    summary = summarize([text, "c"], tok)  # documents given directly
+    assert summary.documents == 2
+    assert summary.tokens is not None
+    assert summary.tokens.tokens == len(text) + 1  # one id per byte: the text is ordinary
+    assert summary.tokens.counts[256] == 0
+    with pytest.raises(ConfigError) as info:
+        summarize([text], tok, top_k=-1)
+    assert info.value.key == "top_k"

@@ -1,21 +1,22 @@
 from __future__ import annotations
 
-import sys
-import types
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-import lego
 from lego.data.tokenizers import (
-    TokenizerSpec,
-    as_tokenizer,
     find_eot_id,
-    parse_tokenizer_spec,
+    resolve_for_prepare,
+    resolve_with_spec,
     tokenizer_info,
 )
-from lego.protocols import ConfigError, DataError
+from lego.protocols import ConfigError
+from lego.tokenize import RegexBPETokenizer, TokenizerSpec, tokenizer_fingerprint
+from lego.tokenize.interop import write_gpt2_files
+
+EOT = "<|endoftext|>"
 
 
 class Tiny:
@@ -38,91 +39,107 @@ class Tiny:
         return "a" * len(ids)
 
 
-def test_parse_specs(tmp_path: Path) -> None:
-    assert parse_tokenizer_spec("tiktoken:cl100k_base") == TokenizerSpec("tiktoken", "cl100k_base")
-    assert parse_tokenizer_spec("gpt2") == TokenizerSpec("tiktoken", "gpt2")
-    assert parse_tokenizer_spec(" o200k_base ") == TokenizerSpec("tiktoken", "o200k_base")
+@pytest.fixture
+def byte_bpe() -> RegexBPETokenizer:
+    return RegexBPETokenizer("gpt2", special_tokens={EOT: 256})
+
+
+def test_a_lego_file_is_named_and_hashed_by_its_bytes(
+    tmp_path: Path, byte_bpe: RegexBPETokenizer
+) -> None:
     file = tmp_path / "tok.json"
-    file.write_text("{}")
-    assert parse_tokenizer_spec(str(file)) == TokenizerSpec("lego", str(file))
-    assert parse_tokenizer_spec("lego:x.json") == TokenizerSpec("lego", "x.json")
-    assert str(TokenizerSpec("tiktoken", "gpt2")) == "tiktoken:gpt2"
+    byte_bpe.save(file)
+    for given in (str(file), file, f"lego:{file}"):
+        tok, spec = resolve_with_spec(given)
+        assert spec == TokenizerSpec("lego", str(file))
+        assert tok.encode("hi") == [104, 105]
+        info = tokenizer_info(tok, spec)
+        assert (info.kind, info.name) == ("lego", "tok.json")
+        assert info.sha256 == hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def test_other_files_are_hashed_by_their_vocabulary(
+    tmp_path: Path, byte_bpe: RegexBPETokenizer
+) -> None:
+    byte_bpe.train(["hello hello world, hello there"], 262, workers=1)
+    write_gpt2_files(
+        tmp_path / "encoder.json",
+        tmp_path / "vocab.bpe",
+        ranks=byte_bpe.mergeable_ranks,
+        special_tokens=byte_bpe.special_tokens,
+    )
+    byte_bpe.save_hf(tmp_path / "tokenizer.json")
+    fingerprint = tokenizer_fingerprint(byte_bpe)
+    for spec_text, kind, name in (
+        (f"gpt2:{tmp_path}", "gpt2", tmp_path.name),
+        (f"hf:{tmp_path / 'tokenizer.json'}", "hf", "tokenizer.json"),
+    ):
+        tok, spec = resolve_with_spec(spec_text)
+        assert spec is not None
+        info = tokenizer_info(tok, spec)
+        assert (info.kind, info.name, info.sha256) == (kind, name, fingerprint)
+
+
+def test_objects(byte_bpe: RegexBPETokenizer) -> None:
+    tiny = Tiny()
+    assert resolve_with_spec(tiny) == (tiny, None)
+    info = tokenizer_info(tiny)
+    assert (info.kind, info.name, info.sha256) == ("python", "Tiny", None)
+    info = tokenizer_info(byte_bpe)
+    assert (info.kind, info.name) == ("lego", "RegexBPETokenizer")
+    assert info.sha256 == tokenizer_fingerprint(byte_bpe)
+    with pytest.raises(ConfigError, match="not a tokenizer"):
+        resolve_with_spec(42)
+
+
+def test_a_tiktoken_encoding_object_is_recorded_as_tiktoken(byte_bpe: RegexBPETokenizer) -> None:
+    import tiktoken
+
+    encoding = tiktoken.Encoding(
+        "bytes",
+        pat_str=byte_bpe.pattern,
+        mergeable_ranks=dict(byte_bpe.mergeable_ranks),
+        special_tokens={EOT: 256},
+    )
+    tok, spec = resolve_with_spec(encoding)
+    assert spec is None
+    info = tokenizer_info(tok, spec, given=encoding)
+    assert (info.kind, info.name) == ("tiktoken", "bytes")
+    assert info.sha256 == tokenizer_fingerprint(byte_bpe)
 
 
 def test_unknown_spec_suggests() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_tokenizer_spec("gtp2")
-    assert (info.value.hint or "").startswith("did you mean 'gpt2'?")
+        resolve_with_spec("gtp2")
+    assert "did you mean 'gpt2'?" in (info.value.hint or "")
     assert info.value.key == "tokenizer"
 
 
-def test_missing_tokenizer_file() -> None:
-    with pytest.raises(DataError, match="not found") as info:
-        parse_tokenizer_spec("tokenizers/missing.json")
-    assert info.value.path == "tokenizers/missing.json"
-    with pytest.raises(DataError, match="not found"):
-        TokenizerSpec("lego", "missing.json").load()
-
-
-def test_lego_spec_without_lego_tokenize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    file = tmp_path / "tok.json"
-    file.write_text("{}")
-    monkeypatch.setitem(sys.modules, "lego.tokenize", None)
-    with pytest.raises(ConfigError, match="need lego-tokenize") as info:
-        TokenizerSpec("lego", str(file)).load()
-    assert info.value.hint == 'pip install "lego-data[tokenize]"'
-
-
-def test_lego_spec_loads_through_lego_tokenize(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    file = tmp_path / "tok.json"
-    file.write_text('{"format": "lego-tokenizer"}')
-    fake = types.ModuleType("lego.tokenize")
-    loaded: list[Path] = []
-
-    def load(path: Path) -> Tiny:
-        loaded.append(Path(path))
-        return Tiny({"<|endoftext|>": 9})
-
-    fake.load = load  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lego.tokenize", fake)
-    # `import lego.tokenize` reads the attribute of the `lego` namespace first: where the
-    # real lego-tokenize was imported earlier in the session, it must be replaced too.
-    monkeypatch.setattr(lego, "tokenize", fake, raising=False)
-    spec = parse_tokenizer_spec(str(file))
-    tok = spec.load()
-    assert loaded == [file]
-    info = tokenizer_info(tok, spec)
-    assert info.kind == "lego"
-    assert info.name == "tok.json"
-    import hashlib
-
-    assert info.sha256 == hashlib.sha256(file.read_bytes()).hexdigest()
-
-
-def test_tiktoken_spec_without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tiktoken", None)
-    with pytest.raises(ConfigError, match="tiktoken package") as info:
-        TokenizerSpec("tiktoken", "gpt2").load()
-    assert "lego-data[tokenize]" in (info.value.hint or "")
+def test_missing_tokenizer_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found") as info:
+        resolve_with_spec(str(tmp_path / "tokenizers" / "missing.json"))
+    assert info.value.path == str(tmp_path / "tokenizers" / "missing.json")
 
 
 def test_find_eot_id() -> None:
-    assert find_eot_id(Tiny({"<|endoftext|>": 7})) == 7
-    assert find_eot_id(Tiny({"<|endoftext|>": 7}), 3) == 3
+    assert find_eot_id(Tiny({EOT: 7})) == 7
+    assert find_eot_id(Tiny({EOT: 7}), 3) == 3
     with pytest.raises(ConfigError, match="no <\\|endoftext\\|>"):
         find_eot_id(Tiny())
-    with pytest.raises(ConfigError, match="outside"):
+    with pytest.raises(ConfigError, match="at most 9") as info:
         find_eot_id(Tiny(), 10)
+    assert info.value.key == "eot_id"
     with pytest.raises(ConfigError, match="outside"):
-        find_eot_id(Tiny({"<|endoftext|>": 12}))
+        find_eot_id(Tiny({EOT: 12}))
+    with pytest.raises(ConfigError):
+        find_eot_id(Tiny({EOT: 7}), True)  # type: ignore[arg-type]
 
 
-def test_as_tokenizer_and_info() -> None:
-    tiny = Tiny()
-    assert as_tokenizer(tiny) is tiny
-    info = tokenizer_info(tiny)
-    assert (info.kind, info.name, info.sha256) == ("python", "Tiny", None)
-    with pytest.raises(ConfigError, match="not a tokenizer"):
-        as_tokenizer(42)
+def test_resolve_for_prepare(tmp_path: Path, byte_bpe: RegexBPETokenizer) -> None:
+    file = tmp_path / "tok.json"
+    byte_bpe.save(file)
+    tok, spec, info = resolve_for_prepare(str(file))
+    assert spec == TokenizerSpec("lego", str(file))
+    assert info == tokenizer_info(tok, spec)
+    assert resolve_for_prepare(str(file))[0] is not tok  # files are read again every time
+    assert resolve_for_prepare(byte_bpe) == (byte_bpe, None, tokenizer_info(byte_bpe))

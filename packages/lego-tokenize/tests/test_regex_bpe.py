@@ -228,6 +228,22 @@ def test_verbose_training_shows_progress(
     assert "making tokens" in err
 
 
+def test_training_reports_to_a_given_display(small_corpus: list[str]) -> None:
+    import io
+
+    from lego.protocols import make_progress
+
+    out = io.StringIO()
+    with make_progress("plain", stream=out, interval=0) as display:
+        tok = RegexBPETokenizer("gpt4")
+        tok.train(small_corpus, 300, verbose=display, workers=1)
+        display.message("still open")  # train() leaves the caller's display open
+    lines = out.getvalue().splitlines()
+    assert any("regex BPE (gpt4): counting characters: done" in line for line in lines)
+    assert any("regex BPE (gpt4): making tokens: done, 44 tokens" in line for line in lines)
+    assert lines[-1] == "still open"
+
+
 def test_non_utf8_training_file(tmp_path: Path, small_corpus: list[str]) -> None:
     good = tmp_path / "good.txt"
     good.write_text(small_corpus[0], encoding="utf-8")

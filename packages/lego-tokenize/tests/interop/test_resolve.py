@@ -8,7 +8,11 @@ from lego.protocols import ConfigError, FormatError
 from lego.tokenize import RegexBPETokenizer
 from lego.tokenize.interop.gpt2 import write_gpt2_files
 from lego.tokenize.interop.hf import write_hf_tokenizer_json
-from lego.tokenize.interop.resolve import resolve_tokenizer
+from lego.tokenize.interop.resolve import (
+    TokenizerSpec,
+    parse_tokenizer_spec,
+    resolve_tokenizer,
+)
 from lego.tokenize.interop.tiktoken_files import write_tiktoken_file
 from lego.tokenize.patterns import PATTERNS
 
@@ -101,3 +105,87 @@ def test_prefixes_ignore_case(tmp_path: Path, reference: RegexBPETokenizer) -> N
     path = tmp_path / "x.tiktoken"
     write_tiktoken_file(path, reference.mergeable_ranks)
     _same(resolve_tokenizer(f"TikToken:{path}", pattern="gpt2"), reference)
+
+
+# -- the spec grammar: bare tiktoken names, lego:, objects ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "scheme", "target"),
+    [
+        ("gpt2", "tiktoken", "gpt2"),
+        (" cl100k_base ", "tiktoken", "cl100k_base"),
+        ("tiktoken:o200k_base", "tiktoken", "o200k_base"),
+        ("lego:tok.json", "lego", "tok.json"),
+        ("LEGO:tok.json", "lego", "tok.json"),
+        ("missing/tok.json", "lego", "missing/tok.json"),
+        ("tok.json", "lego", "tok.json"),
+        ("hf:tokenizer.json", "hf", "tokenizer.json"),
+        ("gpt2:folder", "gpt2", "folder"),
+    ],
+)
+def test_parse_tokenizer_spec(spec: str, scheme: str, target: str) -> None:
+    parsed = parse_tokenizer_spec(spec)
+    assert parsed == TokenizerSpec(scheme, target)  # type: ignore[arg-type]
+    assert str(parsed) == f"{scheme}:{target}"
+
+
+def test_a_file_wins_over_a_tiktoken_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: RegexBPETokenizer
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    reference.save(tmp_path / "gpt2")
+    assert parse_tokenizer_spec("gpt2") == TokenizerSpec("lego", "gpt2")
+    _same(resolve_tokenizer("gpt2"), reference)
+    assert parse_tokenizer_spec(tmp_path / "gpt2") == TokenizerSpec("lego", str(tmp_path / "gpt2"))
+    _same(resolve_tokenizer(tmp_path / "gpt2"), reference)
+    _same(resolve_tokenizer(f"lego:{tmp_path / 'gpt2'}"), reference)
+
+
+def test_spec_names_and_files() -> None:
+    assert parse_tokenizer_spec("gpt2").name == "gpt2"
+    assert not parse_tokenizer_spec("gpt2").is_file
+    assert parse_tokenizer_spec("tiktoken:dir/x.tiktoken").name == "x.tiktoken"
+    assert parse_tokenizer_spec("tiktoken:dir/x.tiktoken").is_file
+    assert parse_tokenizer_spec("gpt2:dir/folder").name == "folder"
+
+
+def test_an_unknown_bare_word_suggests_a_tiktoken_name() -> None:
+    with pytest.raises(ConfigError, match="unknown tokenizer 'gtp2'") as info:
+        parse_tokenizer_spec("gtp2")
+    assert "'gpt2'" in (info.value.hint or "")
+
+
+def test_a_missing_lego_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tokenizer file not found") as info:
+        resolve_tokenizer(f"lego:{tmp_path / 'nope.json'}")
+    assert info.value.path == str(tmp_path / "nope.json")
+
+
+def test_objects_pass_through(reference: RegexBPETokenizer) -> None:
+    assert resolve_tokenizer(reference) is reference
+    spec = TokenizerSpec("gpt2", "no-such-folder")
+    with pytest.raises(ConfigError, match="expects a folder"):
+        resolve_tokenizer(spec)
+    with pytest.raises(ConfigError, match="int is not a tokenizer"):
+        resolve_tokenizer(42)  # type: ignore[arg-type]
+
+
+def test_a_tiktoken_encoding_object(reference: RegexBPETokenizer) -> None:
+    import tiktoken
+
+    encoding = tiktoken.Encoding(
+        "tiny",
+        pat_str=reference.pattern,
+        mergeable_ranks=dict(reference.mergeable_ranks),
+        special_tokens=dict(reference.special_tokens),
+    )
+    tok = resolve_tokenizer(encoding)
+    assert isinstance(tok, RegexBPETokenizer)
+    assert tok.name == "tiny"
+    assert tok.to_tiktoken() is encoding  # tiktoken's engine is reused, not rebuilt
+    _same(tok, reference)
+    text = "a <|endoftext|> b"
+    assert tok.encode_ordinary(text) == encoding.encode_ordinary(text)
+    other = RegexBPETokenizer.from_encoding(encoding, pattern="gpt4")
+    assert other.to_tiktoken() is not encoding

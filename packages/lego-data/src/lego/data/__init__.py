@@ -1,11 +1,13 @@
 """LegoLLM's data pipeline: from raw text to training batches.
 
 - Corpora: the embedded ``python-stdlib`` corpus (no network), local files and folders,
-  downloadable corpora by name or URL ([`get_corpus()`][lego.data.corpora.get_corpus]).
+  downloadable corpora by name or URL, or documents you hold (a list of strings)
+  ([`get_corpus()`][lego.data.corpora.get_corpus]).
 - [`download()`][lego.data.download.download]: streamed, resumable, sha256-verified.
 - [`prepare()`][lego.data.prepare.prepare]: tokenize in worker processes into raw
   ``train.bin`` / ``val.bin`` token files plus a validated ``meta.json``
-  ([`lego.data.meta`][lego.data.meta]).
+  ([`lego.data.meta`][lego.data.meta]); tokenizers are named with lego-tokenize's one
+  spec ([`lego.tokenize.resolve_tokenizer`][lego.tokenize.resolve_tokenizer]).
 - [`summarize()`][lego.data.summary.summarize]: corpus statistics, with a tokenizer too.
 - [`TokenDataset`][lego.data.dataset.TokenDataset] and
   [`TokenLoader`][lego.data.loader.TokenLoader]: memory-mapped windows, batched in a
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from lego.data.corpora import (
         Corpus,
         FileCorpus,
+        IterableCorpus,
         PythonStdlibCorpus,
         RemoteCorpus,
         corpus_names,
@@ -71,7 +74,6 @@ if TYPE_CHECKING:
         PreferenceExample,
     )
     from lego.data.summary import Summary, plot, summarize
-    from lego.data.tokenizers import TiktokenTokenizer, TokenizerSpec, load_tokenizer
     from lego.protocols.chat import (
         ChatMLTemplate,
         ChatTemplate,
@@ -86,13 +88,11 @@ __all__ = [
     # corpora, download, prepare, summary
     "Corpus",
     "FileCorpus",
+    "IterableCorpus",
     "PythonStdlibCorpus",
     "RemoteCorpus",
     "get_corpus",
     "corpus_names",
-    "TokenizerSpec",
-    "TiktokenTokenizer",
-    "load_tokenizer",
     "Summary",
     "summarize",
     "plot",
@@ -138,13 +138,11 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "Corpus": "lego.data.corpora",
     "FileCorpus": "lego.data.corpora",
+    "IterableCorpus": "lego.data.corpora",
     "PythonStdlibCorpus": "lego.data.corpora",
     "RemoteCorpus": "lego.data.corpora",
     "get_corpus": "lego.data.corpora",
     "corpus_names": "lego.data.corpora",
-    "TokenizerSpec": "lego.data.tokenizers",
-    "TiktokenTokenizer": "lego.data.tokenizers",
-    "load_tokenizer": "lego.data.tokenizers",
     "Summary": "lego.data.summary",
     "summarize": "lego.data.summary",
     "plot": "lego.data.summary",

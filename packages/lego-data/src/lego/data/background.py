@@ -4,10 +4,10 @@
 [`TokenLoader`][lego.data.loader.TokenLoader] and
 [`ExampleLoader`][lego.data.example_loader.ExampleLoader]. A subclass supplies a *producer*:
 a callable that turns the item indices of one batch into a batch of tensors. The base class
-runs the producer in a daemon thread that fills a bounded
-[`RingBuffer`][lego.data.ring.RingBuffer] of ready batches, while the training loop drains
-it; it follows an [`EpochPlan`][lego.data.plan.EpochPlan] (seeded order, rank sharding),
-counts the batches handed out, and saves and restores that position.
+runs the producer in a daemon thread that fills a bounded ``queue.Queue`` of ready batches
+(``prefetch`` of them), while the training loop drains it; it follows an
+[`EpochPlan`][lego.data.plan.EpochPlan] (seeded order, rank sharding), counts the batches
+handed out, and saves and restores that position.
 
 Iteration semantics:
 
@@ -23,6 +23,8 @@ Iteration semantics:
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +37,6 @@ import numpy.typing as npt
 import torch
 
 from lego.data.plan import EpochPlan
-from lego.data.ring import ClosedError, RingBuffer
 from lego.protocols import CompatibilityError, ConfigError, FormatError
 
 __all__ = ["BackgroundLoader", "LoaderOptions", "Producer", "STATE_VERSION"]
@@ -49,6 +50,7 @@ STATE_VERSION: Final = 1
 """The version of the loaders' ``state_dict()`` layout."""
 
 _JOIN_TIMEOUT_S = 30.0
+_POLL_S = 0.05  # how long a producer waits on a full queue before it checks for a stop
 _LAYOUT_KEYS: Final = ("num_items", "batch_size", "world_size", "drop_last", "shuffle")
 
 
@@ -66,7 +68,7 @@ class LoaderOptions(TypedDict, total=False):
         drop_last: Skip the incomplete last batch.
         rank: This process's rank, for DDP; ranks partition each epoch's items.
         world_size: The number of ranks; every rank gets the same number of batches.
-        prefetch: Batches prepared ahead (the ring buffer's capacity).
+        prefetch: Batches prepared ahead (the queue's capacity).
         pin_memory: Page-locked batches; None means "when CUDA is available".
         device: Move batches there before handing them out (asynchronously when pinned).
         repeat: Iterate across epochs forever (for step-driven training loops).
@@ -84,7 +86,11 @@ class LoaderOptions(TypedDict, total=False):
 
 
 class _End:
-    """The thread's last message: the planned batches are all in the buffer."""
+    """The thread's last message: the planned batches are all in the queue."""
+
+
+_STOPPED: Final = object()
+"""Put by ``_Run.signal()`` to wake a consumer waiting on an empty queue."""
 
 
 @dataclass(frozen=True)
@@ -100,18 +106,60 @@ class _Ready(Generic[BatchT]):
 
 
 class _Run:
-    """One running thread and its buffer."""
+    """One running thread and the bounded queue it fills.
+
+    ``queue.Queue`` cannot wake a thread blocked on it before Python 3.13's ``shutdown()``,
+    so stopping is a flag that both sides honour: the producer waits on a full queue in
+    slices of ``_POLL_S`` seconds and checks the flag between them (a batch is ready long
+    before that matters), and a sentinel wakes a consumer waiting on an empty queue.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self.buffer: RingBuffer[Any] = RingBuffer(capacity)
+        self.queue: queue.Queue[Any] = queue.Queue(capacity)
+        self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
 
+    def put(self, item: Any) -> bool:
+        """Hand an item to the consumer, waiting while the queue is full.
+
+        Returns:
+            False once the run is stopped (the item may be dropped; the producer stops).
+        """
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=_POLL_S)
+            except queue.Full:
+                continue
+            return not self.stopped.is_set()
+        return False
+
+    def get(self) -> Any:
+        """Take the next item, waiting while the queue is empty (``_STOPPED`` once stopped)."""
+        if self.stopped.is_set():
+            return _STOPPED
+        item = self.queue.get()
+        return _STOPPED if self.stopped.is_set() else item
+
+    def signal(self) -> None:
+        """Ask the thread to stop and wake a consumer waiting on the queue; do not wait."""
+        self.stopped.set()
+        # Full: the queue holds items, so no consumer waits on it.
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(_STOPPED)
+
     def stop(self) -> None:
-        self.buffer.close()
+        """Stop the thread, wait for it, and drop the prepared batches."""
+        self.signal()
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=_JOIN_TIMEOUT_S)
-        self.buffer.clear()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):  # for a consumer woken but not yet served
+            self.queue.put_nowait(_STOPPED)
 
 
 def _work(
@@ -123,19 +171,18 @@ def _work(
     repeat: bool,
 ) -> None:
     """The thread body: produce batches in plan order until done or stopped."""
-    buffer = run.buffer
     try:
-        while not buffer.closed:
+        while not run.stopped.is_set():
             batches = plan.iter_batches(epoch, position)
             for index, items in enumerate(batches, start=position):
-                if not buffer.put(_Ready(epoch, index, producer(epoch, items))):
+                if not run.put(_Ready(epoch, index, producer(epoch, items))):
                     return
             if not repeat:
                 break
             epoch, position = epoch + 1, 0
-        buffer.put(_End())
+        run.put(_End())
     except BaseException as error:  # handed to the consumer, re-raised there
-        buffer.put(_Failure(error))
+        run.put(_Failure(error))
 
 
 class _BatchIterator(Iterator[BatchT]):
@@ -152,12 +199,8 @@ class _BatchIterator(Iterator[BatchT]):
     def __next__(self) -> BatchT:
         if self._done:
             raise StopIteration
-        try:
-            item = self._run.buffer.get()
-        except ClosedError:
-            self._finish()
-            raise StopIteration from None
-        if isinstance(item, _End):
+        item = self._run.get()
+        if item is _STOPPED or isinstance(item, _End):
             self._finish()
             raise StopIteration
         if isinstance(item, _Failure):
@@ -178,7 +221,7 @@ class _BatchIterator(Iterator[BatchT]):
     def __del__(self) -> None:
         run = getattr(self, "_run", None)
         if run is not None and not getattr(self, "_done", True):
-            run.buffer.close()
+            run.signal()
 
 
 class BackgroundLoader(ABC, Generic[BatchT]):
@@ -195,7 +238,7 @@ class BackgroundLoader(ABC, Generic[BatchT]):
         drop_last: Skip the incomplete last batch (see [`EpochPlan`][lego.data.plan.EpochPlan]).
         rank: This process's rank (``torch.distributed.get_rank()``).
         world_size: The number of ranks (``torch.distributed.get_world_size()``).
-        prefetch: Batches prepared ahead (the ring buffer's capacity).
+        prefetch: Batches prepared ahead (the queue's capacity).
         pin_memory: Allocate batches in page-locked memory for fast, asynchronous copies to
             the GPU; None means "when CUDA is available".
         device: Move every batch there (``non_blocking`` from pinned memory) before handing
@@ -450,7 +493,7 @@ class BackgroundLoader(ABC, Generic[BatchT]):
     def __del__(self) -> None:
         run = getattr(self, "_run", None)
         if run is not None:
-            run.buffer.close()
+            run.signal()
 
     @property
     def running(self) -> bool:

@@ -1,12 +1,11 @@
 """The ``lego-data`` command: ``download``, ``prepare`` and ``summary``.
 
-Also installed under the seed's names: ``download-data`` (= ``lego-data download``),
-``prepare`` (= ``lego-data prepare``) and ``dataset-summary`` (= ``lego-data summary``).
 Exit codes follow [`run_cli()`][lego.protocols.run_cli]: 0 ok, 2 bad input (one message, no
 traceback unless ``--debug``), 1 a bug.
 
-Tokenizer specs: ``tiktoken:gpt2`` (or a bare tiktoken name) and lego tokenizer ``.json``
-files need the ``tokenize`` extra: ``pip install "lego-data[tokenize]"``.
+``--tokenizer`` takes lego-tokenize's tokenizer spec (``tiktoken:gpt2`` or a bare tiktoken
+name, a lego tokenizer ``.json`` file, ``hf:tokenizer.json``, ``gpt2:FOLDER``; see
+[`lego.tokenize.resolve_tokenizer`][lego.tokenize.resolve_tokenizer]).
 """
 
 from __future__ import annotations
@@ -20,14 +19,7 @@ from typing import NoReturn
 
 from lego.protocols import ConfigError, make_parser, run_cli
 
-__all__ = [
-    "main",
-    "download_main",
-    "prepare_main",
-    "summary_main",
-    "run",
-    "COMMANDS",
-]
+__all__ = ["main", "run", "COMMANDS"]
 
 PROG = "lego-data"
 
@@ -62,7 +54,10 @@ def _add_reading_options(
     )
 
 
-_TOKENIZER_HELP = "tiktoken:gpt2, a tiktoken name, or a .json file"
+_TOKENIZER_HELP = (
+    "tiktoken:gpt2 (or a tiktoken name), a lego tokenizer .json file, hf:tokenizer.json "
+    "or gpt2:FOLDER"
+)
 
 # ------------------------------------------------------------------------------ download
 
@@ -254,8 +249,6 @@ def _summary(argv: list[str], prog: str) -> int:
     from lego.data.summary import plot, summarize
 
     args = _summary_parser(prog).parse_args(argv)
-    if args.top_k < 0:
-        raise ConfigError(f"--top-k must be non-negative, got {args.top_k}", key="top_k")
     corpus = get_corpus(
         args.source,
         unit=args.unit,
@@ -293,7 +286,7 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
         + f"\nRun `{PROG} COMMAND --help` for a command's options.",
         example=f"{PROG} download tiny_shakespeare data/\n"
-        f"{PROG} prepare data/tiny_shakespeare.txt --tokenizer gpt2 -o data/shakespeare\n"
+        f"{PROG} prepare data/tiny_shakespeare.txt --tokenizer tiktoken:gpt2 -o data/shakespeare\n"
         f"{PROG} summary python-stdlib --tokenizer gpt2",
     )
     parser.add_argument("command", choices=sorted(COMMANDS), help="the command to run")
@@ -324,23 +317,3 @@ def run(argv: list[str]) -> int:
 def main() -> NoReturn:
     """The ``lego-data`` console script."""
     sys.exit(run_cli(run, prog=PROG))
-
-
-def _alias(command: str, prog: str) -> NoReturn:
-    handler, _ = COMMANDS[command]
-    sys.exit(run_cli(lambda argv: handler(argv, prog), prog=prog))
-
-
-def download_main() -> NoReturn:
-    """The ``download-data`` console script (``lego-data download``)."""
-    _alias("download", "download-data")
-
-
-def prepare_main() -> NoReturn:
-    """The ``prepare`` console script (``lego-data prepare``)."""
-    _alias("prepare", "prepare")
-
-
-def summary_main() -> NoReturn:
-    """The ``dataset-summary`` console script (``lego-data summary``)."""
-    _alias("summary", "dataset-summary")

@@ -114,6 +114,7 @@ class PaddingCollator:
             or the side is unknown.
 
     Example:
+        >>> from lego.data.encode import TokenizedExample
         >>> collate = PaddingCollator(pad_id=0, eos_id=2)
         >>> batch = collate([TokenizedExample([5, 6, 7], [6, 7, 2]), TokenizedExample([5], [9])])
         >>> batch["input_ids"].tolist(), batch["labels"].tolist()

@@ -88,7 +88,13 @@ class TokenDataset(Dataset[dict[str, torch.Tensor]]):
         FormatError: When the file size does not fit the dtype or ``meta.json``.
 
     Example:
-        >>> ds = TokenDataset("data/shakespeare", split="train", context_length=256)
+        >>> import tempfile
+        >>> from lego.data.prepare import prepare
+        >>> from lego.tokenize import RegexBPETokenizer
+        >>> tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = prepare(["some text. " * 100] * 4, tok, folder, val_fraction=0.25, workers=1)
+        >>> ds = TokenDataset(folder, split="train", context_length=256)
         >>> item = ds[0]
         >>> item["input_ids"].shape, item["labels"].shape
         (torch.Size([256]), torch.Size([256]))

@@ -26,8 +26,15 @@ from pathlib import Path
 from typing import Final
 
 from lego.data.__about__ import __version__
-from lego.data.progress import Progress, make_progress
-from lego.protocols import ConfigError, DataError
+from lego.protocols import (
+    ConfigError,
+    DataError,
+    Progress,
+    check_float,
+    check_int,
+    make_progress,
+)
+from lego.protocols.progress import ProgressMode
 
 __all__ = ["download", "sha256_file", "is_url", "PART_SUFFIX"]
 
@@ -79,7 +86,7 @@ def download(
     resume: bool = True,
     retries: int = 3,
     timeout: float = 30.0,
-    progress: bool | Progress = False,
+    progress: bool | ProgressMode | Progress = False,
     chunk_size: int = _CHUNK,
 ) -> Path:
     """Download ``url`` to ``dest`` through ``<dest>.part``, verified and renamed at the end.
@@ -95,8 +102,9 @@ def download(
             the part file is discarded and the download starts over.
         retries: How many times a connection lost mid-body is resumed within this call.
         timeout: Seconds to wait for the server on each connect and read.
-        progress: True for a progress bar (rich on a terminal, plain lines otherwise), or a
-            [`Progress`][lego.data.progress.Progress].
+        progress: True (or ``"auto"``) for a progress bar (rich on a terminal, plain lines
+            otherwise), a mode of [`make_progress`][lego.protocols.make_progress], or a
+            [`Progress`][lego.protocols.Progress] display to report to (left open).
         chunk_size: Bytes read and written at a time.
 
     Returns:
@@ -113,6 +121,9 @@ def download(
             key="url",
             hint="give a URL starting with https:// or http://, or a local file",
         )
+    check_int("retries", retries, minimum=0, owner="download")
+    check_float("timeout", timeout, low=0.0, low_open=True, owner="download")
+    check_int("chunk_size", chunk_size, minimum=1, owner="download")
     if sha256 is not None and not _HEX64.fullmatch(sha256):
         raise ConfigError(
             f"sha256 must be 64 hex digits, got {sha256!r}", key="sha256", hint="check the digest"
@@ -131,8 +142,8 @@ def download(
     part = target.with_name(target.name + PART_SUFFIX)
     if not resume:
         part.unlink(missing_ok=True)
-    reporter = make_progress(progress)
-    with reporter:
+    # a caller's display stays open; one made here closes at the end
+    with make_progress(progress) as reporter:
         attempt = 0
         while True:
             try:
@@ -227,9 +238,12 @@ def _fetch(url: str, part: Path, *, timeout: float, chunk_size: int, progress: P
         length_header = response.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
         total = start + length if length is not None else None
-        progress.start(f"downloading {part.name.removesuffix(PART_SUFFIX)}", total=total, unit="B")
+        name = part.name.removesuffix(PART_SUFFIX)
         received = 0
-        with open(part, mode) as handle:
+        with (
+            progress.task(f"downloading {name}", total=total, unit="B", completed=start) as task,
+            open(part, mode) as handle,
+        ):
             try:
                 while True:
                     chunk = response.read(chunk_size)
@@ -237,13 +251,13 @@ def _fetch(url: str, part: Path, *, timeout: float, chunk_size: int, progress: P
                         break
                     handle.write(chunk)
                     received += len(chunk)
-                    progress.update(start + received)
+                    task.update(start + received)
             except (http.client.IncompleteRead, OSError) as err:
                 handle.flush()
                 done = start + received
                 raise _InterruptedError(f"{type(err).__name__} after {done} bytes") from None
-        if length is not None and received < length:
-            raise _InterruptedError(f"got {start + received} of {total} bytes")
+            if length is not None and received < length:  # the task ends without "done"
+                raise _InterruptedError(f"got {start + received} of {total} bytes")
 
 
 def _content_range_start(header: str | None) -> int | None:

@@ -7,10 +7,18 @@ it picks the items of each batch with the same seeded, rank-sharded
 collates them in a background thread, and saves and restores its position exactly.
 
 Example:
-    >>> train = InstructionDataset("sft.jsonl", tok, template="chatml")
-    >>> collate = PaddingCollator(pad_id=pad, eos_id=eos, pad_to_multiple_of=8)
-    >>> for batch in ExampleLoader(train, batch_size=8, collate_fn=collate, seed=0):
-    ...     ...  # batch["input_ids"]: (8, L)
+    >>> from lego.data import InstructionDataset, PaddingCollator
+    >>> from lego.tokenize import RegexBPETokenizer
+    >>> tok = RegexBPETokenizer(
+    ...     "gpt2", special_tokens={"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
+    ... )
+    >>> records = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(16)]
+    >>> train = InstructionDataset(records, tok, template="chatml")
+    >>> collate = PaddingCollator(pad_id=256, eos_id=258, pad_to_multiple_of=8)
+    >>> with ExampleLoader(train, batch_size=8, collate_fn=collate, seed=0) as loader:
+    ...     shapes = [tuple(batch["input_ids"].shape) for batch in loader]
+    >>> shapes  # (8, L): L padded to a multiple of 8
+    [(8, 32), (8, 32)]
 """
 
 from __future__ import annotations

@@ -105,8 +105,13 @@ class InstructionDataset(RecordDataset[TokenizedExample]):
         ConfigError: On an unknown template, split or fraction.
 
     Example:
-        >>> train = InstructionDataset("alpaca.jsonl", tok, template="chatml", val_fraction=0.05)
-        >>> loader = ExampleLoader(train, batch_size=8, collate_fn=PaddingCollator(pad_id=0))
+        >>> from lego.tokenize import RegexBPETokenizer
+        >>> specials = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
+        >>> tok = RegexBPETokenizer("gpt2", special_tokens=specials)
+        >>> records = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(20)]
+        >>> train = InstructionDataset(records, tok, template="chatml", val_fraction=0.1)
+        >>> len(train), len(InstructionDataset(records, tok, split="val", val_fraction=0.1))
+        (18, 2)
     """
 
     def __init__(

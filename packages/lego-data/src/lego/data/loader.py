@@ -5,16 +5,32 @@
 [`TokenDataset`][lego.data.dataset.TokenDataset]. A background thread computes each batch's
 window starts from the epoch plan, gathers the windows out of the memory map with one
 fancy-indexing ``np.take`` into a preallocated buffer, widens them to int64 straight into
-the batch tensors (page-locked when CUDA is present), and puts the batch into a bounded ring
-buffer; the training loop takes ready batches without waiting. No worker processes, no
+the batch tensors (page-locked when CUDA is present), and puts the batch into a bounded
+queue; the training loop takes ready batches without waiting. No worker processes, no
 pickling, no per-item Python calls: one batch costs a handful of numpy operations.
 
-Example:
-    >>> ds = TokenDataset("data/shakespeare", context_length=256)
-    >>> with TokenLoader(ds, batch_size=32, seed=0, device="cuda") as loader:
-    ...     for batch in loader:
-    ...         loss = model_loss(batch["input_ids"], batch["labels"])  # (32, 256) each
-    ...     state = loader.state_dict()    # save with the checkpoint
+Example (with ``device="cuda"`` the batches arrive on the GPU, copied from pinned memory)::
+
+    ds = TokenDataset("data/shakespeare", context_length=256)
+    with TokenLoader(ds, batch_size=32, seed=0, device="cuda") as loader:
+        for batch in loader:
+            loss = model_loss(batch["input_ids"], batch["labels"])  # (32, 256) each
+        state = loader.state_dict()    # save with the checkpoint
+
+On the CPU, over a small dataset prepared from documents:
+
+    >>> import tempfile
+    >>> from lego.data.prepare import prepare
+    >>> from lego.tokenize import RegexBPETokenizer
+    >>> tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = prepare(["some text. " * 100] * 4, tok, folder, val_fraction=0.25, workers=1)
+    >>> ds = TokenDataset(folder, context_length=64)
+    >>> with TokenLoader(ds, batch_size=4, seed=0) as loader:
+    ...     batch = next(iter(loader))
+    ...     state = loader.state_dict()  # position 1 of epoch 0: resumes at the next batch
+    >>> batch["input_ids"].shape, state["position"]
+    (torch.Size([4, 64]), 1)
 """
 
 from __future__ import annotations

@@ -23,16 +23,20 @@ documents of each split. ``meta.json`` looks like::
       }
     }
 
-Token counts include the end-of-text ids. [`read_meta()`][lego.data.meta.read_meta]
-validates every field; [`open_split()`][lego.data.meta.open_split] also checks that the file
+Token counts include the end-of-text ids. Each section is a
+[`Config`][lego.protocols.Config] (the one validation mechanism): the field types come from
+the annotations, the rules from each class's ``validate()``.
+[`read_meta()`][lego.data.meta.read_meta] checks ``format`` and ``version`` first (a newer
+file may hold fields this version does not know), then every field with
+[`Config.from_header()`][lego.protocols.Config.from_header]: a bad file is a
+[`FormatError`][lego.protocols.FormatError] that names the file and the dotted key
+(``splits.val.tokens``). [`open_split()`][lego.data.meta.open_split] also checks that the file
 size equals ``tokens * itemsize`` before mapping it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -42,7 +46,17 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from lego.protocols import CompatibilityError, DataError, FormatError, did_you_mean
+from lego.protocols import (
+    CompatibilityError,
+    Config,
+    ConfigError,
+    DataError,
+    FormatError,
+    check_envelope,
+    check_float,
+    check_int,
+    did_you_mean,
+)
 from lego.protocols.files import atomic_write_text, read_json
 
 __all__ = [
@@ -50,6 +64,7 @@ __all__ = [
     "META_FORMAT",
     "META_VERSION",
     "DTYPES",
+    "TokenDtype",
     "SplitMethod",
     "TokenizerInfo",
     "SourceInfo",
@@ -72,33 +87,54 @@ META_VERSION: Final = 1
 DTYPES: Final[dict[str, int]] = {"uint16": 2**16, "uint32": 2**32}
 """The token dtypes, with the number of ids each can hold."""
 
+TokenDtype = Literal["uint16", "uint32"]
+"""The dtypes of token files."""
 SplitMethod = Literal["documents", "characters"]
 """How train and validation were separated: whole documents, or a character fraction."""
 
-_SPLIT_METHODS: Final = ("documents", "characters")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_WHAT = "dataset metadata (meta.json)"
+_FIX = "meta.json was edited or written by another tool; prepare the dataset again"
+
+
+# The sections take positional arguments too (``SplitFile("train.bin", 5, 1)``), as they
+# did before they became Configs; TokenMeta is keyword-only.
 
 
 @dataclass(frozen=True)
-class TokenizerInfo:
+class TokenizerInfo(Config):
     """Which tokenizer produced the ids.
 
     Attributes:
-        kind: ``"tiktoken"`` (a tiktoken encoding by name), ``"lego"`` (a lego-tokenize
-            JSON file) or ``"python"`` (any other in-process tokenizer).
+        kind: ``"tiktoken"`` (a tiktoken encoding), ``"lego"`` (a lego-tokenize tokenizer),
+            ``"hf"`` / ``"gpt2"`` (a HuggingFace or GPT-2 file) or ``"python"`` (any other
+            in-process tokenizer).
         name: The encoding name, the tokenizer file's name, or the class name.
-        sha256: A hex digest identifying the vocabulary (the tokenizer file's bytes, or the
-            encoding's ranks and specials), or None when unknown.
+        sha256: A hex digest identifying the vocabulary: the lego tokenizer file's bytes, or
+            [`lego.tokenize.tokenizer_fingerprint`][lego.tokenize.tokenizer_fingerprint];
+            None when unknown.
     """
 
     kind: str
     name: str
     sha256: str | None = None
 
+    def validate(self) -> None:
+        """Check that kind and name are not empty and the digest is 64 lowercase hex digits."""
+        super().validate()
+        for key in ("kind", "name"):
+            if not getattr(self, key):
+                raise ConfigError(f"tokenizer.{key} must not be empty", key=key)
+        if self.sha256 is not None and not _HEX64.fullmatch(self.sha256):
+            raise ConfigError(
+                f"tokenizer.sha256 must be 64 lowercase hex digits or null, got {self.sha256!r}",
+                key="sha256",
+            )
+
 
 @dataclass(frozen=True)
-class SourceInfo:
+class SourceInfo(Config):
     """Where the text came from.
 
     Attributes:
@@ -111,9 +147,17 @@ class SourceInfo:
     documents: int
     bytes: int
 
+    def validate(self) -> None:
+        """Check that the name is not empty and the counts are not negative."""
+        super().validate()
+        if not self.corpus:
+            raise ConfigError("source.corpus must not be empty", key="corpus")
+        check_int("documents", self.documents, minimum=0)
+        check_int("bytes", self.bytes, minimum=0)
+
 
 @dataclass(frozen=True)
-class SplitInfo:
+class SplitInfo(Config):
     """How the corpus was split into train and validation.
 
     Attributes:
@@ -126,9 +170,14 @@ class SplitInfo:
     val_fraction: float
     seed: int
 
+    def validate(self) -> None:
+        """Check that ``val_fraction`` lies in ``[0, 1)``."""
+        super().validate()
+        check_float("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
+
 
 @dataclass(frozen=True)
-class SplitFile:
+class SplitFile(Config):
     """One split's token file.
 
     Attributes:
@@ -141,12 +190,25 @@ class SplitFile:
     tokens: int
     documents: int
 
+    def validate(self) -> None:
+        """Check that the file is a plain name inside the directory and counts are >= 0."""
+        super().validate()
+        if not _FILE_NAME.fullmatch(self.file) or self.file in (".", "..", META_FILENAME):
+            raise ConfigError(
+                f"file must be a plain file name inside the dataset directory, got {self.file!r}",
+                key="file",
+            )
+        check_int("tokens", self.tokens, minimum=0)
+        check_int("documents", self.documents, minimum=0)
 
-@dataclass(frozen=True)
-class TokenMeta:
+
+@dataclass(frozen=True, kw_only=True)
+class TokenMeta(Config):
     """The validated content of a ``meta.json``.
 
     Attributes:
+        format: Always ``"lego-tokens"``.
+        version: The format version (1).
         dtype: ``"uint16"`` or ``"uint32"``.
         vocab_size: The tokenizer's id space; every id in the files is below it.
         eot_id: The end-of-text id appended after every document.
@@ -154,22 +216,46 @@ class TokenMeta:
         source: Where the text came from.
         split: How train and validation were separated.
         splits: Split name (``"train"``, ``"val"``) to its token file.
-        format: Always ``"lego-tokens"``.
-        version: The format version (1).
     """
 
-    dtype: str
+    format: str = META_FORMAT
+    version: int = META_VERSION
+    dtype: TokenDtype
     vocab_size: int
     eot_id: int
     tokenizer: TokenizerInfo
     source: SourceInfo
     split: SplitInfo
     splits: Mapping[str, SplitFile]
-    format: str = META_FORMAT
-    version: int = META_VERSION
 
-    def __post_init__(self) -> None:
-        _validate(self.to_dict(), path=None)
+    def validate(self) -> None:
+        """Check the rules between fields: the envelope, ids against the vocabulary, splits."""
+        super().validate()
+        if self.format != META_FORMAT:
+            raise ConfigError(
+                f"not a lego token dataset: format is {self.format!r}, expected {META_FORMAT!r}",
+                key="format",
+            )
+        check_int("version", self.version, minimum=1, maximum=META_VERSION)
+        check_int("vocab_size", self.vocab_size, minimum=1)
+        if self.vocab_size > DTYPES[self.dtype]:
+            raise ConfigError(
+                f"a vocabulary of {self.vocab_size} ids does not fit dtype {self.dtype}",
+                key="dtype",
+            )
+        check_int("eot_id", self.eot_id, minimum=0, maximum=self.vocab_size - 1)
+        if "train" not in self.splits:
+            raise ConfigError("splits lacks the 'train' split", key="splits.train")
+        files: set[str] = set()
+        for name, entry in self.splits.items():
+            if not _FILE_NAME.fullmatch(name):
+                raise ConfigError(f"invalid split name {name!r}", key=f"splits.{name}")
+            if entry.file in files:
+                raise ConfigError(
+                    f"splits.{name}.file {entry.file!r} is used twice",
+                    key=f"splits.{name}.file",
+                )
+            files.add(entry.file)
 
     @property
     def numpy_dtype(self) -> np.dtype[np.unsignedinteger[Any]]:
@@ -180,20 +266,6 @@ class TokenMeta:
     def itemsize(self) -> int:
         """Bytes per token id (2 or 4)."""
         return 2 if self.dtype == "uint16" else 4
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready dictionary, in the documented key order."""
-        return {
-            "format": self.format,
-            "version": self.version,
-            "dtype": self.dtype,
-            "vocab_size": self.vocab_size,
-            "eot_id": self.eot_id,
-            "tokenizer": dataclasses.asdict(self.tokenizer),
-            "source": dataclasses.asdict(self.source),
-            "split": dataclasses.asdict(self.split),
-            "splits": {name: dataclasses.asdict(entry) for name, entry in self.splits.items()},
-        }
 
     @classmethod
     def from_dict(
@@ -211,19 +283,17 @@ class TokenMeta:
         Raises:
             FormatError: On a missing, unknown or invalid field (naming the key).
         """
-        _validate(data, path=path)  # every section holds exactly its dataclass's fields
-        split = {**data["split"], "val_fraction": float(data["split"]["val_fraction"])}
-        return cls(
-            dtype=data["dtype"],
-            vocab_size=data["vocab_size"],
-            eot_id=data["eot_id"],
-            tokenizer=TokenizerInfo(**data["tokenizer"]),
-            source=SourceInfo(**data["source"]),
-            split=SplitInfo(**split),
-            splits={name: SplitFile(**entry) for name, entry in data["splits"].items()},
-            format=data["format"],
-            version=data["version"],
+        where = path if path is not None else META_FILENAME
+        check_envelope(
+            data,
+            format=META_FORMAT,
+            version=META_VERSION,
+            path=where,
+            what="lego token dataset (meta.json)",
+            reader="lego-data",
+            hint="point at a folder written by lego-data prepare",
         )
+        return cls.from_header(data, path=where, what=_WHAT, hint=_FIX)
 
     def check_tokenizer(self, vocab_size: int, eot_id: int, sha256: str | None = None) -> None:
         """Check that a tokenizer fits the ids in this dataset.
@@ -262,7 +332,7 @@ class TokenMeta:
             )
 
 
-def dtype_for_vocab(vocab_size: int) -> str:
+def dtype_for_vocab(vocab_size: int) -> TokenDtype:
     """Choose the token dtype for a vocabulary size.
 
     Args:
@@ -276,9 +346,10 @@ def dtype_for_vocab(vocab_size: int) -> str:
     """
     if vocab_size <= 0:
         raise DataError(f"vocab_size must be positive, got {vocab_size}", key="vocab_size")
-    for name, capacity in DTYPES.items():
-        if vocab_size <= capacity:
-            return name
+    if vocab_size <= DTYPES["uint16"]:
+        return "uint16"
+    if vocab_size <= DTYPES["uint32"]:
+        return "uint32"
     raise DataError(
         f"a vocabulary of {vocab_size} ids does not fit uint32",
         key="vocab_size",
@@ -396,193 +467,3 @@ def open_split(
         empty: Any = np.zeros(0, dtype=meta.numpy_dtype)
         return empty  # type: ignore[no-any-return]
     return np.memmap(file, dtype=meta.numpy_dtype, mode="r", shape=(entry.tokens,))
-
-
-# --------------------------------------------------------------------------- validation
-
-_TOP_KEYS: Final = (
-    "format",
-    "version",
-    "dtype",
-    "vocab_size",
-    "eot_id",
-    "tokenizer",
-    "source",
-    "split",
-    "splits",
-)
-
-
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    return tuple(field.name for field in dataclasses.fields(cls))
-
-
-_SECTION_KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "tokenizer": _field_names(TokenizerInfo),
-    "source": _field_names(SourceInfo),
-    "split": _field_names(SplitInfo),
-}
-_SPLIT_FILE_KEYS: Final = _field_names(SplitFile)
-
-
-def _fail(message: str, *, path: str | os.PathLike[str] | None, key: str) -> FormatError:
-    return FormatError(
-        message,
-        path=path,
-        key=key,
-        hint="meta.json was edited or written by another tool; prepare the dataset again",
-    )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_keys(
-    obj: object,
-    expected: tuple[str, ...],
-    *,
-    path: str | os.PathLike[str] | None,
-    prefix: str,
-) -> Mapping[str, Any]:
-    where = prefix or "meta.json"
-    if not isinstance(obj, Mapping):
-        raise _fail(f"{where} must be a JSON object", path=path, key=prefix or "(root)")
-    for key in obj:
-        if key not in expected:
-            full = f"{prefix}.{key}" if prefix else str(key)
-            raise FormatError(
-                f"unknown field {full!r} in meta.json",
-                path=path,
-                key=full,
-                hint=did_you_mean(str(key), expected),
-            )
-    for key in expected:
-        if key not in obj:
-            full = f"{prefix}.{key}" if prefix else key
-            raise _fail(f"meta.json lacks the field {full!r}", path=path, key=full)
-    return obj
-
-
-def _count(value: object, *, path: str | os.PathLike[str] | None, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _fail(f"{key} must be a non-negative integer, got {value!r}", path=path, key=key)
-    return value
-
-
-def _validate(data: object, *, path: str | os.PathLike[str] | None) -> None:
-    root = _check_keys(data, _TOP_KEYS, path=path, prefix="")
-    if root["format"] != META_FORMAT:
-        raise FormatError(
-            f"not a lego token dataset: format is {root['format']!r}, expected {META_FORMAT!r}",
-            path=path,
-            key="format",
-        )
-    version = root["version"]
-    if not _is_int(version) or version < 1:
-        raise _fail(
-            f"version must be a positive integer, got {version!r}", path=path, key="version"
-        )
-    if version > META_VERSION:
-        raise FormatError(
-            f"meta.json has format version {version}; this lego-data reads version {META_VERSION}",
-            path=path,
-            key="version",
-            hint="upgrade lego-data",
-        )
-    dtype = root["dtype"]
-    if dtype not in DTYPES:
-        raise _fail(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}", path=path, key="dtype")
-    vocab_size = root["vocab_size"]
-    if not _is_int(vocab_size) or vocab_size <= 0:
-        raise _fail(
-            f"vocab_size must be a positive integer, got {vocab_size!r}",
-            path=path,
-            key="vocab_size",
-        )
-    if vocab_size > DTYPES[dtype]:
-        raise _fail(
-            f"a vocabulary of {vocab_size} ids does not fit dtype {dtype}",
-            path=path,
-            key="dtype",
-        )
-    eot_id = root["eot_id"]
-    if not _is_int(eot_id) or not 0 <= eot_id < vocab_size:
-        raise _fail(
-            f"eot_id must be an integer in [0, {vocab_size}), got {eot_id!r}",
-            path=path,
-            key="eot_id",
-        )
-    for section, keys in _SECTION_KEYS.items():
-        _check_keys(root[section], keys, path=path, prefix=section)
-    tok = root["tokenizer"]
-    for key in ("kind", "name"):
-        if not isinstance(tok[key], str) or not tok[key]:
-            raise _fail(
-                f"tokenizer.{key} must be a non-empty string, got {tok[key]!r}",
-                path=path,
-                key=f"tokenizer.{key}",
-            )
-    sha = tok["sha256"]
-    if sha is not None and (not isinstance(sha, str) or not _HEX64.fullmatch(sha)):
-        raise _fail(
-            f"tokenizer.sha256 must be 64 lowercase hex digits or null, got {sha!r}",
-            path=path,
-            key="tokenizer.sha256",
-        )
-    src = root["source"]
-    if not isinstance(src["corpus"], str) or not src["corpus"]:
-        raise _fail(
-            f"source.corpus must be a non-empty string, got {src['corpus']!r}",
-            path=path,
-            key="source.corpus",
-        )
-    _count(src["documents"], path=path, key="source.documents")
-    _count(src["bytes"], path=path, key="source.bytes")
-    spl = root["split"]
-    if spl["method"] not in _SPLIT_METHODS:
-        raise _fail(
-            f"split.method must be 'documents' or 'characters', got {spl['method']!r}",
-            path=path,
-            key="split.method",
-        )
-    fraction = spl["val_fraction"]
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not math.isfinite(fraction)
-        or not 0.0 <= fraction < 1.0
-    ):
-        raise _fail(
-            f"split.val_fraction must be a number in [0, 1), got {fraction!r}",
-            path=path,
-            key="split.val_fraction",
-        )
-    if not _is_int(spl["seed"]):
-        raise _fail(
-            f"split.seed must be an integer, got {spl['seed']!r}", path=path, key="split.seed"
-        )
-    splits = root["splits"]
-    if not isinstance(splits, Mapping):
-        raise _fail("splits must be a JSON object", path=path, key="splits")
-    if "train" not in splits:
-        raise _fail("splits lacks the 'train' split", path=path, key="splits.train")
-    files: set[str] = set()
-    for name, entry in splits.items():
-        prefix = f"splits.{name}"
-        if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
-            raise _fail(f"invalid split name {name!r}", path=path, key=prefix)
-        _check_keys(entry, _SPLIT_FILE_KEYS, path=path, prefix=prefix)
-        file = entry["file"]
-        if not isinstance(file, str) or not _FILE_NAME.fullmatch(file) or file in (".", ".."):
-            raise _fail(
-                f"{prefix}.file must be a plain file name inside the dataset directory, "
-                f"got {file!r}",
-                path=path,
-                key=f"{prefix}.file",
-            )
-        if file == META_FILENAME or file in files:
-            raise _fail(f"{prefix}.file {file!r} is used twice", path=path, key=f"{prefix}.file")
-        files.add(file)
-        _count(entry["tokens"], path=path, key=f"{prefix}.tokens")
-        _count(entry["documents"], path=path, key=f"{prefix}.documents")

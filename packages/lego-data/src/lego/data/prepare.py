@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -47,26 +48,31 @@ from typing import Any, BinaryIO, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from lego.data.corpora import Corpus, get_corpus
+from lego.data.corpora import Corpus, CorpusSource, get_corpus
 from lego.data.meta import (
     DTYPES,
     SourceInfo,
     SplitFile,
     SplitInfo,
+    TokenDtype,
     TokenMeta,
     dtype_for_vocab,
     meta_path,
     write_meta,
 )
-from lego.data.progress import Progress, make_progress
-from lego.data.tokenizers import (
-    TokenizerSpec,
-    as_tokenizer,
-    find_eot_id,
-    parse_tokenizer_spec,
-    tokenizer_info,
+from lego.data.tokenizers import find_eot_id, resolve_for_prepare
+from lego.protocols import (
+    ConfigError,
+    DataError,
+    Progress,
+    Tokenizer,
+    check_choice,
+    check_float,
+    check_int,
+    make_progress,
 )
-from lego.protocols import ConfigError, DataError, Tokenizer
+from lego.protocols.progress import PROGRESS_MODES, ProgressMode
+from lego.tokenize import TokenizerSpec, resolve_tokenizer
 
 __all__ = ["prepare", "SplitChoice", "plan_document_split", "default_workers"]
 
@@ -147,7 +153,11 @@ class _Encoded:
 
 @dataclass(frozen=True)
 class _Encoder:
-    """Everything a worker needs: the tokenizer (or its spec), the EOT id, the dtype."""
+    """Everything a worker needs: the tokenizer (or its spec), the EOT id, the dtype.
+
+    A forked worker inherits the parent's tokenizer object for free; a spawned one gets
+    the spec when there is one (it resolves it itself) and a pickled tokenizer otherwise.
+    """
 
     tokenizer: Tokenizer | TokenizerSpec
     eot_id: int
@@ -157,7 +167,7 @@ class _Encoder:
     def build(self) -> _Runner:
         tokenizer = self.tokenizer
         if isinstance(tokenizer, TokenizerSpec):
-            tokenizer = tokenizer.load()
+            tokenizer = resolve_tokenizer(tokenizer)
         return _Runner(self, tokenizer)
 
 
@@ -313,8 +323,8 @@ def _count(corpus: Corpus) -> tuple[int, int]:
 
 
 def prepare(
-    corpus: Corpus | str | os.PathLike[str],
-    tokenizer: Tokenizer | TokenizerSpec | str | object,
+    corpus: CorpusSource,
+    tokenizer: Tokenizer | TokenizerSpec | str | os.PathLike[str] | object,
     out_dir: str | os.PathLike[str],
     *,
     val_fraction: float = 0.1,
@@ -322,19 +332,24 @@ def prepare(
     workers: int | None = None,
     eot_id: int | None = None,
     seed: int = 0,
-    dtype: Literal["uint16", "uint32"] | None = None,
+    dtype: TokenDtype | None = None,
     chunk_chars: int = 1 << 18,
-    progress: bool | Progress = False,
+    progress: bool | ProgressMode | Progress = False,
 ) -> TokenMeta:
     """Tokenize a corpus into ``out_dir/{train,val}.bin`` and ``out_dir/meta.json``.
 
     Args:
-        corpus: A [`Corpus`][lego.data.corpora.Corpus], or a name, path or URL for
-            [`get_corpus()`][lego.data.corpora.get_corpus].
+        corpus: A [`Corpus`][lego.data.corpora.Corpus]; a name, path or URL for
+            [`get_corpus()`][lego.data.corpora.get_corpus]; or the documents themselves:
+            any re-iterable of strings (a list, a custom iterable) or a function that
+            returns a new iterator of them (the corpus is read twice).
         tokenizer: Any [`Tokenizer`][lego.protocols.Tokenizer] (it must pickle when
             ``workers > 1`` on a platform that spawns workers), a ``tiktoken.Encoding``, or a
-            spec (``"tiktoken:gpt2"``, ``"gpt2"``, a lego tokenizer ``.json`` path) that each
-            worker loads itself.
+            spec for [`lego.tokenize.resolve_tokenizer`][lego.tokenize.resolve_tokenizer]
+            (``"tiktoken:gpt2"``, ``"gpt2"``, a lego tokenizer ``.json`` path,
+            ``"hf:tokenizer.json"``) that spawned workers resolve themselves. Documents are
+            encoded with ``encode_ordinary`` when the tokenizer has it: special-token text
+            in a document is ordinary text.
         out_dir: The dataset directory (created; existing token files are replaced).
         val_fraction: The fraction of documents or characters for validation, in ``[0, 1)``.
         split: ``"auto"``, ``"documents"`` or ``"characters"`` (see the module docstring).
@@ -345,7 +360,9 @@ def prepare(
         dtype: Force the token dtype (default: uint16 when ``vocab_size <= 65536``, else
             uint32).
         chunk_chars: About how many characters go to a worker at a time.
-        progress: Report progress (a rich bar on a terminal, plain lines otherwise).
+        progress: Report progress: True (or ``"auto"``) for a rich bar on a terminal and
+            plain lines otherwise, a mode of [`make_progress`][lego.protocols.make_progress],
+            or a [`Progress`][lego.protocols.Progress] display to report to (left open).
 
     Returns:
         The metadata written to ``meta.json``.
@@ -354,40 +371,44 @@ def prepare(
         ConfigError: On an invalid option, a tokenizer without ``<|endoftext|>`` and no
             ``eot_id``, or a tokenizer that cannot be sent to workers.
         DataError: On an empty or unreadable corpus, or ids outside the vocabulary.
+
+    Example:
+        >>> import tempfile
+        >>> from lego.tokenize import RegexBPETokenizer
+        >>> tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+        >>> docs = ["first document", "second one", "third"]
+        >>> meta = prepare(docs, tok, tempfile.mkdtemp(), val_fraction=0.3, workers=1)
+        >>> meta.splits["train"].documents, meta.splits["val"].documents
+        (2, 1)
     """
-    if isinstance(val_fraction, bool) or not 0.0 <= float(val_fraction) < 1.0:
-        raise ConfigError(
-            f"val_fraction must be in [0, 1), got {val_fraction!r}",
-            key="val_fraction",
-            hint="e.g. 0.1 for 10% validation, 0 for none",
-        )
-    if split not in _SPLIT_CHOICES:
-        raise ConfigError(
-            f"split must be one of {', '.join(_SPLIT_CHOICES)}, got {split!r}", key="split"
-        )
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise ConfigError(f"workers must be at least 1, got {workers!r}", key="workers")
-    if chunk_chars < 1:
-        raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}", key="chunk_chars")
+    check_float(
+        "val_fraction",
+        val_fraction,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        owner="prepare",
+        hint="e.g. 0.1 for 10% validation, 0 for none",
+    )
+    check_choice("split", split, _SPLIT_CHOICES, owner="prepare")
+    if workers is not None:
+        check_int("workers", workers, minimum=1, owner="prepare")
+    check_int("chunk_chars", chunk_chars, minimum=1, owner="prepare")
+    if dtype is not None:
+        check_choice("dtype", dtype, tuple(DTYPES), owner="prepare")
+    if not isinstance(progress, (bool, Progress)):
+        check_choice("progress", progress, PROGRESS_MODES, owner="prepare")
     source = get_corpus(corpus)
-    spec: TokenizerSpec | None = None
-    if isinstance(tokenizer, str):
-        spec = parse_tokenizer_spec(tokenizer)
-    elif isinstance(tokenizer, TokenizerSpec):
-        spec = tokenizer
-    tok = spec.load() if spec is not None else as_tokenizer(tokenizer)
+    tok, spec, info = resolve_for_prepare(tokenizer)
     vocab_size = tok.vocab_size
     eot = find_eot_id(tok, eot_id)
     chosen_dtype = dtype if dtype is not None else dtype_for_vocab(vocab_size)
-    if chosen_dtype not in DTYPES:
-        raise ConfigError(f"dtype must be uint16 or uint32, got {chosen_dtype!r}", key="dtype")
     if vocab_size > DTYPES[chosen_dtype]:
         raise ConfigError(
             f"a vocabulary of {vocab_size} ids does not fit {chosen_dtype}",
             key="dtype",
             hint="leave dtype unset to choose it from the vocabulary size",
         )
-    info = tokenizer_info(tok, spec)
     n_workers = default_workers() if workers is None else workers
 
     documents, characters = _count(source)
@@ -401,12 +422,7 @@ def prepare(
     folder.mkdir(parents=True, exist_ok=True)
     train_tmp = folder / ("train.bin" + _TMP)
     val_tmp = folder / ("val.bin" + _TMP)
-    encoder = _Encoder(
-        tokenizer=spec if spec is not None else tok,
-        eot_id=eot,
-        vocab_size=vocab_size,
-        dtype=chosen_dtype,
-    )
+    encoder = _Encoder(tokenizer=tok, eot_id=eot, vocab_size=vocab_size, dtype=chosen_dtype)
     chunks = _chunks(
         source,
         method=method,
@@ -416,16 +432,15 @@ def prepare(
         documents=documents,
     )
     totals = {"train": 0, "val": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
-    reporter = make_progress(progress)
-    results = _encode_all(chunks, encoder, tok, n_workers)
+    results = _encode_all(chunks, encoder, spec, n_workers)
     try:
         with (
             contextlib.closing(results),  # stops the worker pool on any error or interrupt
             open(train_tmp, "wb") as train_file,
             open(val_tmp, "wb") as val_file,
-            reporter,
+            _display(progress) as display,
+            display.task(f"tokenizing {source.name}", total=characters, unit="chars") as task,
         ):
-            reporter.start(f"tokenizing {source.name}", total=characters, unit="chars")
             done = 0
             for encoded in results:
                 encoded.train.tofile(train_file)
@@ -436,7 +451,7 @@ def prepare(
                 totals["val_docs"] += encoded.val_docs
                 totals["bytes"] += encoded.nbytes
                 done += encoded.characters
-                reporter.update(done)
+                task.update(done)
             _sync(train_file)
             _sync(val_file)
         meta = TokenMeta(
@@ -465,22 +480,31 @@ def prepare(
     return meta
 
 
+def _display(
+    progress: bool | ProgressMode | Progress,
+) -> contextlib.AbstractContextManager[Progress]:
+    """The display to report to: a caller's stays open, one made here closes at the end."""
+    return make_progress(progress)
+
+
 def _sync(handle: BinaryIO) -> None:
     handle.flush()
     os.fsync(handle.fileno())
 
 
 def _encode_all(
-    chunks: Iterator[_Chunk], encoder: _Encoder, tokenizer: Tokenizer, workers: int
+    chunks: Iterator[_Chunk], encoder: _Encoder, spec: TokenizerSpec | None, workers: int
 ) -> Generator[_Encoded, None, None]:
     """Encode chunks in order: in this process, or in a pool with a bounded window."""
     if workers == 1:
-        runner = _Runner(encoder, tokenizer)
+        runner = encoder.build()
         for chunk in chunks:
             yield runner(chunk)
         return
     context = _pool_context(workers)
     if context.get_start_method() != "fork":
+        if spec is not None:  # the workers resolve the spec: nothing big to pickle
+            encoder = dataclasses.replace(encoder, tokenizer=spec)
         try:
             pickle.dumps(encoder)
         except Exception as err:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lego.data.corpora import Corpus, get_corpus
-from lego.data.tokenizers import as_tokenizer
-from lego.protocols import DataError, Tokenizer, import_optional
+from lego.data.corpora import CorpusSource, get_corpus
+from lego.protocols import DataError, Tokenizer, check_int, import_optional
+from lego.tokenize import TokenizerSpec, resolve_tokenizer
 
 __all__ = ["Summary", "TokenStats", "summarize", "plot"]
 
@@ -134,17 +134,20 @@ class Summary:
 
 
 def summarize(
-    corpus: Corpus | str | os.PathLike[str],
-    tokenizer: Tokenizer | str | object | None = None,
+    corpus: CorpusSource,
+    tokenizer: Tokenizer | TokenizerSpec | str | os.PathLike[str] | object | None = None,
     *,
     top_k: int = 10,
 ) -> Summary:
     """Read a corpus once and gather its statistics.
 
     Args:
-        corpus: A [`Corpus`][lego.data.corpora.Corpus], or a name, path or URL.
-        tokenizer: A tokenizer, a tiktoken encoding or a spec (``"tiktoken:gpt2"``), or None
-            for text figures only.
+        corpus: A [`Corpus`][lego.data.corpora.Corpus], a name, path or URL, or the
+            documents (see [`get_corpus()`][lego.data.corpora.get_corpus]).
+        tokenizer: A tokenizer, a tiktoken encoding or a spec for
+            [`lego.tokenize.resolve_tokenizer`][lego.tokenize.resolve_tokenizer]
+            (``"tiktoken:gpt2"``), or None for text figures only. Documents are encoded with
+            ``encode_ordinary`` when the tokenizer has it.
         top_k: How many of the most common tokens to list.
 
     Returns:
@@ -153,8 +156,9 @@ def summarize(
     Raises:
         DataError: On an empty or unreadable corpus.
     """
+    check_int("top_k", top_k, minimum=0, owner="summarize")
     source = get_corpus(corpus)
-    tok = as_tokenizer(tokenizer) if tokenizer is not None else None
+    tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None  # type: ignore[arg-type]
     encode: Any = None
     counts: npt.NDArray[np.int64] | None = None
     if tok is not None:

@@ -8,8 +8,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from lego.protocols import ConfigError, DataError, SpecialTokens, TrainingData
-from lego.tokenize._checks import is_int
+from lego.protocols import (
+    ConfigError,
+    DataError,
+    Progress,
+    SpecialTokens,
+    TrainingData,
+    check_int,
+    make_progress,
+)
 from lego.tokenize.fileformat import write_tokenizer_file
 from lego.tokenize.specials import (
     AllowedSpecial,
@@ -19,7 +26,6 @@ from lego.tokenize.specials import (
     split_specials,
 )
 from lego.tokenize.training import DEFAULT_CHUNK_SIZE, count_pretokens
-from lego.tokenize.training.progress import TrainingProgress
 from lego.tokenize.training.sources import Errors
 
 __all__ = ["BaseTokenizer", "SpecialTokensArg", "place_special_tokens"]
@@ -58,10 +64,7 @@ def place_special_tokens(
         ConfigError: When ``vocab_size`` is not an integer, is too small, or an explicit id
             is outside the top range.
     """
-    if not is_int(vocab_size):
-        raise ConfigError(
-            f"vocab_size must be an integer, got {type(vocab_size).__name__}", key="vocab_size"
-        )
+    check_int("vocab_size", vocab_size)
     if isinstance(specials, str):
         raise ConfigError(
             "special_tokens must be a mapping or a list of strings, not one string",
@@ -174,7 +177,7 @@ class BaseTokenizer(ABC):
         counts: Counter[str],
         vocab_size: int,
         special_tokens: SpecialTokensArg,
-        progress: TrainingProgress,
+        progress: Progress,
     ) -> None:
         """Make the vocabulary from the counted pieces and install it.
 
@@ -182,7 +185,7 @@ class BaseTokenizer(ABC):
             counts: Piece to number of occurrences (not empty; the method may consume it).
             vocab_size: The largest id space, special tokens included (already checked).
             special_tokens: The special tokens to register (already checked).
-            progress: The display to report the learning phase on.
+            progress: The display to report the learning phase on (a task of its own).
         """
 
     def _training_description(self) -> str:
@@ -260,7 +263,7 @@ class BaseTokenizer(ABC):
         vocab_size: int,
         *,
         special_tokens: SpecialTokensArg | None = None,
-        verbose: bool = False,
+        verbose: bool | Progress = False,
         workers: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         errors: Errors = "strict",
@@ -285,7 +288,11 @@ class BaseTokenizer(ABC):
             special_tokens: Strings to ids (the top ids of the vocabulary) or strings alone
                 (numbered after the ordinary tokens, in order); None keeps the current
                 special strings. Their occurrences in the data are cut out before counting.
-            verbose: Show a rich progress bar on standard error.
+            verbose: Show progress on standard error (True: a rich bar on a terminal, plain
+                lines otherwise, see
+                [`make_progress`][lego.protocols.make_progress]), or a
+                [`Progress`][lego.protocols.Progress] display to report to (it is left
+                open). Two tasks: counting characters, then making tokens.
             workers: Counting processes (None: one per CPU; 1: in-process).
             chunk_size: Characters per chunk handed to a worker.
             errors: ``"strict"``: a file that is not UTF-8 is an error naming the file and
@@ -301,16 +308,20 @@ class BaseTokenizer(ABC):
             special_tokens if special_tokens is not None else list(self._specials)
         )
         place_special_tokens(specials, vocab_size, minimum=self.min_ordinary_tokens)
-        with TrainingProgress(verbose=verbose, description=self._training_description()) as bar:
-            counts = count_pretokens(
-                data,
-                pattern=self._pretoken_pattern(),
-                special_tokens=tuple(specials),
-                workers=workers,
-                chunk_size=chunk_size,
-                errors=errors,
-                on_chunk=bar.counter(),
-            )
+        # a caller's display stays open; one made here closes at the end
+        with make_progress(verbose) as display:
+            with display.task(
+                f"{self._training_description()}: counting characters", unit="chars"
+            ) as task:
+                counts = count_pretokens(
+                    data,
+                    pattern=self._pretoken_pattern(),
+                    special_tokens=tuple(specials),
+                    workers=workers,
+                    chunk_size=chunk_size,
+                    errors=errors,
+                    on_chunk=task.advance if display.mode != "none" else None,
+                )
             if not counts:
                 raise DataError(
                     "the training corpus is empty (no text outside special tokens)",
@@ -318,7 +329,7 @@ class BaseTokenizer(ABC):
                     hint="pass text, files with text, or an iterable of them; a plain str is "
                     "text, use pathlib.Path for a file",
                 )
-            self._learn(counts, vocab_size, specials, bar)
+            self._learn(counts, vocab_size, specials, display)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tokenizer to one versioned JSON file, and a ``.vocab`` dump beside it.

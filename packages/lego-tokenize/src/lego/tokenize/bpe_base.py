@@ -18,16 +18,15 @@ from lego.protocols import (
     CompatibilityError,
     ConfigError,
     FormatError,
+    Progress,
     SpecialTokens,
 )
-from lego.tokenize._checks import is_int
 from lego.tokenize.base import BaseTokenizer, SpecialTokensArg, place_special_tokens
 from lego.tokenize.bpe import bpe_parts, fix_surrogates
 from lego.tokenize.byte_level import str_to_token, token_to_str
 from lego.tokenize.fileformat import FieldReader, render_token
 from lego.tokenize.specials import validate_special_tokens
 from lego.tokenize.training import learn_merges
-from lego.tokenize.training.progress import TrainingProgress
 
 __all__ = ["ByteLevelBPETokenizer", "validate_ranks"]
 
@@ -51,13 +50,26 @@ def validate_ranks(ranks: Mapping[bytes, int]) -> dict[bytes, int]:
         raise ConfigError(
             f"ranks must map token bytes to ids, got {type(ranks).__name__}", key="ranks"
         )
+    copy = dict(ranks)
+    ids = copy.values()
+    # The common case in loops that run in C: exact bytes and ints, ids exactly 0..n-1 (n
+    # distinct ints from 0 to n-1), every single byte present. Anything else goes through
+    # the loop below, which names the first problem.
+    if (
+        all(type(token) is bytes and token for token in copy)
+        and all(type(rank) is int for rank in ids)
+        and (not copy or (min(ids) == 0 and max(ids) == len(copy) - 1))
+        and len(set(ids)) == len(copy)
+        and _SINGLE_BYTES.issubset(copy)
+    ):
+        return copy
     result: dict[bytes, int] = {}
     seen: dict[int, bytes] = {}
     items: Iterable[tuple[object, object]] = ranks.items()
     for token, rank in items:
         if not isinstance(token, bytes) or not token:
             raise ConfigError(f"a token must be non-empty bytes, got {token!r}", key="ranks")
-        if not is_int(rank, minimum=0):
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise ConfigError(
                 f"token {token!r} needs a non-negative integer id, got {rank!r}", key="ranks"
             )
@@ -235,7 +247,13 @@ class ByteLevelBPETokenizer(BaseTokenizer):
             return b"".join([decoder[i] for i in ids])  # type: ignore[misc]
         except (IndexError, TypeError):
             for i in ids:
-                if not is_int(i, minimum=0) or i >= len(decoder) or decoder[i] is None:
+                value: object = i  # typed int, but given by the caller: check it
+                if (
+                    not isinstance(value, int)
+                    or isinstance(value, bool)
+                    or not 0 <= value < len(decoder)
+                    or decoder[value] is None
+                ):
                     raise self._bad_id(i) from None
             raise
 
@@ -285,7 +303,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         counts: Counter[str],
         vocab_size: int,
         special_tokens: SpecialTokensArg,
-        progress: TrainingProgress,
+        progress: Progress,
     ) -> None:
         n_merges = vocab_size - len(special_tokens) - 256
         words: dict[bytes, int] = {}
@@ -293,7 +311,11 @@ class ByteLevelBPETokenizer(BaseTokenizer):
             data_bytes = fix_surrogates(text).encode("utf-8")
             words[data_bytes] = words.get(data_bytes, 0) + count
         counts.clear()  # free the pieces' strings before the merge loop
-        result = learn_merges(words, n_merges, on_merge=progress.merger(n_merges))
+        with progress.task(
+            f"{self._training_description()}: making tokens", total=n_merges, unit="tokens"
+        ) as task:
+            report = task.update if progress.mode != "none" else None
+            result = learn_merges(words, n_merges, on_merge=report)
         ranks = {token: i for i, token in enumerate(result.vocab)}
         specials = place_special_tokens(
             special_tokens, vocab_size, minimum=256, n_ordinary=len(ranks)
@@ -343,7 +365,7 @@ class ByteLevelBPETokenizer(BaseTokenizer):
         elif (
             not isinstance(order, list)
             or len(order) != 256
-            or not all(is_int(b) for b in order)
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in order)
             or sorted(order) != list(range(256))
         ):
             raise reader.error(

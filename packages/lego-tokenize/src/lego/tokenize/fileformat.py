@@ -16,6 +16,12 @@ Every file has these fields, and then the fields of its ``type``:
 
 The checksum is the SHA-256 of the canonical JSON (sorted keys, no spaces, UTF-8) of all
 other fields; a file edited by hand fails to load unless its ``checksum`` field is removed.
+Reading checks the envelope first (``format``, then ``version``: a newer file may hold fields
+this version does not know), then the header
+([`TokenizerHeader`][lego.tokenize.fileformat.TokenizerHeader], a
+[`Config`][lego.protocols.Config]: ``type``, ``checksum``), then the checksum; the type's own
+fields (merges, vocabulary) are checked by its loader with
+[`FieldReader`][lego.tokenize.fileformat.FieldReader].
 Writes are atomic (a temporary file renamed over the target), so a crash never leaves half a
 file. Beside the JSON a human-readable ``.vocab`` dump is written (never read back).
 """
@@ -28,16 +34,25 @@ import os
 import re
 import unicodedata
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lego.protocols import FormatError, atomic_write_text, did_you_mean, read_json
-from lego.tokenize._checks import is_int
+from lego.protocols import (
+    Config,
+    ConfigError,
+    FormatError,
+    atomic_write_text,
+    check_envelope,
+    did_you_mean,
+    read_json,
+)
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "TYPES",
+    "TokenizerHeader",
     "FieldReader",
     "checksum",
     "read_tokenizer_file",
@@ -55,7 +70,40 @@ TYPES = ("char", "word", "naive_bpe", "regex_bpe")
 
 _WHAT = "tokenizer file"
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_HEADER = ("format", "version", "type", "checksum")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerHeader(Config):
+    """The fields every tokenizer file has, whatever its type.
+
+    Attributes:
+        format: Always ``"lego-tokenizer"``.
+        version: The format version (1).
+        type: One of [`TYPES`][lego.tokenize.fileformat.TYPES].
+        checksum: ``"sha256:<64 hex digits>"``, or None for an unsigned file.
+    """
+
+    format: str
+    version: int
+    type: str
+    checksum: str | None = None
+
+    def validate(self) -> None:
+        """Check the type name and the checksum's shape."""
+        super().validate()
+        if self.type not in TYPES:
+            raise ConfigError(
+                f"unknown tokenizer type {self.type!r}",
+                key="type",
+                hint=did_you_mean(self.type, TYPES),
+            )
+        if self.checksum is not None and not _CHECKSUM.match(self.checksum):
+            raise ConfigError(
+                f"'checksum' must be 'sha256:' and 64 hex digits, got {self.checksum!r}",
+                key="checksum",
+            )
 
 
 def checksum(fields: Mapping[str, Any]) -> str:
@@ -150,53 +198,32 @@ def read_tokenizer_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             path=path,
             hint="this is not a lego tokenizer file",
         )
-    if document.get("format") != FORMAT:
+    check_envelope(
+        document,
+        format=FORMAT,
+        version=VERSION,
+        path=path,
+        what="lego tokenizer file",
+        reader="lego-tokenize",
+        hint="for a HuggingFace tokenizer.json use RegexBPETokenizer.from_hf(), for a "
+        ".tiktoken file RegexBPETokenizer.from_tiktoken()",
+    )
+    TokenizerHeader.from_header(
+        {key: document[key] for key in _HEADER if key in document},
+        path=path,
+        what=_WHAT,
+        hint="save the tokenizer again",
+    )
+    stored = document.get("checksum")
+    if stored is not None and stored != checksum(document):
         raise FormatError(
-            f"not a lego tokenizer file: 'format' is {document.get('format')!r}, not {FORMAT!r}",
+            "the checksum does not match the content: the file was changed after it was "
+            "saved (tampered or corrupt)",
             path=path,
-            key="format",
-            hint="for a HuggingFace tokenizer.json use RegexBPETokenizer.from_hf(), for a "
-            ".tiktoken file RegexBPETokenizer.from_tiktoken()",
+            key="checksum",
+            hint="save the tokenizer again; if you edited the file on purpose, delete its "
+            "'checksum' field",
         )
-    version = document.get("version")
-    if not isinstance(version, int) or not is_int(version, minimum=1):
-        raise FormatError(
-            f"'version' must be a positive integer, got {version!r}",
-            path=path,
-            key="version",
-        )
-    if version > VERSION:
-        raise FormatError(
-            f"the file has format version {version}; this lego-tokenize reads version {VERSION}",
-            path=path,
-            key="version",
-            hint="upgrade lego-tokenize",
-        )
-    type_name = document.get("type")
-    if type_name not in TYPES:
-        raise FormatError(
-            f"unknown tokenizer type {type_name!r}",
-            path=path,
-            key="type",
-            hint=did_you_mean(str(type_name), TYPES),
-        )
-    if "checksum" in document:
-        stored = document["checksum"]
-        if not isinstance(stored, str) or not _CHECKSUM.match(stored):
-            raise FormatError(
-                f"'checksum' must be 'sha256:' and 64 hex digits, got {stored!r}",
-                path=path,
-                key="checksum",
-            )
-        if stored != checksum(document):
-            raise FormatError(
-                "the checksum does not match the content: the file was changed after it was "
-                "saved (tampered or corrupt)",
-                path=path,
-                key="checksum",
-                hint="save the tokenizer again; if you edited the file on purpose, delete its "
-                "'checksum' field",
-            )
     return document
 
 
@@ -296,7 +323,7 @@ class FieldReader:
         for token, token_id in specials.items():
             if not token:
                 raise self.error("a special token is the empty string", key="special_tokens")
-            if not is_int(token_id, minimum=0):
+            if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
                 raise self.error(
                     f"special token {token!r} needs a non-negative integer id, got {token_id!r}",
                     key="special_tokens",

@@ -21,8 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from lego.protocols import ConfigError, did_you_mean
-from lego.tokenize._checks import is_int
+from lego.protocols import ConfigError, check_int, did_you_mean
 from lego.tokenize.bpe import PythonEncoder
 from lego.tokenize.bpe_base import ByteLevelBPETokenizer, validate_ranks
 from lego.tokenize.fileformat import FieldReader
@@ -149,11 +148,21 @@ class RegexBPETokenizer(ByteLevelBPETokenizer):
             ConfigError: On an unknown name, or a file without ``pattern=``.
             FormatError: On a malformed file.
         """
-        from lego.tokenize.interop.tiktoken_files import read_tiktoken
+        from lego.tokenize.interop.tiktoken_files import (
+            get_encoding,
+            is_tiktoken_path,
+            read_tiktoken_file,
+        )
 
-        ranks, found_pattern, found_specials = read_tiktoken(name_or_path)
-        chosen = pattern if pattern is not None else found_pattern
-        if chosen is None:
+        if isinstance(name_or_path, str) and not is_tiktoken_path(name_or_path):
+            return cls.from_encoding(
+                get_encoding(name_or_path),
+                pattern=pattern,
+                special_tokens=special_tokens,
+                engine=engine,
+            )
+        ranks = read_tiktoken_file(name_or_path)
+        if pattern is None:
             raise ConfigError(
                 "a .tiktoken file stores no split pattern",
                 path=os.fspath(name_or_path),
@@ -161,11 +170,50 @@ class RegexBPETokenizer(ByteLevelBPETokenizer):
                 hint='pass pattern=, e.g. pattern="gpt4" for cl100k_base, "o200k" for '
                 'o200k_base, "gpt2" for r50k_base/p50k_base',
             )
-        specials = special_tokens if special_tokens is not None else found_specials
         label = os.path.basename(os.fspath(name_or_path))
         return cls.from_ranks(
-            ranks, pattern=chosen, special_tokens=specials, name=label, engine=engine
+            ranks, pattern=pattern, special_tokens=special_tokens, name=label, engine=engine
         )
+
+    @classmethod
+    def from_encoding(
+        cls,
+        encoding: tiktoken.Encoding,
+        *,
+        pattern: str | None = None,
+        special_tokens: Mapping[str, int] | None = None,
+        engine: Engine = "tiktoken",
+    ) -> RegexBPETokenizer:
+        """Wrap a ``tiktoken.Encoding``: the same ranks, split pattern and special tokens.
+
+        Without overrides the encoding itself becomes the tokenizer's engine (nothing is
+        rebuilt), so ``encode_ordinary`` is that encoding's.
+
+        Args:
+            encoding: The encoding (e.g. ``tiktoken.get_encoding("gpt2")``).
+            pattern: A split pattern that replaces the encoding's.
+            special_tokens: Special tokens that replace the encoding's.
+            engine: ``"tiktoken"`` or ``"python"``.
+
+        Returns:
+            The tokenizer, named like the encoding.
+
+        Raises:
+            ConfigError: On invalid overrides.
+        """
+        from lego.tokenize.interop.tiktoken_files import encoding_parts
+
+        ranks, found_pattern, found_specials = encoding_parts(encoding)
+        tokenizer = cls.from_ranks(
+            ranks,
+            pattern=pattern if pattern is not None else found_pattern,
+            special_tokens=special_tokens if special_tokens is not None else found_specials,
+            name=encoding.name,
+            engine=engine,
+        )
+        if pattern is None and special_tokens is None:
+            tokenizer._tiktoken = encoding
+        return tokenizer
 
     @classmethod
     def from_gpt2_files(
@@ -339,10 +387,7 @@ class RegexBPETokenizer(ByteLevelBPETokenizer):
         Raises:
             DisallowedSpecialError: When a text holds a disallowed special's string.
         """
-        if not is_int(num_threads, minimum=1):
-            raise ConfigError(
-                f"num_threads must be a positive integer, got {num_threads!r}", key="num_threads"
-            )
+        check_int("num_threads", num_threads, minimum=1, owner="encode_batch")
         if self._engine == "tiktoken":
             allowed, disallowed = resolve_special_sets(
                 self._specials, allowed_special, disallowed_special

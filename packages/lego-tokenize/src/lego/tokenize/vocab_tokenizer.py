@@ -11,12 +11,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from lego.protocols import ConfigError, DataError
-from lego.tokenize._checks import is_int
+from lego.protocols import ConfigError, DataError, Progress, check_int
 from lego.tokenize.base import BaseTokenizer, SpecialTokensArg
 from lego.tokenize.fileformat import FieldReader, render_token
 from lego.tokenize.patterns import compile_pattern
-from lego.tokenize.training.progress import TrainingProgress
 from lego.tokenize.vocabulary import UNK, Vocabulary
 
 __all__ = ["VocabularyTokenizer"]
@@ -38,11 +36,7 @@ class VocabularyTokenizer(BaseTokenizer):
     """The regex that cuts text into pieces."""
 
     def __init__(self, *, vocabulary: Vocabulary | None = None, min_frequency: int = 1) -> None:
-        if not is_int(min_frequency, minimum=1):
-            raise ConfigError(
-                f"min_frequency must be a positive integer, got {min_frequency!r}",
-                key="min_frequency",
-            )
+        check_int("min_frequency", min_frequency, minimum=1, owner=type(self).__name__)
         self._findall = compile_pattern(self.split_pattern).findall
         self.min_frequency = min_frequency
         self._set_vocabulary(vocabulary or Vocabulary.build({}))
@@ -110,7 +104,9 @@ class VocabularyTokenizer(BaseTokenizer):
         token_for = self._vocab.token_for
         out = []
         for token_id in ids:
-            token = token_for(token_id) if is_int(token_id) else None
+            value: object = token_id  # typed int, but given by the caller: check it inline
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            token = token_for(token_id) if ok else None
             if token is None:
                 raise self._bad_id(token_id)
             out.append(token)
@@ -124,7 +120,7 @@ class VocabularyTokenizer(BaseTokenizer):
         counts: Counter[str],
         vocab_size: int,
         special_tokens: SpecialTokensArg,
-        progress: TrainingProgress,
+        progress: Progress,
     ) -> None:
         unk = UNK if UNK in special_tokens else None
         self._set_vocabulary(

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from lego.protocols import ConfigError, SpecialTokens
-from lego.tokenize._checks import is_int
+from lego.protocols import ConfigError, SpecialTokens, check_int
 from lego.tokenize.base import SpecialTokensArg, place_special_tokens
 from lego.tokenize.specials import validate_special_tokens
 
@@ -113,11 +112,7 @@ class Vocabulary(Mapping[str, int]):
         Raises:
             ConfigError: On a bad ``max_size``, ``min_frequency`` or special tokens.
         """
-        if not is_int(min_frequency, minimum=1):
-            raise ConfigError(
-                f"min_frequency must be a positive integer, got {min_frequency!r}",
-                key="min_frequency",
-            )
+        check_int("min_frequency", min_frequency, minimum=1, owner="Vocabulary")
         specials_arg: SpecialTokensArg = special_tokens or ()
         n_specials = len(specials_arg)
         excluded = set(specials_arg)

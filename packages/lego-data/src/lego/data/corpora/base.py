@@ -37,9 +37,10 @@ class Corpus(abc.ABC):
     the empty-corpus check and resets [`skipped`][lego.data.corpora.Corpus.skipped].
 
     Example:
-        >>> corpus = get_corpus("python-stdlib")
-        >>> sum(1 for _ in corpus)
-        732
+        >>> from lego.data.corpora import get_corpus
+        >>> corpus = get_corpus("python-stdlib")  # 732 documents on CPython 3.11
+        >>> sum(1 for _ in corpus) > 500
+        True
     """
 
     def __init__(self) -> None:

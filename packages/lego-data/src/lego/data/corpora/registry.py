@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeAlias
 
 from lego.data.corpora.base import Corpus
 from lego.data.corpora.files import DEFAULT_EXTENSIONS, DocumentUnit, ErrorMode, FileCorpus
+from lego.data.corpora.memory import IterableCorpus
 from lego.data.corpora.remote import KNOWN_SOURCES, RemoteCorpus
 from lego.data.corpora.stdlib import PythonStdlibCorpus
 from lego.data.download import is_url
 from lego.protocols import DataError, did_you_mean
 
-__all__ = ["get_corpus", "corpus_names", "normalize_name"]
+__all__ = ["CorpusSource", "get_corpus", "corpus_names", "normalize_name"]
+
+CorpusSource: TypeAlias = (
+    Corpus | str | os.PathLike[str] | Iterable[str] | Callable[[], Iterable[str]]
+)
+"""What names or holds a corpus: a corpus, a name / path / URL, or the documents themselves."""
 
 _STDLIB = "python-stdlib"
 
@@ -40,7 +47,7 @@ def corpus_names() -> list[str]:
 
 
 def get_corpus(
-    source: str | os.PathLike[str] | Corpus,
+    source: CorpusSource,
     *,
     unit: DocumentUnit = "file",
     separator: str | None = None,
@@ -55,10 +62,12 @@ def get_corpus(
     Lookup order: a ``Corpus`` is returned as is; ``http(s)://`` URLs download on first use;
     an existing file or folder is read locally; ``python-stdlib`` and the names in
     [`KNOWN_SOURCES`][lego.data.corpora.KNOWN_SOURCES] (``tiny_shakespeare``, ``tinystories``,
-    ...; ``-`` and ``_`` are interchangeable) come next.
+    ...; ``-`` and ``_`` are interchangeable) come next. Documents given directly (a list of
+    strings, any re-iterable of them, or a function returning a new iterator) become an
+    [`IterableCorpus`][lego.data.corpora.IterableCorpus].
 
     Args:
-        source: A name, a path (file or folder), a URL, or a corpus.
+        source: A name, a path (file or folder), a URL, a corpus, or the documents.
         unit: What a document is in local or downloaded text files.
         separator: A document separator line for text files, if any.
         text_field: The text key of ``.jsonl`` lines.
@@ -73,9 +82,13 @@ def get_corpus(
     Raises:
         DataError: When ``source`` is neither a known name, an existing path nor a URL (with
             the closest names).
+        ConfigError: When documents are given as a one-shot iterator (see
+            [`IterableCorpus`][lego.data.corpora.IterableCorpus]).
     """
     if isinstance(source, Corpus):
         return source
+    if not isinstance(source, (str, os.PathLike)):
+        return IterableCorpus(source)
     text = os.fspath(source)
     if is_url(text):
         return RemoteCorpus(

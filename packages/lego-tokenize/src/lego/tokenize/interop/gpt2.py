@@ -13,10 +13,22 @@ is 0) and merge line *i* creates id 256 + *i*. Reading checks that the two files
 by token and that merge order follows id order, which is what lets the merges be used with
 tiktoken's rank semantics (tiktoken checks the same).
 
-Example:
-    >>> ranks, specials = read_gpt2_files("encoder.json", "vocab.bpe")
-    >>> len(ranks), specials
-    (50256, {'<|endoftext|>': 50256})
+GPT-2's own files give 50,256 ranks and ``{"<|endoftext|>": 50256}``::
+
+    ranks, specials = read_gpt2_files("encoder.json", "vocab.bpe")
+
+Written and read back:
+
+    >>> import tempfile, pathlib
+    >>> from lego.tokenize import RegexBPETokenizer
+    >>> tok = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+    >>> tok.train(["hello hello world"], 260, workers=1)
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> write_gpt2_files(folder / "encoder.json", folder / "vocab.bpe",
+    ...                  ranks=tok.mergeable_ranks, special_tokens=tok.special_tokens)
+    >>> ranks, specials = read_gpt2_files(folder / "encoder.json", folder / "vocab.bpe")
+    >>> ranks == dict(tok.mergeable_ranks), specials
+    (True, {'<|endoftext|>': 259})
 """
 
 from __future__ import annotations

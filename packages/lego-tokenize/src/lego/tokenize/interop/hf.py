@@ -26,10 +26,17 @@ cannot express is a word in which two *different* splits of the same token overl
 one listed first.
 
 Example:
-    >>> write_hf_tokenizer_json("tokenizer.json", ranks=ranks, pattern=GPT4_PATTERN,
-    ...                         special_tokens={"<|endoftext|>": 100257})
-    >>> ranks2, pattern2, specials2 = read_hf_tokenizer_json("tokenizer.json")
-    >>> (ranks2, pattern2) == (ranks, GPT4_PATTERN)
+    >>> import tempfile, pathlib
+    >>> from lego.tokenize import RegexBPETokenizer
+    >>> from lego.tokenize.patterns import GPT4_PATTERN
+    >>> tok = RegexBPETokenizer("gpt4")
+    >>> tok.train(["hello hello world"], 260, special_tokens=["<|endoftext|>"], workers=1)
+    >>> ranks = dict(tok.mergeable_ranks)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tokenizer.json"
+    >>> write_hf_tokenizer_json(path, ranks=ranks, pattern=GPT4_PATTERN,
+    ...                         special_tokens=tok.special_tokens)
+    >>> ranks2, pattern2, specials2 = read_hf_tokenizer_json(path)
+    >>> (ranks2, pattern2, specials2) == (ranks, GPT4_PATTERN, dict(tok.special_tokens))
     True
 """
 

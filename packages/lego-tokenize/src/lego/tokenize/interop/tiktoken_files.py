@@ -6,13 +6,19 @@ split pattern and the special tokens are not in the file: tiktoken's encoding co
 supply them in code. A tiktoken *encoding name* (``"gpt2"``, ``"r50k_base"``,
 ``"cl100k_base"``, ``"o200k_base"``, ...) gives all three.
 
-Example:
-    >>> ranks, pattern, specials = read_tiktoken("cl100k_base")
-    >>> len(ranks), specials["<|endoftext|>"]
-    (100256, 100257)
-    >>> ranks, pattern, specials = read_tiktoken("cl100k_base.tiktoken")
-    >>> pattern, specials
-    (None, {})
+An encoding by name (tiktoken fetches its file once, then reads its cache)::
+
+    ranks, pattern, specials = read_tiktoken("cl100k_base")
+    len(ranks), specials["<|endoftext|>"]  # (100256, 100257)
+
+A file (no pattern, no special tokens):
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> write_tiktoken_file(folder / "tiny.tiktoken", {bytes([b]): b for b in range(256)})
+    >>> ranks, pattern, specials = read_tiktoken(folder / "tiny.tiktoken")
+    >>> len(ranks), pattern, specials
+    (256, None, {})
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import binascii
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lego.protocols import (
     CompatibilityError,
@@ -34,7 +41,18 @@ from lego.protocols import (
 )
 from lego.tokenize.interop.merges import check_ranks
 
-__all__ = ["read_tiktoken", "read_tiktoken_file", "write_tiktoken_file", "tiktoken_names"]
+if TYPE_CHECKING:
+    import tiktoken
+
+__all__ = [
+    "read_tiktoken",
+    "read_tiktoken_file",
+    "write_tiktoken_file",
+    "tiktoken_names",
+    "get_encoding",
+    "encoding_parts",
+    "is_tiktoken_path",
+]
 
 _WHAT = ".tiktoken file"
 
@@ -50,7 +68,16 @@ def tiktoken_names() -> list[str]:
     return sorted(tiktoken.list_encoding_names())
 
 
-def _looks_like_path(name: str) -> bool:
+def is_tiktoken_path(name: str) -> bool:
+    """Whether a ``tiktoken:`` target is a file rather than an encoding name.
+
+    Args:
+        name: The text after ``tiktoken:``.
+
+    Returns:
+        True when it ends in ``.tiktoken``, holds a path separator or names an existing
+        file.
+    """
     return (
         name.endswith(".tiktoken")
         or "/" in name
@@ -86,12 +113,29 @@ def read_tiktoken(
     """
     if not isinstance(name_or_path, str):
         return read_tiktoken_file(name_or_path), None, {}
-    if _looks_like_path(name_or_path):
+    if is_tiktoken_path(name_or_path):
         return read_tiktoken_file(name_or_path), None, {}
     return _read_encoding(name_or_path)
 
 
 def _read_encoding(name: str) -> tuple[dict[bytes, int], str | None, dict[str, int]]:
+    return encoding_parts(get_encoding(name))
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """Return tiktoken's encoding of that name (tiktoken caches it per process).
+
+    Args:
+        name: An encoding name such as ``"cl100k_base"``.
+
+    Returns:
+        The ``tiktoken.Encoding``.
+
+    Raises:
+        ConfigError: On an unknown name (with the close names).
+        DataError: When tiktoken cannot load the encoding (e.g. no network for the
+            download).
+    """
     import tiktoken
 
     names = tiktoken_names()
@@ -102,7 +146,7 @@ def _read_encoding(name: str) -> tuple[dict[bytes, int], str | None, dict[str, i
             hint=did_you_mean(name, names) + " (or give the path of a .tiktoken file)",
         )
     try:
-        encoding = tiktoken.get_encoding(name)
+        return tiktoken.get_encoding(name)
     except Exception as exc:  # network, hash mismatch, cache folder, ...: all one story
         cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
         raise DataError(
@@ -113,6 +157,22 @@ def _read_encoding(name: str) -> tuple[dict[bytes, int], str | None, dict[str, i
             + (f"(now {cache!r}), " if cache else "")
             + "or pass the path of a local .tiktoken file",
         ) from exc
+
+
+def encoding_parts(
+    encoding: tiktoken.Encoding,
+) -> tuple[dict[bytes, int], str, dict[str, int]]:
+    """Return a ``tiktoken.Encoding``'s ranks, split pattern and special tokens.
+
+    Args:
+        encoding: The encoding.
+
+    Returns:
+        ``(ranks, pattern, special_tokens)``, new dictionaries.
+
+    Raises:
+        CompatibilityError: When this tiktoken version does not expose them.
+    """
     try:
         ranks = dict(encoding._mergeable_ranks)
         pattern = str(encoding._pat_str)
@@ -120,7 +180,7 @@ def _read_encoding(name: str) -> tuple[dict[bytes, int], str | None, dict[str, i
     except AttributeError as exc:  # pragma: no cover - a tiktoken that renamed its fields
         raise CompatibilityError(
             f"this tiktoken version does not expose the encoding's ranks ({exc})",
-            key=name,
+            key=encoding.name,
             hint="install a tiktoken version between 0.7 and the latest tested one",
         ) from exc
     return ranks, pattern, specials

@@ -20,8 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from multiprocessing.pool import AsyncResult
 
-from lego.protocols import ConfigError, TrainingData
-from lego.tokenize._checks import is_int
+from lego.protocols import TrainingData, check_int
 from lego.tokenize.patterns import compile_pattern
 from lego.tokenize.specials import split_specials
 from lego.tokenize.training.sources import DEFAULT_CHUNK_SIZE, Errors, iter_chunks
@@ -45,12 +44,9 @@ def resolve_workers(workers: int | None) -> int:
     """
     if workers is None:
         return max(1, os.cpu_count() or 1)
-    if not is_int(workers, minimum=1):
-        raise ConfigError(
-            f"workers must be None (one per CPU) or a positive integer, got {workers!r}",
-            key="workers",
-        )
-    return workers
+    return check_int(
+        "workers", workers, minimum=1, hint="pass None (one per CPU) or a positive integer"
+    )
 
 
 def _count_chunk(task: tuple[str | None, frozenset[str], list[str]]) -> tuple[Counter[str], int]:

@@ -21,8 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
-from lego.protocols import ConfigError, FormatError, TrainingData, open_binary
-from lego.tokenize._checks import is_int
+from lego.protocols import ConfigError, FormatError, TrainingData, check_int, open_binary
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Errors", "iter_chunks", "iter_documents"]
 
@@ -178,11 +177,7 @@ def iter_chunks(
             exist or cannot be read.
         FormatError: With ``errors="strict"``, on a file that is not UTF-8.
     """
-    if not is_int(chunk_size, minimum=1):
-        raise ConfigError(
-            f"chunk_size must be a positive number of characters, got {chunk_size!r}",
-            key="chunk_size",
-        )
+    check_int("chunk_size", chunk_size, minimum=1, hint="pass a positive number of characters")
     chunk: list[str] = []
     size = 0
     for document in iter_documents(data, errors=errors):
