@@ -20,6 +20,7 @@ from lego.layers.activations import ACTIVATION_ALIASES
 from lego.protocols import CompatibilityError, ConfigError
 
 __all__ = [
+    "expect_field",
     "HF_ACTIVATIONS",
     "activation_from_hf",
     "activation_to_hf",
@@ -259,3 +260,28 @@ def rope_to_hf(theta: float, scaling: Mapping[str, Any] | None) -> dict[str, Any
         ``{"rope_theta": ..., "rope_scaling": ...}`` (the scaling null for plain RoPE).
     """
     return {"rope_theta": theta, "rope_scaling": dict(scaling) if scaling else None}
+
+
+def expect_field(config: Any, key: str, value: object, *, architecture: str) -> None:
+    """Check that a config field has the value an HF architecture can express.
+
+    Args:
+        config: The ``DecoderConfig`` being written.
+        key: The field.
+        value: The only value ``architecture`` can express.
+        architecture: The HF class, e.g. ``"GPT2LMHeadModel"``.
+
+    Raises:
+        CompatibilityError: The field holds another value (naming it and the family).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> expect_field(SimpleNamespace(qk_norm=False), "qk_norm", False,
+        ...              architecture="LlamaForCausalLM")
+    """
+    if getattr(config, key) != value:
+        raise CompatibilityError(
+            f"{architecture} cannot express {key}={getattr(config, key)!r}",
+            key=key,
+            hint=f"{architecture} needs {key}={value!r}; save other models with their own family",
+        )

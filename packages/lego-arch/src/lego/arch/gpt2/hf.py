@@ -21,6 +21,7 @@ from lego.arch.config import DecoderConfig
 from lego.arch.convert.fields import (
     activation_from_hf,
     activation_to_hf,
+    expect_field,
     get_bool,
     get_float,
     get_int,
@@ -147,15 +148,15 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
     Raises:
         CompatibilityError: A field GPT-2 cannot express, naming it.
     """
-    _require(config, "norm", "layernorm")
-    _require(config, "norm_bias", True)
-    _require(config, "positions", "learned")
-    _require(config, "ffn", "gelu_mlp")
-    _require(config, "mlp_bias", True)
-    _require(config, "attention_bias", True)
-    _require(config, "out_bias", True)
-    _require(config, "qk_norm", False)
-    _require(config, "sliding_window", None)
+    expect_field(config, "norm", "layernorm", architecture=ARCHITECTURE)
+    expect_field(config, "norm_bias", True, architecture=ARCHITECTURE)
+    expect_field(config, "positions", "learned", architecture=ARCHITECTURE)
+    expect_field(config, "ffn", "gelu_mlp", architecture=ARCHITECTURE)
+    expect_field(config, "mlp_bias", True, architecture=ARCHITECTURE)
+    expect_field(config, "attention_bias", True, architecture=ARCHITECTURE)
+    expect_field(config, "out_bias", True, architecture=ARCHITECTURE)
+    expect_field(config, "qk_norm", False, architecture=ARCHITECTURE)
+    expect_field(config, "sliding_window", None, architecture=ARCHITECTURE)
     if config.kv_heads != config.n_heads:
         raise CompatibilityError(
             "GPT-2 has no grouped-query attention", key="n_kv_heads", hint="use n_kv_heads=None"
@@ -189,12 +190,3 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
         "eos_token_id": 50256 if config.vocab_size == 50257 else None,
         "use_cache": True,
     }
-
-
-def _require(config: DecoderConfig, key: str, value: object) -> None:
-    if getattr(config, key) != value:
-        raise CompatibilityError(
-            f"GPT-2 cannot express {key}={getattr(config, key)!r}",
-            key=key,
-            hint=f"GPT2LMHeadModel needs {key}={value!r}; save other models with their own family",
-        )

@@ -20,6 +20,7 @@ from lego.arch.config import DecoderConfig
 from lego.arch.convert.fields import (
     activation_from_hf,
     activation_to_hf,
+    expect_field,
     get_bool,
     get_float,
     get_int,
@@ -29,7 +30,6 @@ from lego.arch.convert.fields import (
     rope_to_hf,
 )
 from lego.arch.convert.mapping import WeightRule, WeightTable
-from lego.protocols import CompatibilityError
 
 __all__ = [
     "ARCHITECTURE",
@@ -154,11 +154,11 @@ def base_config_to_hf(
     Raises:
         CompatibilityError: A field the architecture cannot express, naming it.
     """
-    _require(config, "norm", "rmsnorm", architecture)
-    _require(config, "positions", "rope", architecture)
-    _require(config, "fused_qkv", False, architecture)
-    _require(config, "out_bias", config.attention_bias, architecture)
-    _require(config, "sliding_window", None, architecture)
+    expect_field(config, "norm", "rmsnorm", architecture=architecture)
+    expect_field(config, "positions", "rope", architecture=architecture)
+    expect_field(config, "fused_qkv", False, architecture=architecture)
+    expect_field(config, "out_bias", config.attention_bias, architecture=architecture)
+    expect_field(config, "sliding_window", None, architecture=architecture)
     assert config.activation is not None  # a tied field: filled by DecoderConfig
     return {
         "architectures": [architecture],
@@ -211,20 +211,11 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
     Raises:
         CompatibilityError: A field Llama cannot express, naming it.
     """
-    _require(config, "ffn", "swiglu", ARCHITECTURE)
-    _require(config, "qk_norm", False, ARCHITECTURE)
+    expect_field(config, "ffn", "swiglu", architecture=ARCHITECTURE)
+    expect_field(config, "qk_norm", False, architecture=ARCHITECTURE)
     data = base_config_to_hf(config, architecture=ARCHITECTURE, model_type=MODEL_TYPE)
     llama3 = config.vocab_size == 128256
     data["bos_token_id"] = 128000 if llama3 else None
     data["eos_token_id"] = 128001 if llama3 else None
     data["pretraining_tp"] = 1
     return data
-
-
-def _require(config: DecoderConfig, key: str, value: object, architecture: str) -> None:
-    if getattr(config, key) != value:
-        raise CompatibilityError(
-            f"{architecture} cannot express {key}={getattr(config, key)!r}",
-            key=key,
-            hint=f"{architecture} needs {key}={value!r}",
-        )
