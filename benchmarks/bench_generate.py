@@ -122,7 +122,7 @@ def _generate_rows(
     repeat: int,
     bound: float,
     mode: str = "",
-    native_kernels: bool = True,
+    native_kernels: bool | None = None,
     compile: bool = False,
     batches: tuple[int, ...] = (1, 8),
 ) -> list[Row]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lego.generate import native
+from lego.generate.native import build, unavailable
 
 VOCAB = 40
 
@@ -196,10 +196,18 @@ def _kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Build the native kernels into a temporary folder, not the user's cache."""
     patch = pytest.MonkeyPatch()
     patch.setenv("LEGO_KERNELS_HOME", str(tmp_path_factory.mktemp("kernels")))
-    native._load.cache_clear()
+    build._load.cache_clear()
     yield
     patch.undo()
-    native._load.cache_clear()
+    build._load.cache_clear()
+
+
+@pytest.fixture
+def fresh_warnings() -> Iterator[None]:
+    """Forget which NativeKernelsUnavailableWarning reasons were given (once per process)."""
+    unavailable._warned.clear()
+    yield
+    unavailable._warned.clear()
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,9 +12,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor, nn
 
-from lego.generate import generate, stream
-from lego.generate.linears import DecodeLinears, can_pack, decode_linears
-from lego.generate.native import native_status
+from lego.generate import GenerationConfig, generate, stream
+from lego.generate.linears import DecodeLinears, can_pack, decode_linears, linear_kernels
+from lego.generate.native import (
+    NativeKernelsUnavailableWarning,
+    build,
+    native_status,
+    prepare_skinny,
+)
+from lego.protocols import ConfigError
 
 needs_onednn = pytest.mark.skipif(
     not can_pack(nn.Linear(2, 2).to(torch.bfloat16)), reason="this torch build has no oneDNN bf16"
@@ -104,13 +113,36 @@ def test_calls_that_need_gradients_run_f_linear() -> None:
     assert x.grad.abs().sum() > 0
 
 
-def test_native_kernels_give_the_same_greedy_tokens() -> None:
+@pytest.mark.parametrize("batch", [1, 2])
+def test_native_kernels_give_the_same_greedy_tokens(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _needs_native()
-    model = LinearLM().eval()  # fp32, well-separated logits
-    ids = torch.randint(0, 40, (3, 4), generator=torch.Generator().manual_seed(2))
+    model = LinearLM().eval()  # fp32, well-separated logits, no KV cache
+    # Without a cache each step recomputes the prefix: batch x 3 rows on the first step
+    # (native), more than MAX_ROWS later on (F.linear).
+    ids = torch.randint(0, 40, (batch, 2), generator=torch.Generator().manual_seed(2))
+    calls: list[int] = []
+    native_fns: list[Any] = []
+
+    def counting_prepare(*args: Any) -> Any:
+        prepared = prepare_skinny(*args)
+        native_fns.append(prepared)
+
+        def call(x: Tensor) -> Tensor:
+            calls.append(math.prod(x.shape[:-1]))
+            return prepared(x)
+
+        return call
+
+    monkeypatch.setattr("lego.generate.linears.prepare_skinny", counting_prepare)
     plain = generate(model, ids, max_new_tokens=12, native_kernels=False)
-    fast = generate(model, ids, max_new_tokens=12)  # native by default
+    assert not calls
+    fast = generate(model, ids, max_new_tokens=12)  # native where it applies, by default
     assert torch.equal(plain, fast)
+    assert len(native_fns) == 3
+    assert calls
+    assert max(calls) <= 8
     assert "forward" not in model.head.__dict__
 
 
@@ -137,8 +169,159 @@ def test_stream_restores_the_layers_even_when_closed_early(kit: Any) -> None:
 
 @pytest.mark.parametrize("name", ["pack_weights", "native_kernels"])
 def test_kernel_switches_must_be_bools(name: str) -> None:
-    from lego.generate import GenerationConfig
-    from lego.protocols import ConfigError
-
     with pytest.raises(ConfigError, match=name):
         GenerationConfig(**{name: "yes"})
+    with pytest.raises(ConfigError, match=name):
+        GenerationConfig(**{name: 1})
+
+
+def test_native_kernels_is_on_where_available_by_default() -> None:
+    assert GenerationConfig().native_kernels is None  # None: where available, silently
+    assert GenerationConfig(native_kernels=True).native_kernels is True
+    base = GenerationConfig(native_kernels=False)
+    assert GenerationConfig.from_options(base, native_kernels=None).native_kernels is False
+
+
+# -- the routing is the engine's, for the generation only --------------------------------
+
+
+class Interrupting(LinearLM):
+    """Raises KeyboardInterrupt on the third call (a decode step), as a ^C would."""
+
+    calls = 0
+
+    def forward(self, input_ids: Tensor, /, **kwargs: Any) -> Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            assert "forward" in self.head.__dict__  # routed while generating
+            raise KeyboardInterrupt
+        return super().forward(input_ids, **kwargs)
+
+
+def test_the_layers_are_restored_after_an_interrupt() -> None:
+    _needs_native()
+    model = Interrupting().eval()
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, torch.ones(1, 3, dtype=torch.long), max_new_tokens=8)
+    for layer in (model.up, model.down, model.head):
+        assert "forward" not in layer.__dict__
+
+
+def test_nn_linear_itself_is_never_changed() -> None:
+    _needs_native()
+    forward = nn.Linear.forward
+    model = LinearLM().eval()
+    with decode_linears(model) as count:
+        assert count.native == 3
+        assert nn.Linear.forward is forward
+        assert "forward" not in nn.Linear(2, 2).__dict__  # other layers are plain
+    assert nn.Linear.forward is forward
+
+
+def test_a_nested_block_counts_the_layers_and_leaves_them_to_the_outer_one() -> None:
+    _needs_native()
+    model = LinearLM().eval()
+    with decode_linears(model) as outer:
+        routed = model.head.__dict__["forward"]
+        with decode_linears(model) as inner:
+            assert inner == outer == DecodeLinears(native=3)
+        assert model.head.__dict__["forward"] is routed  # still routed by the outer block
+    assert "forward" not in model.head.__dict__
+
+
+def test_a_forward_of_someone_else_is_left_alone() -> None:
+    _needs_native()
+    model = LinearLM().eval()
+    own = model.head.forward
+    model.head.forward = own  # type: ignore[method-assign]
+    with decode_linears(model) as count:
+        assert count.native == 2
+        assert model.head.__dict__["forward"] is own
+    assert model.head.__dict__["forward"] is own
+
+
+# -- native_kernels=True that cannot be honoured warns, once per reason ------------------
+
+
+@pytest.fixture
+def no_avx512(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A CPU without AVX-512, as far as the kernels know."""
+    monkeypatch.setattr(build, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    build._load.cache_clear()
+    yield
+    monkeypatch.undo()
+    build._load.cache_clear()
+
+
+def _ids(batch: int = 1) -> Tensor:
+    return torch.randint(0, 40, (batch, 4), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.usefixtures("no_avx512", "fresh_warnings")
+def test_explicit_native_kernels_warn_once_with_the_reason() -> None:
+    model = LinearLM().eval()
+    plain = generate(model, _ids(), max_new_tokens=4, native_kernels=False)
+    with pytest.warns(NativeKernelsUnavailableWarning, match="this CPU lacks avx512f") as got:
+        out = generate(model, _ids(), max_new_tokens=4, native_kernels=True)
+    assert torch.equal(out, plain)  # PyTorch's kernels: same tokens
+    assert got[0].filename == __file__  # points at the generate() call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, _ids(), max_new_tokens=4, native_kernels=True)  # said once
+        generate(model, _ids(), max_new_tokens=4, generation_config=GenerationConfig())
+
+
+@pytest.mark.usefixtures("no_avx512", "fresh_warnings")
+def test_the_default_falls_back_silently(kit: Any) -> None:
+    model = LinearLM(vocab=300).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, _ids(), max_new_tokens=4)
+        "".join(stream(model, kit.ByteTokenizer(), "ab", max_new_tokens=4))
+
+
+@pytest.mark.usefixtures("no_avx512", "fresh_warnings")
+def test_stream_warns_too(kit: Any) -> None:
+    model = LinearLM(vocab=300).eval()
+    with pytest.warns(NativeKernelsUnavailableWarning, match="avx512f"):
+        "".join(stream(model, kit.ByteTokenizer(), "ab", max_new_tokens=4, native_kernels=True))
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_a_model_the_kernels_cannot_take_warns() -> None:
+    model = LinearLM().double().eval()
+    with pytest.warns(NativeKernelsUnavailableWarning, match=r"torch\.float64 on cpu"):
+        generate(model, _ids(), max_new_tokens=2, native_kernels=True)
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_too_many_rows_per_step_warn(model: Any) -> None:
+    with pytest.warns(NativeKernelsUnavailableWarning, match="12 rows"):
+        generate(model, _ids(12), max_new_tokens=2, native_kernels=True)
+    with pytest.warns(NativeKernelsUnavailableWarning, match="24 rows"):
+        generate(model, _ids(3), max_new_tokens=2, num_beams=8, native_kernels=True)
+    with pytest.warns(NativeKernelsUnavailableWarning, match="10 rows"):  # 2 x (4 prompt + 1)
+        generate(model, _ids(2), max_new_tokens=2, use_cache=False, native_kernels=True)
+    with pytest.warns(NativeKernelsUnavailableWarning, match="the model has no nn.Linear"):
+        generate(model, _ids(2), max_new_tokens=2, native_kernels=True)  # 2 rows: fine
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_a_model_that_is_not_a_module_warns() -> None:
+    with (
+        pytest.warns(NativeKernelsUnavailableWarning, match="not a torch.nn.Module"),
+        linear_kernels(object(), native=True, pack=False, rows=1) as count,
+    ):
+        assert count == DecodeLinears()
+
+
+def test_the_default_never_builds_for_a_model_it_cannot_help(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unexpected() -> None:
+        raise AssertionError("native_status() was called")
+
+    monkeypatch.setattr("lego.generate.linears.native_status", unexpected)
+    generate(LinearLM().double().eval(), _ids(), max_new_tokens=2)  # float64: nothing to route
+    generate(LinearLM().eval(), _ids(12), max_new_tokens=2)  # 12 rows per step
+    generate(LinearLM().eval(), _ids(), max_new_tokens=2, native_kernels=False)

@@ -40,7 +40,7 @@ def test_top_p_keeps_the_nucleus() -> None:
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.01])
 def test_top_p_outside_0_1_is_an_error(bad: float) -> None:
-    with pytest.raises(ConfigError, match=r"top_p must lie in \(0"):
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0"):
         TopP(top_p=bad)
 
 

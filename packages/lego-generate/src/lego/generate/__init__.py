@@ -1,12 +1,16 @@
 """lego-generate: every decoding strategy on a KV-cached engine, for any causal LM.
 
-    >>> from lego.generate import generate, stream
-    >>> out = generate(model, ids, max_new_tokens=50)                         # greedy
-    >>> out = generate(model, ids, max_new_tokens=50, temperature=0.8, top_p=0.95, seed=0)
-    >>> out = generate(model, ids, max_new_tokens=50, num_beams=4, length_penalty=1.0)
-    >>> out = generate(model, ids, max_new_tokens=50, draft_model=small)       # speculative
-    >>> for piece in stream(model, tokenizer, "Once upon a time", max_new_tokens=50):
-    ...     print(piece, end="", flush=True)
+With ``model`` any [`CausalLM`][lego.protocols.CausalLM] (e.g. a lego-arch model), ``ids`` a
+``(B, T)`` prompt and ``tokenizer`` any [`Tokenizer`][lego.protocols.Tokenizer] (a runnable
+example is in [`generate()`][lego.generate.generate])::
+
+    from lego.generate import generate, stream
+    out = generate(model, ids, max_new_tokens=50)                         # greedy
+    out = generate(model, ids, max_new_tokens=50, temperature=0.8, top_p=0.95, seed=0)
+    out = generate(model, ids, max_new_tokens=50, num_beams=4, length_penalty=1.0)
+    out = generate(model, ids, max_new_tokens=50, draft_model=small)       # speculative
+    for piece in stream(model, tokenizer, "Once upon a time", max_new_tokens=50):
+        print(piece, end="", flush=True)
 
 - [`generate()`][lego.generate.generate] / [`stream()`][lego.generate.stream]: the entry points,
   with transformers' argument names; [`GenerationConfig`][lego.generate.GenerationConfig] holds
@@ -31,6 +35,7 @@ from lego.generate.chat import ChatSession, chat_prompt_ids
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
 from lego.generate.generate import generate, start_decoding
+from lego.generate.native import NativeKernelsUnavailableWarning
 from lego.generate.penalties import (
     FrequencyPenalty,
     LogitBias,
@@ -72,6 +77,7 @@ __all__ = [
     "Prompt",
     "prepare_prompt",
     "PromptTruncatedWarning",
+    "NativeKernelsUnavailableWarning",
     # text
     "StopStrings",
     "TextStreamDecoder",

@@ -15,11 +15,10 @@ greedily; ``do_sample=False`` forces greedy decoding whatever else is given, and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from lego.generate._checks import check_float, check_int
 from lego.generate.penalties import (
     FrequencyPenalty,
     LogitBias,
@@ -29,7 +28,14 @@ from lego.generate.penalties import (
 )
 from lego.generate.processor_list import LogitsProcessorList
 from lego.generate.warpers import MinP, Temperature, TopK, TopP
-from lego.protocols import ConfigError, LogitsProcessor, did_you_mean
+from lego.protocols import (
+    Config,
+    ConfigError,
+    LogitsProcessor,
+    check_float,
+    check_int,
+    did_you_mean,
+)
 
 __all__ = ["GenerationConfig", "EarlyStopping"]
 
@@ -39,9 +45,13 @@ EarlyStopping = bool | Literal["never"]
 _OWNER = "GenerationConfig"
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig(Config):
     """Every decoding setting of [`generate()`][lego.generate.generate], validated on creation.
+
+    A [`lego.protocols.Config`][lego.protocols.Config]: types are checked from the
+    annotations (lists become tuples), the ranges and combinations in ``validate()``, and
+    it round-trips through ``to_dict()`` / ``from_dict()`` (so it can live in a YAML file).
 
     Attributes:
         max_new_tokens: How many tokens to generate at most (at least 1).
@@ -71,10 +81,13 @@ class GenerationConfig:
             prefix each step).
         compile: ``torch.compile`` the single-token decode step.
         native_kernels: While generating on the CPU, run the model's ``nn.Linear`` calls of
-            up to 8 rows (decode steps at batch <= 8; fp32 and bf16) on the native
-            skinny-product kernels, where this machine has them (x86-64 with AVX-512 and a
-            C compiler; see [`lego.generate.native`][lego.generate.native]). Ignored with
-            ``compile``. Default on.
+            up to 8 rows (decode steps at batch <= 8; fp32 and bf16) on the native CPU
+            kernels ([`lego.generate.native`][lego.generate.native]: x86-64 Linux with
+            AVX-512 and a C compiler), also in the ``compile``d step. None (the default):
+            where they can run, else on PyTorch's kernels without a word. True: asked for,
+            so where they cannot run a
+            [warning][lego.generate.native.NativeKernelsUnavailableWarning] says why (once
+            per reason) and PyTorch's kernels run. False: off.
         pack_weights: Run the other bf16 CPU ``nn.Linear`` calls (the prefill) on
             oneDNN-reordered copies of the weights, made for the duration of the
             generation (they cost the bf16 weights' size again; see
@@ -94,26 +107,29 @@ class GenerationConfig:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
-    logit_bias: Mapping[int, float] | None = None
+    logit_bias: dict[int, float] | None = None
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: EarlyStopping = False
-    eos_token_id: int | Sequence[int] | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
-    stop_strings: str | Sequence[str] | None = None
+    stop_strings: str | tuple[str, ...] | None = None
     seed: int | None = None
     use_cache: bool = True
     compile: bool = False
-    native_kernels: bool = True
+    native_kernels: bool | None = None
     pack_weights: bool = False
     num_draft_tokens: int = 4
     truncate_prompt: bool = False
-    _eos: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Check every range and combination (types are checked from the annotations).
+
+        Raises:
+            ConfigError: A value out of range (naming it and what to pass).
+        """
+        super().validate()
         check_int("max_new_tokens", self.max_new_tokens, minimum=1, owner=_OWNER)
-        if self.do_sample is not None and not isinstance(self.do_sample, bool):
-            raise ConfigError(f"{_OWNER}: do_sample must be a bool or None", key="do_sample")
         if self.temperature is not None:
             check_float(
                 "temperature",
@@ -140,28 +156,19 @@ class GenerationConfig:
             LogitBias(bias=self.logit_bias)
         check_int("num_beams", self.num_beams, minimum=1, owner=_OWNER)
         check_float("length_penalty", self.length_penalty, owner=_OWNER)
-        if self.early_stopping not in (True, False, "never"):
-            raise ConfigError(
-                f"{_OWNER}: early_stopping must be True, False or 'never', got "
-                f"{self.early_stopping!r}",
-                key="early_stopping",
-            )
-        object.__setattr__(self, "_eos", _eos_ids(self.eos_token_id))
+        for eos in self.eos_ids:
+            check_int("eos_token_id", eos, minimum=0, owner=_OWNER)
         if self.pad_token_id is not None:
             check_int("pad_token_id", self.pad_token_id, minimum=0, owner=_OWNER)
-        texts: tuple[object, ...] = self.stop_string_list
-        for text in texts:
-            if not isinstance(text, str) or not text:
+        for text in self.stop_string_list:
+            if not text:
                 raise ConfigError(
                     f"{_OWNER}: stop strings must be non-empty strings, got {text!r}",
                     key="stop_strings",
                 )
         if self.seed is not None:
-            check_int("seed", self.seed, minimum=0, owner=_OWNER)
+            check_int("seed", self.seed, minimum=0, maximum=2**64 - 1, owner=_OWNER)
         check_int("num_draft_tokens", self.num_draft_tokens, minimum=1, owner=_OWNER)
-        for name in ("use_cache", "compile", "native_kernels", "pack_weights", "truncate_prompt"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{_OWNER}: {name} must be a bool", key=name)
 
     # -- derived settings ------------------------------------------------------------------
 
@@ -180,7 +187,7 @@ class GenerationConfig:
         Raises:
             ConfigError: An unknown option (with the closest name) or an invalid value.
         """
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        names = [f.name for f in dataclasses.fields(cls)]
         for name in options:
             if name not in names:
                 raise ConfigError(
@@ -196,7 +203,11 @@ class GenerationConfig:
     @property
     def eos_ids(self) -> tuple[int, ...]:
         """The end-of-sequence ids as a tuple (empty when none is set)."""
-        return self._eos
+        if self.eos_token_id is None:
+            return ()
+        if isinstance(self.eos_token_id, int):
+            return (self.eos_token_id,)
+        return self.eos_token_id
 
     @property
     def stop_string_list(self) -> tuple[str, ...]:
@@ -212,7 +223,8 @@ class GenerationConfig:
         """The id written after a row finished: ``pad_token_id``, else the first eos id, else 0."""
         if self.pad_token_id is not None:
             return self.pad_token_id
-        return self._eos[0] if self._eos else 0
+        eos = self.eos_ids
+        return eos[0] if eos else 0
 
     @property
     def sampling(self) -> bool:
@@ -262,15 +274,3 @@ class GenerationConfig:
             if self.min_p:
                 out.append(MinP(min_p=self.min_p))
         return LogitsProcessorList(out)
-
-
-def _eos_ids(value: object) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, int) else value
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise ConfigError(
-            f"{_OWNER}: eos_token_id must be an int or a list of ints, got {value!r}",
-            key="eos_token_id",
-        )
-    return tuple(check_int("eos_token_id", i, minimum=0, owner=_OWNER) for i in items)

@@ -10,7 +10,6 @@ recomputing the prefix each step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -19,27 +18,30 @@ from torch import Tensor
 from lego.generate.beam import beam_search
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
-from lego.generate.linears import DecodeLinears, decode_linears
+from lego.generate.linears import linear_kernels
 from lego.generate.prompt import prepare_prompt
+from lego.generate.runner import has_kv_cache
 from lego.generate.stopping import StopStrings
 from lego.protocols import CausalLM, ConfigError, LogitsProcessor, Tokenizer
 
 __all__ = ["generate", "start_decoding"]
 
 
-def linear_kernels(
-    model: CausalLM, config: GenerationConfig
-) -> AbstractContextManager[DecodeLinears]:
-    """[`decode_linears()`][lego.generate.linears.decode_linears] as ``config`` asks.
+def decode_rows(
+    model: CausalLM, input_ids: Tensor, config: GenerationConfig, *, speculative: bool
+) -> int:
+    """The fewest rows one decode step of this generation feeds the model's linear layers.
 
-    Native kernels when ``config.native_kernels`` (a compiled decode step calls them as
-    the operator ``torch.ops.lego.skinny_linear``), oneDNN packing when
-    ``config.pack_weights``; a model that is not an ``nn.Module`` is left alone.
+    Batch times beams, times the tokens fed per step: one, ``num_draft_tokens + 1`` when a
+    draft model proposes them, and the whole prefix again without a KV cache. It decides
+    whether the native kernels (up to ``MAX_ROWS`` rows) have anything to do.
     """
-    native = config.native_kernels
-    if isinstance(model, torch.nn.Module) and (native or config.pack_weights):
-        return decode_linears(model, native=native, pack=config.pack_weights)
-    return nullcontext(DecodeLinears())
+    shape: tuple[int, ...] = tuple(getattr(input_ids, "shape", ()))  # checked later
+    batch = shape[0] if len(shape) == 2 else 1
+    tokens = config.num_draft_tokens + 1 if speculative else 1
+    if not (config.use_cache and has_kv_cache(model)):
+        tokens += shape[-1] if shape else 0
+    return batch * config.num_beams * tokens
 
 
 def _eval_mode(model: CausalLM) -> bool:
@@ -187,9 +189,12 @@ def generate(
         num_draft_tokens: Tokens the draft proposes per step.
         use_cache: Decode on the model's KV cache (False: recompute the prefix each step).
         compile: ``torch.compile`` the decode step.
-        native_kernels: Run decode steps' CPU linear layers on the native skinny-product
-            kernels where this machine has them (default on; see
-            [`decode_linears()`][lego.generate.linears.decode_linears]).
+        native_kernels: The native CPU decode kernels
+            ([`lego.generate.native`][lego.generate.native]) for decode steps' linear
+            layers: None (default) where they can run, else PyTorch's kernels silently;
+            True asks for them and
+            [warns][lego.generate.native.NativeKernelsUnavailableWarning] where they cannot
+            run; False turns them off.
         pack_weights: Run the other bf16 CPU linear calls (the prefill) on oneDNN-reordered
             copies of the weights (default off: the copies cost memory).
         truncate_prompt: Left-truncate a prompt that does not fit the context, with a
@@ -211,8 +216,27 @@ def generate(
         DataError: An empty or malformed prompt.
 
     Example:
-        >>> out = generate(model, ids, max_new_tokens=20)  # greedy
-        >>> out = generate(model, ids, max_new_tokens=20, temperature=0.8, top_p=0.95, seed=0)
+        Any module with the ``CausalLM`` call and a ``config`` works; a model without
+        ``new_kv_cache`` is run on the whole prefix every step:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from lego.protocols import ModelConfig
+        >>> class Bigram(nn.Module):  # the next token depends on the last one only
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.config = ModelConfig(vocab_size=10, context_length=32)
+        ...         self.table = nn.Embedding(10, 10)
+        ...     def forward(self, ids, *, attention_mask=None, position_ids=None, kv_cache=None):
+        ...         return self.table(ids)  # (B, T, vocab_size)
+        >>> _ = torch.manual_seed(0)
+        >>> model, ids = Bigram().eval(), torch.tensor([[1, 2, 3]])
+        >>> generate(model, ids, max_new_tokens=4).shape  # greedy
+        torch.Size([1, 7])
+        >>> out = generate(model, ids, max_new_tokens=4, temperature=0.8, top_p=0.95, seed=0)
+        >>> torch.equal(out, generate(model, ids, max_new_tokens=4, temperature=0.8,
+        ...                           top_p=0.95, seed=0))  # seeded: reproducible
+        True
     """
     options: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -243,7 +267,14 @@ def generate(
     config = GenerationConfig.from_options(generation_config, **options)
     was_training = _eval_mode(model)
     try:
-        with torch.inference_mode(), linear_kernels(model, config):
+        # The engine's routing of the model's nn.Linear calls, for this generation only.
+        routing = linear_kernels(
+            model,
+            native=config.native_kernels,
+            pack=config.pack_weights,
+            rows=decode_rows(model, input_ids, config, speculative=draft_model is not None),
+        )
+        with torch.inference_mode(), routing:
             if config.num_beams > 1:
                 if draft_model is not None:
                     raise ConfigError(

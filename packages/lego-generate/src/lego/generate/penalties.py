@@ -13,8 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from lego.generate._checks import check_float, check_int
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, check_float, check_int
 
 __all__ = [
     "RepetitionPenalty",

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lego.generate._checks import check_int
-from lego.protocols import CausalLM, ConfigError, DataError, KVCache
+from lego.protocols import CausalLM, ConfigError, DataError, KVCache, check_int
 
 __all__ = ["ModelRunner", "has_kv_cache"]
 

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from lego.generate.config import GenerationConfig
-from lego.generate.generate import _eval_mode, linear_kernels, start_decoding
+from lego.generate.generate import _eval_mode, decode_rows, start_decoding
+from lego.generate.linears import linear_kernels
 from lego.protocols import CausalLM, ConfigError, DataError, LogitsProcessor, Tokenizer
 
 __all__ = ["TextStreamDecoder", "stream"]
@@ -41,8 +42,18 @@ class TextStreamDecoder:
         skip_ids: Ids never decoded (e.g. end-of-sequence and padding ids).
 
     Example:
+        A byte-level tokenizer splits "é" over two ids; the piece appears once it is whole:
+
+        >>> class Bytes:
+        ...     vocab_size, special_tokens = 256, {}
+        ...     def encode(self, text): return list(text.encode("utf-8"))
+        ...     def decode(self, ids): return bytes(ids).decode("utf-8", errors="replace")
+        >>> tokenizer = Bytes()
+        >>> ids = tokenizer.encode("café!")
         >>> decoder = TextStreamDecoder(tokenizer)
         >>> pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+        >>> pieces
+        ['c', 'a', 'f', '', 'é', '!', '']
         >>> "".join(pieces) == tokenizer.decode(ids)
         True
     """
@@ -169,7 +180,15 @@ def stream(
     pending = ""
     was_training = _eval_mode(model)
     try:
-        with linear_kernels(model, config):  # restored when the stream ends or closes
+        # The engine's routing of the model's nn.Linear calls, restored when the stream
+        # ends, fails or is closed.
+        routing = linear_kernels(
+            model,
+            native=config.native_kernels,
+            pack=config.pack_weights,
+            rows=decode_rows(model, ids, config, speculative=draft_model is not None),
+        )
+        with routing:
             # inference mode per step: never left on in the caller's code between two pieces
             with torch.inference_mode():
                 run = start_decoding(

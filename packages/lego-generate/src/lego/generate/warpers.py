@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lego.generate._checks import check_float, check_int
+from lego.protocols import check_float, check_int
 
 __all__ = ["Temperature", "TopK", "TopP", "MinP"]
 

@@ -50,8 +50,9 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--native-kernels",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decode steps' linear layers on the native CPU kernels (default: on)",
+        default=None,
+        help="decode steps' linear layers on the native CPU kernels (default: where "
+        "available; --native-kernels asks for them and warns when they cannot run)",
     )
     g.add_argument(
         "--pack-weights", action="store_true", help="oneDNN-reordered bf16 weights for the prefill"

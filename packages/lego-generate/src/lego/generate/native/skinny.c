@@ -27,7 +27,8 @@
  * each thread a contiguous range of the N outputs.
  *
  * The functions return 0, or 1 when scratch memory could not be allocated (y is then
- * unspecified). lego/generate/native.py checks shapes, dtypes and contiguity before calling.
+ * unspecified). lego/generate/native/kernels.py checks shapes, dtypes and contiguity before
+ * calling.
  */
 #include <immintrin.h>
 #include <stdint.h>

@@ -1,17 +1,15 @@
-"""The native skinny-product kernels: built once, equal to F.linear, and clear refusals."""
+"""The native kernels from Python: equal to F.linear, one operator node, clear refusals."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor
 
-from lego.generate import native
-from lego.generate.native import MAX_ROWS, native_status, prepare_skinny, skinny_linear
+from lego.generate.native import MAX_ROWS, build, native_status, prepare_skinny, skinny_linear
 from lego.protocols import CompatibilityError, DataError
 
 
@@ -22,30 +20,20 @@ def kernels() -> None:
         pytest.skip(f"no native kernels here: {status.reason}")
 
 
-@pytest.fixture
-def fresh_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty kernel cache and no memory of an earlier load; the session's restored after."""
-    monkeypatch.setenv("LEGO_KERNELS_HOME", str(tmp_path))
-    native._load.cache_clear()
-    yield tmp_path
-    monkeypatch.undo()
-    native._load.cache_clear()
-
-
 @pytest.fixture(params=["dot", "widened"])
 def bf16_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Both bf16 paths of the (N, K) kernel: AVX512-BF16 dot products, and widening to fp32."""
     path = str(request.param)
-    if path == "dot" and native._BF16_DOT_FLAG not in native._cpu_flags():
+    if path == "dot" and build._BF16_DOT_FLAG not in build._cpu_flags():
         pytest.skip("this CPU has no AVX512-BF16")
     if path == "widened":
-        flags = native._cpu_flags() - {native._BF16_DOT_FLAG}
-        monkeypatch.setattr(native, "_cpu_flags", lambda: flags)
-    native._load.cache_clear()
+        flags = build._cpu_flags() - {build._BF16_DOT_FLAG}
+        monkeypatch.setattr(build, "_cpu_flags", lambda: flags)
+    build._load.cache_clear()
     assert native_status().bf16_dot == (path == "dot")
     yield path
     monkeypatch.undo()
-    native._load.cache_clear()
+    build._load.cache_clear()
 
 
 def _reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -174,62 +162,12 @@ def test_inputs_that_do_not_fit() -> None:
         linear(torch.randn(1, 8, dtype=torch.float64))
 
 
-def test_the_library_is_built_once_into_the_cache(fresh_load: Path) -> None:
-    status = native_status()
-    if not status.available:
-        pytest.skip(f"no native kernels here: {status.reason}")
-    assert status.library is not None
-    assert status.library.parent == fresh_load
-    built = status.library.stat().st_mtime_ns
-    assert [p.name for p in fresh_load.iterdir()] == [status.library.name]  # no temp files
-    native._load.cache_clear()
-    again = native_status()
-    assert again.library == status.library
-    assert again.library.stat().st_mtime_ns == built  # reused, not rebuilt
-
-
-def test_no_compiler_means_unavailable_with_a_reason(
-    fresh_load: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(native, "_cpu_flags", lambda: set(native._CPU_FLAGS))
-    monkeypatch.setattr(native, "_compiler", lambda: None)
-    status = native_status()
-    assert not status.available
-    assert "compiler" in status.reason
-    with pytest.raises(CompatibilityError, match="unavailable: no C compiler"):
-        prepare_skinny(torch.randn(2, 2))
-
-
-def test_a_failing_compiler_means_unavailable_with_its_message(
-    fresh_load: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    broken = tmp_path / "broken-cc"
-    broken.write_text("#!/bin/sh\necho 'no such luck' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    monkeypatch.setattr(native, "_cpu_flags", lambda: set(native._CPU_FLAGS))
-    monkeypatch.setenv("CC", str(broken))
-    status = native_status()
-    assert not status.available
-    assert "could not build" in status.reason
-    assert "no such luck" in status.reason
-    assert not [p for p in fresh_load.iterdir() if p.suffix == ".so"]  # nothing half-written
-
-
 @pytest.mark.usefixtures("kernels")
 def test_bf16_dot_products_where_the_cpu_has_avx512_bf16() -> None:
-    assert native_status().bf16_dot == (native._BF16_DOT_FLAG in native._cpu_flags())
+    assert native_status().bf16_dot == (build._BF16_DOT_FLAG in build._cpu_flags())
     # Values below fp32's normal range count as zero on the dot-product path, nowhere else.
     tiny = torch.full((1, 32), 2.0**-130, dtype=torch.bfloat16)  # subnormal in bf16 and fp32
     weight = torch.ones(4, 32, dtype=torch.bfloat16)
     got = skinny_linear(tiny, weight)
     expected = 0.0 if native_status().bf16_dot else 32 * 2.0**-130
     assert got.float().tolist() == [[expected] * 4]
-
-
-def test_a_cpu_without_avx512_means_unavailable(
-    fresh_load: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(native, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
-    status = native_status()
-    assert not status.available
-    assert "avx512f" in status.reason
