@@ -11,8 +11,8 @@ import torch
 from tiny_train import TINY_RUN
 
 from lego.protocols.layout import find_model_dir, find_tokenizer_file
-from lego.train import read_metrics
 from lego.recipes.cli import _main, main
+from lego.train import read_metrics
 from lego.train.cli import _main as train_main
 
 SMALL = [

@@ -2,7 +2,8 @@
 
 Every ``python`` block runs (in a fresh interpreter, from an empty directory, warnings as
 errors); every command in a ``bash`` block names things that exist: nox sessions of the
-noxfile, console scripts of the bricks and of legollm with their subcommands, and files of the repository.
+noxfile, console scripts of the bricks and of legollm with their subcommands, and files of
+the repository.
 The demo's own command is run end to end, with small settings, by test_pipeline.py.
 """
 

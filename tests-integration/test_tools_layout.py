@@ -387,9 +387,7 @@ def test_g_no_brick_depends_on_the_application(
     one_problem(repo, "packages/lego-peft/pyproject.toml", "bricks never depend on the application")
 
 
-def test_g_no_brick_imports_the_application(
-    repo: Path, make_brick: Callable[..., Path]
-) -> None:
+def test_g_no_brick_imports_the_application(repo: Path, make_brick: Callable[..., Path]) -> None:
     _with_application(repo, make_brick)
     module = brick_dir(repo, "layers") / "src/lego/layers/uses_app.py"
     module.write_text("def f():\n    import lego.recipes\n")

@@ -223,8 +223,10 @@ def _load(folder: Path) -> Brick:
     if not isinstance(project, dict) or not isinstance(project.get("name"), str):
         raise BrickError(file, '[project] name is missing; set name = "lego-<short>"')
     name = canonicalize_name(project["name"])
+    short: str
+    import_name: str
     if name == APPLICATION[0]:
-        short, import_name = name, APPLICATION[1]
+        short, import_name = str(name), APPLICATION[1]
     elif not name.startswith(PREFIX) or name == PREFIX:
         raise BrickError(file, f'[project] name {project["name"]!r} must be "lego-<short>"')
     else:
