@@ -19,6 +19,7 @@ from lego.protocols import (
     CausalLM,
     Checkpointable,
     FeedForward,
+    HFNamedModel,
     KVCache,
     LayerKVCache,
     LogitsProcessor,
@@ -164,6 +165,11 @@ class FakePretrained:
     def load_weights(self, path: Any, /) -> None: ...
 
 
+class FakeHFNamed:
+    def hf_parameter_name(self, name: str, /) -> tuple[str, bool]:
+        return "model." + name, False
+
+
 class SaveOnly:
     def save_pretrained(self, path: Any, /, *, state_dict: Any = None) -> Path:
         return Path(path)
@@ -187,6 +193,7 @@ CASES: list[tuple[type, object, object]] = [
     (TrainerState, FakeState(), Stateful()),
     (Adapter, FakeAdapter(), UnmergeableAdapter()),
     (PretrainedModel, FakePretrained(), SaveOnly()),
+    (HFNamedModel, FakeHFNamed(), FakePretrained()),
 ]
 
 

@@ -258,7 +258,7 @@ def test_write_into_an_unwritable_folder(tmp_path: Path, monkeypatch: pytest.Mon
     real_open = os.open
 
     def denied(name: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
-        if str(name).endswith(".tmp"):
+        if ".tmp-" in str(name):
             raise PermissionError(errno.EACCES, "Permission denied", str(name))
         return real_open(name, flags, mode, **kwargs)
 
@@ -326,3 +326,89 @@ def test_errors_pickle_with_their_context(tmp_path: Path) -> None:
         files.read_json(tmp_path / "x.json", what="JSON file")
     again = pickle.loads(pickle.dumps(info.value))
     assert again.context == info.value.context
+
+
+def test_temporary_names_are_unique_and_name_the_process(tmp_path: Path) -> None:
+    a, b = files.temporary_name(tmp_path / "x.bin"), files.temporary_name(tmp_path / "x.bin")
+    assert a != b
+    assert a.parent == tmp_path
+    assert f"-{os.getpid()}-" in a.name
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    mine = files.temporary_name(tmp_path / "a.bin")
+    mine.write_text("live")
+    theirs = Path(
+        str(files.temporary_name(tmp_path / "b")).replace(f"-{os.getpid()}-", f"-{dead}-")
+    )
+    theirs.mkdir()
+    (theirs / "inside").write_text("x")
+    other = tmp_path / ".c.tmp-elsewhere-1-0123abcd"
+    other.write_text("another host")
+    plain = tmp_path / "keep.txt"
+    plain.write_text("user file")
+    assert files.remove_stale_temporaries(tmp_path) == [theirs]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name, plain.name])
+
+
+def test_output_may_not_be_an_input(tmp_path: Path) -> None:
+    source = tmp_path / "f.txt"
+    source.write_text("text")
+    with pytest.raises(ConfigError, match="would overwrite an input") as info:
+        files.check_output_path(source, inputs=[source], what="ids file", key="-o")
+    assert info.value.key == "-o"
+    link = tmp_path / "link.txt"
+    link.symlink_to(source)
+    with pytest.raises(ConfigError, match="would overwrite an input"):
+        files.check_output_path(link, inputs=[source], what="ids file")
+
+
+def test_output_kind_and_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="must be a folder"):
+        files.check_output_path(tmp_path / "file", what="run", kind="folder")
+    with pytest.raises(ConfigError, match="must be a file"):
+        files.check_output_path(tmp_path, what="tokenizer file")
+    with pytest.raises(ConfigError, match="already exists"):
+        files.check_output_path(tmp_path / "file", what="model", overwrite=False)
+    assert files.check_output_path(tmp_path / "new", what="model", overwrite=False).name == "new"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device", "ckpt/optimizer.pt"),
+        RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+            "writing file data/0: file write failed"
+        ),
+        PermissionError(errno.EACCES, "Permission denied", "ckpt"),
+    ],
+)
+def test_write_errors_become_one_clear_error(exc: BaseException) -> None:
+    from lego.protocols import TrainingError
+
+    with (
+        pytest.raises(TrainingError, match="cannot write the checkpoint") as info,
+        files.write_errors("ckpt", what="checkpoint", error=TrainingError),
+    ):
+        raise exc
+    assert info.value.hint is not None
+
+
+def test_write_errors_let_other_errors_through() -> None:
+    with pytest.raises(RuntimeError, match="shape mismatch"), files.write_errors("x", what="y"):
+        raise RuntimeError("shape mismatch")
+    with pytest.raises(FileNotFoundError), files.write_errors("x", what="y"):
+        raise FileNotFoundError(errno.ENOENT, "No such file")

@@ -6,7 +6,8 @@ appear only under ``TYPE_CHECKING``). It holds:
 - ``typing.Protocol`` contracts, one per seam: [`Tokenizer`][lego.protocols.Tokenizer],
   [`TrainableTokenizer`][lego.protocols.TrainableTokenizer], [`CausalLM`][lego.protocols.CausalLM],
   [`CachedCausalLM`][lego.protocols.CachedCausalLM],
-  [`PretrainedModel`][lego.protocols.PretrainedModel], [`Attention`][lego.protocols.Attention],
+  [`PretrainedModel`][lego.protocols.PretrainedModel],
+  [`HFNamedModel`][lego.protocols.HFNamedModel], [`Attention`][lego.protocols.Attention],
   [`Norm`][lego.protocols.Norm], [`FeedForward`][lego.protocols.FeedForward],
   [`PositionalEncoding`][lego.protocols.PositionalEncoding], [`KVCache`][lego.protocols.KVCache],
   [`LayerKVCache`][lego.protocols.LayerKVCache],
@@ -51,7 +52,7 @@ from lego.protocols.checks import (
     check_int,
     check_probability,
 )
-from lego.protocols.cli import make_parser, run_cli
+from lego.protocols.cli import Interrupted, Terminated, make_parser, run_cli
 from lego.protocols.config import Config, ModelConfig, check_envelope
 from lego.protocols.configfile import load_config, read_config_file
 from lego.protocols.errors import (
@@ -67,16 +68,22 @@ from lego.protocols.errors import (
 from lego.protocols.files import (
     atomic_write_bytes,
     atomic_write_text,
+    check_output_path,
     decode_utf8,
     open_binary,
     parse_json,
     read_bytes,
     read_json,
     read_text,
+    remove_stale_temporaries,
+    temporary_name,
+    write_errors,
 )
 from lego.protocols.generation import LogitsProcessor
+from lego.protocols.hf_names import HFNamedModel
 from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
+from lego.protocols.locks import FolderLock
 from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
 from lego.protocols.optional import import_optional
 from lego.protocols.progress import Progress, Task, make_progress
@@ -101,6 +108,7 @@ __all__ = [
     "CachedCausalLM",
     "ModelConfigLike",
     "PretrainedModel",
+    "HFNamedModel",
     "Attention",
     "Norm",
     "FeedForward",
@@ -147,6 +155,11 @@ __all__ = [
     "parse_json",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_path",
+    "temporary_name",
+    "remove_stale_temporaries",
+    "write_errors",
+    "FolderLock",
     # optional dependencies
     "import_optional",
     # progress
@@ -156,4 +169,6 @@ __all__ = [
     # command line
     "make_parser",
     "run_cli",
+    "Interrupted",
+    "Terminated",
 ]

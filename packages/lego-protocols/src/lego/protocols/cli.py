@@ -2,7 +2,14 @@
 
 Exit codes: 0 success, 1 unexpected failure (a bug: the traceback is shown), 2 bad input (a
 [`LegoError`][lego.protocols.LegoError]: one clear message, no traceback unless ``--debug``),
-130 interrupted. Help texts end with an example.
+130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM. Help texts end with an example.
+
+Interrupted work exits 130 or 143 everywhere, so ``&&`` chains and schedulers see it: while
+[`run_cli()`][lego.protocols.run_cli] runs, SIGTERM raises
+[`Terminated`][lego.protocols.cli.Terminated] (a ``KeyboardInterrupt``) in the main thread,
+so ``finally`` blocks and context managers clean up as they do for Ctrl-C. Work that stops
+gracefully after saving (a trainer that finishes its step and writes a checkpoint) raises
+[`Interrupted`][lego.protocols.cli.Interrupted] with a message that says how to continue.
 
 Example:
     ``src/lego/tokenize/cli.py`` of a brick::
@@ -25,11 +32,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
-from typing import TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
 
 from lego.protocols.errors import LegoError
 
@@ -38,8 +48,12 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_BAD_INPUT",
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "Interrupted",
+    "Terminated",
     "make_parser",
     "run_cli",
+    "terminate_raises",
 ]
 
 EXIT_OK = 0
@@ -50,6 +64,81 @@ EXIT_BAD_INPUT = 2
 """Exit code of bad input: a [`LegoError`][lego.protocols.LegoError] or a usage error."""
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT)."""
+EXIT_TERMINATED = 143
+"""Exit code after SIGTERM (128 + SIGTERM)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``.
+
+    Attributes:
+        signum: The signal number (``signal.SIGTERM``).
+    """
+
+    signum = int(signal.SIGTERM)
+
+
+class Interrupted(Exception):  # noqa: N818 - the outcome, not a failure
+    """Work stopped by a signal after saving what it could.
+
+    The command exits ``128 + signum`` (130 for SIGINT, 143 for SIGTERM) and prints the
+    message and what to do, without a traceback.
+
+    Args:
+        message: What was saved, e.g. ``"stopped at step 120 of 300: checkpoint saved"``.
+        signum: The signal that stopped the work.
+        hint: How to continue (``"run the same command again to continue"``).
+
+    Attributes:
+        message: As given.
+        signum: As given.
+        hint: As given.
+    """
+
+    def __init__(
+        self, message: str, *, signum: int = signal.SIGINT, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.signum = int(signum)
+        self.hint = hint
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum``."""
+        return 128 + self.signum
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_interrupted, (self.message, self.signum, self.hint))
+
+
+def _rebuild_interrupted(message: str, signum: int, hint: str | None) -> Interrupted:
+    return Interrupted(message, signum=signum, hint=hint)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises [`Terminated`][lego.protocols.cli.Terminated].
+
+    Only in the main thread (elsewhere signals cannot be handled); the previous handler
+    comes back at the end.
+
+    Yields:
+        Nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 DEBUG_ENV = "LEGO_DEBUG"
 
@@ -95,21 +184,30 @@ def run_cli(
         stderr: Where messages go (default: ``sys.stderr``).
 
     Returns:
-        The exit code: 0, 1, 2 or 130 (or what ``main`` returned / passed to ``sys.exit``).
+        The exit code: 0, 1, 2, 130 or 143 (or what ``main`` returned / passed to
+        ``sys.exit``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     out = stderr if stderr is not None else sys.stderr
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        code = main(args)
+        with terminate_raises():
+            code = main(args)
     except LegoError as err:
         if debug:
             traceback.print_exc(file=out)
         print(f"{prog}: error: {err}", file=out)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=out)
-        return EXIT_INTERRUPTED
+    except Interrupted as stop:
+        text = f"{prog}: {stop.message}"
+        if stop.hint:
+            text += f"\n  what to do: {stop.hint}"
+        print(text, file=out)
+        return stop.exit_code
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=out)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except SystemExit as exit_:
         # argparse exits 2 on usage errors and 0 after --help; keep those codes.
         if exit_.code is None:

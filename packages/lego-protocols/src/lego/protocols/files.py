@@ -34,18 +34,26 @@ read_json("out/missing.json", what="config file")
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
+import socket
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lego.protocols.errors import ConfigError, DataError, FormatError
+from lego.protocols.errors import ConfigError, DataError, FormatError, LegoError
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_path",
+    "remove_stale_temporaries",
+    "temporary_name",
+    "write_errors",
     "decode_utf8",
     "open_binary",
     "parse_json",
@@ -380,11 +388,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "f
 
 
 def _create_temp(target: Path, *, what: str) -> tuple[int, str]:
-    """Create ``.<name>.<random>.tmp`` beside ``target``; the kernel applies the umask."""
+    """Create a [`temporary_name()`][lego.protocols.files.temporary_name] beside ``target``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     error: OSError | None = None
     for _ in range(_TEMP_ATTEMPTS):
-        temp = str(target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp")
+        temp = str(temporary_name(target))
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError as exc:
@@ -413,3 +421,185 @@ def _sync_folder(folder: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- temporaries, outputs and disk errors ---------------------------------------------------
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<host>[^.]*)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+
+def temporary_name(target: str | os.PathLike[str]) -> Path:
+    """A unique temporary name beside ``target`` that names this process.
+
+    ``.<name>.tmp-<host>-<pid>-<random>``: concurrent writers never share one, and
+    [`remove_stale_temporaries()`][lego.protocols.files.remove_stale_temporaries] can tell
+    the leftovers of a dead process from the work of a live one.
+
+    Args:
+        target: The file or folder that will be renamed into place.
+
+    Returns:
+        The temporary path (not created).
+
+    Example:
+        >>> temporary_name("out/train.bin").name.startswith(".train.bin.tmp-")
+        True
+    """
+    path = Path(target)
+    return path.with_name(f".{path.name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries that processes of this host left in ``folder`` when they died.
+
+    Only names made by [`temporary_name()`][lego.protocols.files.temporary_name] whose
+    process is gone are removed (files or folders); a live process's are kept.
+
+    Args:
+        folder: The folder to clean (a missing one is fine).
+
+    Returns:
+        The paths removed.
+    """
+    from lego.protocols.locks import pid_alive  # locks imports this module
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.fullmatch(entry.name)
+        if match is None or match["host"] != _host() or pid_alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def check_output_path(
+    output: str | os.PathLike[str],
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    what: str,
+    key: str | None = None,
+    kind: str = "file",
+    overwrite: bool = True,
+) -> Path:
+    """Check an output path before anything is written: never over an input.
+
+    Args:
+        output: Where the output goes.
+        inputs: Every file read by the same command (an output equal to one is an error).
+        what: What the output is, for messages (``"tokenizer file"``).
+        key: The option that named it (``"-o"``), for messages.
+        kind: ``"file"`` or ``"folder"``: what the output must be if it exists.
+        overwrite: Whether an existing output of the right kind may be replaced.
+
+    Returns:
+        The output path.
+
+    Raises:
+        ConfigError: The output is one of the inputs (or the same file through another
+            path), an existing output of the other kind, or an existing one when
+            ``overwrite`` is False.
+
+    Example:
+        >>> check_output_path("ids.txt", inputs=["corpus.txt"], what="ids file").name
+        'ids.txt'
+    """
+    path = Path(output)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise ConfigError(
+                f"the {what} would overwrite an input: {source}",
+                path=path,
+                key=key,
+                hint="write the output to another path",
+            )
+    if path.exists():
+        wrong = path.is_dir() if kind == "file" else not path.is_dir()
+        if wrong:
+            other = "a folder" if kind == "file" else "a file"
+            raise ConfigError(
+                f"the {what} must be a {kind}, but {path} is {other}",
+                path=path,
+                key=key,
+                hint=f"give the path of a {kind}",
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"the {what} already exists",
+                path=path,
+                key=key,
+                hint="choose a new path, or ask to overwrite it",
+            )
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_MESSAGES = ("No space left on device", "Disk quota exceeded", "file write failed")
+
+
+@contextlib.contextmanager
+def write_errors(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    error: type[LegoError] = ConfigError,
+    hint: str | None = None,
+) -> Iterator[None]:
+    """Turn a full, read-only or forbidden disk into one clear error while writing.
+
+    ``OSError`` with ``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``, ``EPERM`` or ``EFBIG``,
+    and the ``RuntimeError`` that ``torch.save`` raises on a full disk ("file write failed"),
+    become ``error`` naming the path and what to do; anything else passes through.
+
+    Args:
+        path: What is being written (a file or a folder), for the message.
+        what: What it is, for the message (``"checkpoint"``).
+        error: The error class to raise (default [`ConfigError`][lego.protocols.ConfigError]).
+        hint: What to do (default: free space or fix permissions, then run again).
+
+    Yields:
+        Nothing.
+
+    Raises:
+        LegoError: Of class ``error``, for a disk that cannot take the write.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        reason = exc.strerror or str(exc)
+        raise error(
+            f"cannot write the {what}: {reason}",
+            path=getattr(exc, "filename", None) or path,
+            hint=hint or "free some disk space (or fix the folder's permissions) and run again",
+        ) from exc
+    except RuntimeError as exc:
+        if not any(text in str(exc) for text in _DISK_MESSAGES):
+            raise
+        raise error(
+            f"cannot write the {what}: the disk is full or the write failed ({exc})",
+            path=path,
+            hint=hint or "free some disk space and run again",
+        ) from exc
