@@ -16,11 +16,13 @@ themselves, so a hand-assembled model needs no config registry at all.
 
 The model satisfies [`CausalLM`][lego.protocols.CausalLM],
 [`CachedCausalLM`][lego.protocols.CachedCausalLM] and
-[`PretrainedModel`][lego.protocols.PretrainedModel]: ``model(ids)`` returns logits
+[`PretrainedModel`][lego.protocols.PretrainedModel] and
+[`HFNamedModel`][lego.protocols.HFNamedModel]: ``model(ids)`` returns logits
 ``(B, T, vocab_size)``; ``model.new_kv_cache(B, S)`` allocates a
 [`StaticKVCache`][lego.layers.StaticKVCache] for incremental decoding;
 ``model.save_pretrained(dir)`` writes a HuggingFace model directory and
-``model.load_weights(dir)`` reads one back in place.
+``model.load_weights(dir)`` reads one back in place;
+``model.hf_parameter_name(name)`` gives a parameter's name in that directory.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch import Tensor, nn
 
 from lego.arch.components import Positions, build_block, build_norm, build_positions
 from lego.arch.config import DecoderConfig
-from lego.arch.hf import load_hf_weights, to_hf
+from lego.arch.convert.mapping import transpose
+from lego.arch.hf import architecture_for_config, load_hf_weights, to_hf
 from lego.layers import (
     CausalSelfAttention,
     MoEFeedForward,
@@ -453,6 +456,40 @@ class DecoderLM(nn.Module):
                 other tensors (every difference listed).
         """
         load_hf_weights(self, path)
+
+    def hf_parameter_name(self, name: str, /) -> tuple[str, bool]:
+        """The name transformers gives one of this model's parameters, from the weight table.
+
+        Adapters in PEFT's layout are keyed by these names (lego-peft reads them here).
+
+        Args:
+            name: A ``state_dict()`` key of this model (``"blocks.0.attention.q_proj.weight"``).
+
+        Returns:
+            ``(hf_name, transposed)``: e.g. ``("model.layers.0.self_attn.q_proj.weight",
+            False)``; for GPT-2's projections, stored as ``Conv1D`` ``(in, out)``,
+            ``("transformer.h.0.attn.c_attn.weight", True)``.
+
+        Raises:
+            CompatibilityError: The family has no HF architecture, the name is no tensor of
+                the family's layout, or it is the stack of several HF tensors (MoE experts).
+
+        Example:
+            >>> import lego.arch
+            >>> lego.arch.build("gpt2-tiny").hf_parameter_name("blocks.1.attention.qkv_proj.weight")
+            ('transformer.h.1.attn.c_attn.weight', True)
+        """
+        config = self._config
+        table = architecture_for_config(config).weights
+        (plan,) = table.plan([name], n_layers=config.n_layers, n_experts=config.n_experts or 0)
+        if plan.stacked:
+            raise CompatibilityError(
+                f"DecoderLM: {name!r} is the stack of {len(plan.hf)} HuggingFace tensors "
+                f"({plan.hf[0]}, ...), not one",
+                tensor=name,
+                hint="name one expert's tensor in the HF checkpoint instead",
+            )
+        return plan.hf[0], plan.to_hf is transpose
 
     # -- incremental decoding -----------------------------------------------------------
 
