@@ -69,3 +69,21 @@ def test_find_tokenizer_file_prefers_lego_format(tmp_path: Path) -> None:
     assert find_tokenizer_file(folder) == folder / "tokenizer.json"
     (folder / "lego-tokenizer.json").write_text("{}")
     assert find_tokenizer_file(folder) == folder / "lego-tokenizer.json"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00garbage\x80", b"", b"step-1", b"x" * 10_000, b"step-00000001\n" * 100],
+)
+def test_garbage_latest_is_one_format_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / CHECKPOINTS_DIR / checkpoint_name(1)).mkdir(parents=True)
+    (tmp_path / CHECKPOINTS_DIR / LATEST_FILE).write_bytes(content)
+    with pytest.raises(FormatError, match="latest-checkpoint file") as info:
+        read_latest(tmp_path)
+    assert len(str(info.value)) < 400  # the garbage is not printed whole
+
+
+def test_latest_that_is_a_folder_is_a_format_error(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINTS_DIR / LATEST_FILE).mkdir(parents=True)
+    with pytest.raises(FormatError, match="not a file"):
+        read_latest(tmp_path)

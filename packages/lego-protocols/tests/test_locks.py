@@ -87,3 +87,16 @@ def test_pid_alive() -> None:
     assert pid_alive(os.getpid())
     assert not pid_alive(_dead_pid())
     assert not pid_alive(0)
+
+
+def test_lock_of_an_earlier_attempt_of_the_same_job_is_taken_over(tmp_path: Path) -> None:
+    record = {"pid": 1, "host": "other-machine", "started": "x", "token": "t", "job": "run-7"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="other-machine"):
+        FolderLock(tmp_path, what="training run", job="run-8").acquire()
+    with pytest.raises(ConfigError, match="other-machine"):
+        FolderLock(tmp_path, what="training run").acquire()
+    stream = io.StringIO()
+    with FolderLock(tmp_path, what="training run", job="run-7", stream=stream) as lock:
+        assert json.loads(lock.path.read_text())["job"] == "run-7"
+    assert "took over" in stream.getvalue()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from lego.protocols.errors import ConfigError, FormatError
+from lego.protocols.files import open_binary
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -57,6 +58,7 @@ HF_TOKENIZER_FILE: Final = "tokenizer.json"
 """A model directory's tokenizer in HuggingFace's format."""
 
 _NAME = re.compile(r"step-\d{8,}")
+_LATEST_MAX = 256  # bytes: a checkpoint name is ~14; more is not a latest file
 
 
 def checkpoint_name(step: int) -> str:
@@ -87,18 +89,34 @@ def read_latest(run_dir: str | os.PathLike[str]) -> Path | None:
         ``latest`` file.
 
     Raises:
-        FormatError: ``latest`` does not name a checkpoint folder that exists.
+        FormatError: ``latest`` is not a small UTF-8 text file naming a checkpoint folder
+            that exists (garbage, a folder, a name that escapes ``checkpoints/``).
+        ConfigError: ``latest`` cannot be read (permissions).
+
+    Example:
+        >>> import tempfile
+        >>> read_latest(tempfile.mkdtemp()) is None  # a run without checkpoints yet
+        True
     """
     latest = Path(run_dir) / CHECKPOINTS_DIR / LATEST_FILE
-    if not latest.is_file():
+    if not os.path.lexists(latest):
         return None
-    name = latest.read_text(encoding="utf-8").strip()
+    fix = "write the name of an existing step-NNNNNNNN folder into it, or delete it"
+    if not latest.is_file():
+        raise FormatError("the latest-checkpoint file is not a file", path=str(latest), hint=fix)
+    with open_binary(latest, what="latest-checkpoint file") as handle:
+        data = handle.read(_LATEST_MAX + 1)
+    try:
+        name = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        name = ""
     target = latest.parent / name
-    if not _NAME.fullmatch(name) or not target.is_dir():
+    if len(data) > _LATEST_MAX or not _NAME.fullmatch(name) or not target.is_dir():
+        shown = repr(data[:40].decode("utf-8", errors="replace").strip())
         raise FormatError(
-            f"the latest-checkpoint file names {name!r}, which is not a checkpoint folder",
+            f"the latest-checkpoint file names {shown}, which is not a checkpoint folder",
             path=str(latest),
-            hint="write the name of an existing step-NNNNNNNN folder into it, or delete it",
+            hint=fix,
         )
     return target
 

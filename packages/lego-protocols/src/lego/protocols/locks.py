@@ -13,7 +13,11 @@ host and start time as JSON. A second writer gets one clear
 [`ConfigError`][lego.protocols.ConfigError] naming the holder. A lock left by a process that
 died (same host, pid gone) is stale: it is taken over, with a line on stderr that says so.
 A lock from another host is never taken over (its pid means nothing here): the message
-says how to remove it once that host's process is gone.
+says how to remove it once that host's process is gone. The one exception is a lock of the
+same ``job`` (the ``job`` argument, e.g. torchrun's ``TORCHELASTIC_RUN_ID``): an elastic
+launcher restarts a job's processes only after stopping the old ones, on whatever machine
+they ran, so a lock that names the same job and another process is a leftover of an earlier
+attempt and is taken over.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class FolderLock:
         folder: The folder to lock.
         what: What the folder is, for messages (``"training run"``).
         stream: Where the notice about a stale lock goes (default: ``sys.stderr``).
+        job: The job this process belongs to (an elastic launcher's run id), or None; a
+            lock of the same job held by another process (any host) is an earlier attempt
+            of this job and is taken over.
 
     Raises:
         ConfigError: From ``acquire``: another live process holds the lock, or the folder
@@ -81,10 +88,16 @@ class FolderLock:
     """
 
     def __init__(
-        self, folder: str | os.PathLike[str], *, what: str, stream: TextIO | None = None
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        what: str,
+        stream: TextIO | None = None,
+        job: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.what = what
+        self.job = job or None
         self.path = self.folder / LOCK_FILE
         self._stream = stream
         self._token = ""
@@ -115,6 +128,8 @@ class FolderLock:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "token": self._token,
         }
+        if self.job is not None:
+            record["job"] = self.job
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -166,7 +181,8 @@ class FolderLock:
         if not isinstance(pid, int) or not isinstance(holder.get("host"), str):
             return True  # damaged (a writer killed mid-write)
         if holder["host"] != socket.gethostname():
-            return False
+            # On another host, only an earlier attempt of this job is known to be gone.
+            return self.job is not None and holder.get("job") == self.job
         return not pid_alive(pid)
 
     def _take_over(self, holder: dict[str, Any] | None) -> None:
