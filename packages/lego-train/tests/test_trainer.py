@@ -178,11 +178,10 @@ def test_tensorboard_missing_is_a_config_error(tiny: Any, base_config: TrainConf
     else:
         pytest.skip("tensorboard is installed; the missing-package path cannot be exercised")
     source = tiny.ListSource(tiny.make_tokens(), batch_size=4, context=8)
-    trainer = Trainer(
-        model=tiny.TinyLM(), train_data=source, config=base_config.replace(tensorboard=True)
-    )
-    with pytest.raises(ConfigError, match=r"lego-train\[tensorboard\]"):
-        trainer.fit()
+    with pytest.raises(ConfigError, match=r"lego-train\[tensorboard\]"):  # before training
+        Trainer(
+            model=tiny.TinyLM(), train_data=source, config=base_config.replace(tensorboard=True)
+        )
 
 
 def test_empty_batch_source_is_a_data_error(tiny: Any, base_config: TrainConfig) -> None:

@@ -6,7 +6,9 @@
 - AdamW with no-decay groups ([`build_optimizer()`][lego.train.optim.build_optimizer]) and
   schedules ([`LRSchedule`][lego.train.schedule.LRSchedule]);
 - checkpoints ([`CheckpointManager`][lego.train.checkpoint.CheckpointManager]): atomic,
-  verified, resumable bit for bit;
+  verified, resumable bit for bit; the run directory's guard
+  ([`check_run_dir()`][lego.train.rundir.check_run_dir]: one writer, no run replaced by a
+  new one);
 - DDP / FSDP2 under ``torchrun`` ([`lego.train.distributed`][lego.train.distributed]);
 - FLOPs and MFU ([`flops_per_token()`][lego.train.flops.flops_per_token]), the metrics log and
   its progress line ([`lego.train.monitor`][lego.train.monitor]);
@@ -24,6 +26,7 @@ from lego.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from lego.train.flops import flops_per_token, measure_peak_flops, mfu
 from lego.train.monitor import read_metrics
 from lego.train.optim import build_optimizer, param_groups
+from lego.train.rundir import check_run_dir
 from lego.train.schedule import LRSchedule, build_scheduler
 from lego.train.state import RunState
 from lego.train.trainer import Trainer, token_loss
@@ -36,6 +39,7 @@ __all__ = [
     "ScheduleConfig",
     "RunState",
     "CheckpointManager",
+    "check_run_dir",
     "SampleCallback",
     "LRSchedule",
     "build_scheduler",

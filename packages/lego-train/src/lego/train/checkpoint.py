@@ -16,20 +16,35 @@ step-00000100/
 
 It is written to ``.tmp-step-00000100`` and renamed when complete; ``latest`` is rewritten
 atomically after the rename, so a kill at any moment leaves the previous checkpoint and
-``latest`` intact. ``trainer_state.json`` lists the size and SHA-256 of every other file, so
-a tampered or truncated file is a [`FormatError`][lego.protocols.FormatError] naming it.
+``latest`` intact. A save that fails (a full disk) removes its ``.tmp-`` folder; the
+leftovers of a killed process are removed when the next run starts
+([`CheckpointManager.remove_leftovers()`][lego.train.checkpoint.CheckpointManager.remove_leftovers]).
+A folder is only ever renamed to ``step-N`` when complete, so
+[`CheckpointManager.latest()`][lego.train.checkpoint.CheckpointManager.latest] also finds a
+complete checkpoint newer than the one ``latest`` names (a disk that filled up between the
+rename and the rewrite of ``latest``). ``trainer_state.json`` lists the size and SHA-256 of
+every other file, so a tampered or truncated file is a
+[`FormatError`][lego.protocols.FormatError] naming it. Every file gets the mode the umask
+gives (``0o644`` under the usual ``022``; safetensors alone would write ``0o600``).
+
+A disk that cannot take a write raises ``OSError`` here (``torch.save``'s own
+``RuntimeError`` and safetensors' ``SafetensorError`` are turned back into the ``OSError``
+behind them), so callers wrap saving in
+[`lego.protocols.write_errors()`][lego.protocols.write_errors].
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -60,6 +75,7 @@ __all__ = [
     "check_compatible",
     "save_model_dir",
     "load_model_dir",
+    "apply_umask",
 ]
 
 CHECKPOINT_FORMAT = "lego-train-checkpoint"
@@ -185,14 +201,82 @@ def verify_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
             )
 
 
+class _RecordingWriter:
+    """A file for ``torch.save`` that keeps the ``OSError`` torch turns into a RuntimeError."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` of plain state (tensors, numbers, strings, containers).
 
     Args:
         obj: The state.
         path: The file.
+
+    Raises:
+        OSError: The disk is full or cannot be written (``ENOSPC``, ``EFBIG``, ...), not
+            torch's ``RuntimeError`` ("unexpected pos ...") that hides it.
     """
-    torch.save(obj, path)
+    with open(path, "wb") as handle:
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save(obj, writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+@contextlib.contextmanager
+def _rust_os_errors(path: Path) -> Any:
+    """Turn safetensors' ``SafetensorError`` about a failed write into its ``OSError``."""
+    try:
+        yield
+    except Exception as exc:
+        found = _OS_ERROR.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+        if found is None:
+            raise
+        code = int(found[1])
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode the umask gives new ones.
+
+    safetensors writes its files ``0o600`` whatever the umask; a checkpoint's files should
+    read like every other file of the run (``0o644`` under the usual umask ``022``).
+
+    Args:
+        folder: The folder (itself included).
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def torch_load(path: Path, *, what: str) -> Any:
@@ -216,10 +300,28 @@ def torch_load(path: Path, *, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FormatError(
-            f"cannot read the {what} state ({type(exc).__name__}: {str(exc)[:200]})",
+            f"cannot read the {what} state ({_load_failure(exc)})",
             path=path,
             hint="the checkpoint is damaged; resume from another one",
         ) from exc
+
+
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """What went wrong, without torch's advice to load the file with ``weights_only=False``.
+
+    That advice would run the file's pickle code; a checkpoint of ours never needs it.
+    """
+    text = str(exc)
+    found = _GLOBAL.search(text)
+    if found is not None or "weights_only" in text or "Weights only" in text:
+        what = f" ({found[1]})" if found is not None else ""
+        return f"it holds pickled objects{what} that are never loaded: not a lego-train state file"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first.split(". ")[0]
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
 
 
 def model_signature(model: nn.Module) -> dict[str, Any]:
@@ -314,14 +416,16 @@ def save_model_dir(
     """
     saver = getattr(model, "save_pretrained", None)
     if callable(saver):
-        saver(folder, state_dict=state_dict)
+        with _rust_os_errors(folder):
+            saver(folder, state_dict=state_dict)
         return
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     source = state_dict if state_dict is not None else model.state_dict()
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in source.items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with _rust_os_errors(folder / "model.safetensors"):
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = getattr(model, "config", None)
     to_dict = getattr(config, "to_dict", None)
     config_dict = to_dict() if callable(to_dict) else {}
@@ -388,19 +492,27 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint, or None.
+        """The newest complete checkpoint: the one ``latest`` names, or None.
+
+        Without a ``latest`` file (deleted after it was damaged), the newest complete
+        ``step-N`` folder: a folder gets that name only once it is complete.
 
         Raises:
-            FormatError: When ``latest`` names no checkpoint folder.
+            FormatError: When ``latest`` is damaged or names no checkpoint folder.
         """
-        return read_latest(self.run_dir)
+        named = read_latest(self.run_dir)
+        if named is not None:
+            return named
+        complete = self.complete()
+        return complete[-1] if complete else None
 
     def resolve(self, resume: str) -> Path | None:
         """Turn the ``resume`` setting into a checkpoint folder.
 
         Args:
-            resume: ``""`` (none), ``"latest"`` (None when the run has no checkpoint yet) or a
-                path to a checkpoint folder or a run directory.
+            resume: ``""`` (none), ``"auto"`` or ``"latest"`` (the newest checkpoint; None
+                when the run has none yet) or a path to a checkpoint folder or a run
+                directory.
 
         Returns:
             The checkpoint folder, or None for a fresh start.
@@ -410,7 +522,7 @@ class CheckpointManager:
         """
         if not resume:
             return None
-        if resume == "latest":
+        if resume in ("auto", "latest"):
             return self.latest()
         path = Path(resume)
         if (path / TRAINER_STATE_FILE).is_file():
@@ -422,7 +534,7 @@ class CheckpointManager:
             "with checkpoints/latest",
             path=path,
             key="resume",
-            hint="pass resume=latest, a checkpoints/step-NNNNNNNN folder or a run directory",
+            hint="pass resume=auto, a checkpoints/step-NNNNNNNN folder or a run directory",
         )
 
     def begin(self, step: int) -> Path:
@@ -440,8 +552,19 @@ class CheckpointManager:
         tmp.mkdir(parents=True)
         return tmp
 
+    def abort(self, tmp: Path) -> None:
+        """Remove the temporary folder of a save that failed (a full disk, a signal).
+
+        Args:
+            tmp: The folder from [`begin()`][lego.train.checkpoint.CheckpointManager.begin].
+        """
+        shutil.rmtree(tmp, ignore_errors=True)
+
     def commit(self, tmp: Path, step: int) -> Path:
         """Rename a complete temporary folder into place, update ``latest`` and prune.
+
+        When ``latest`` cannot be rewritten (a full disk), the rename is undone, so
+        ``latest`` and the folders keep agreeing.
 
         Args:
             tmp: The folder from [`begin()`][lego.train.checkpoint.CheckpointManager.begin].
@@ -450,6 +573,7 @@ class CheckpointManager:
         Returns:
             The final checkpoint folder.
         """
+        apply_umask(tmp)
         _sync_tree(tmp)
         name = checkpoint_name(step)
         final = self.folder / name
@@ -461,11 +585,34 @@ class CheckpointManager:
             final.rename(old)
         tmp.rename(final)
         _fsync_dir(self.folder)
-        atomic_write_text(self.folder / LATEST_FILE, name + "\n", what="latest-checkpoint file")
+        try:
+            atomic_write_text(self.folder / LATEST_FILE, name + "\n", what="latest-checkpoint file")
+        except BaseException:
+            final.rename(tmp)  # the caller removes it
+            if old is not None:
+                old.rename(final)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self.prune()
         return final
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what interrupted saves left (``.tmp-step-N``, ``.old-step-N`` folders).
+
+        Call it only while holding the run's lock: then no other process is saving.
+
+        Returns:
+            The folders removed.
+        """
+        if not self.folder.is_dir():
+            return []
+        removed = []
+        for leftover in sorted(self.folder.iterdir()):
+            if leftover.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+        return removed
 
     def complete(self) -> list[Path]:
         """The complete checkpoint folders, oldest first."""
@@ -484,9 +631,7 @@ class CheckpointManager:
         """
         if not self.folder.is_dir():
             return
-        for leftover in self.folder.iterdir():
-            if leftover.name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
+        self.remove_leftovers()
         if self.keep_last <= 0:
             return
         latest = self.latest()

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lego.protocols import Config, ConfigError
+from lego.protocols import Config, ConfigError, check_int
 
 __all__ = [
+    "SEED_MAX",
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -23,6 +24,9 @@ __all__ = [
     "Strategy",
     "ScheduleName",
 ]
+
+SEED_MAX = 2**64 - 1
+"""The largest seed (torch's generators take 64-bit unsigned seeds)."""
 
 Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"]
 """How the model computes: fp32; bf16 or fp16 autocast over fp32 weights (fp16 with a
@@ -134,7 +138,8 @@ class TrainConfig(Config):
         activation_checkpointing: Recompute activations in the backward pass (sets
             ``model.activation_checkpointing = True`` when the model has that attribute).
         compile: Wrap the model with ``torch.compile``.
-        seed: Seeds python, numpy and torch before the model's first step.
+        seed: Seeds python, numpy and torch before the model's first step (``0 ..
+            2**64 - 1``, what torch accepts).
         eval_every: Evaluate every this many steps (and after the last); 0 never.
         eval_batches: Batches per evaluation (0: the whole evaluation source).
         checkpoint_every: Save a checkpoint every this many steps (and after the last);
@@ -150,8 +155,14 @@ class TrainConfig(Config):
         device: ``auto`` (CUDA when available, else CPU), or a torch device string.
         peak_flops: The accelerator's peak FLOP/s for MFU; 0 measures it once with a short
             matmul probe.
-        resume: ``""`` (fresh run), ``latest`` (the run's newest checkpoint, fresh when there
-            is none) or a checkpoint path.
+        resume: ``""`` (a fresh run: ``out_dir`` must not hold one), ``auto`` (the run's
+            newest complete checkpoint, a fresh start when there is none: the setting for
+            a command that both starts and continues a run, e.g. under ``torchrun
+            --max-restarts``), ``latest`` (the same as ``auto``) or a checkpoint path.
+        overwrite: Replace a run that ``out_dir`` already holds (its checkpoints, metrics
+            and TensorBoard files are deleted when training starts). Without it a fresh
+            run into a folder that holds one is a [`ConfigError`][lego.protocols.ConfigError]:
+            nothing a finished run wrote is lost by running a command twice.
     """
 
     out_dir: str = "runs/lego"
@@ -175,6 +186,7 @@ class TrainConfig(Config):
     device: str = "auto"
     peak_flops: float = 0.0
     resume: str = ""
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Check counts and their combinations (e.g. warmup longer than training)."""
@@ -199,3 +211,13 @@ class TrainConfig(Config):
             raise ConfigError(f"peak_flops must be >= 0, got {self.peak_flops}", key="peak_flops")
         if not self.out_dir:
             raise ConfigError("out_dir must not be empty", key="out_dir")
+        check_int(
+            "seed", self.seed, minimum=0, maximum=SEED_MAX, hint="use a seed in 0 .. 2**64 - 1"
+        )
+        if self.overwrite and self.resume:
+            raise ConfigError(
+                f"overwrite=true replaces the run in out_dir; resume={self.resume!r} continues "
+                "one: choose one of them",
+                key="overwrite",
+                hint="drop overwrite to continue the run, or resume to replace it",
+            )

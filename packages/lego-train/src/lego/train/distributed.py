@@ -35,6 +35,7 @@ __all__ = [
     "resolve_strategy",
     "wrap_model",
     "all_reduce_sum",
+    "raise_together",
     "no_sync",
     "unwrap",
     "is_fsdp",
@@ -272,6 +273,36 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return [float(x) for x in tensor.tolist()]
+
+
+def raise_together(error: BaseException | None, device: torch.device) -> None:
+    """Fail on every process when one failed (collective under ``torchrun``).
+
+    Work that only rank 0 does (checking and locking the run directory, writing a
+    checkpoint) must not leave the other ranks waiting in the next collective for ever:
+    every rank calls this with its own error, or None; when any rank had one, each rank
+    raises (its own error, or a [`ConfigError`][lego.protocols.ConfigError] that points at
+    the other rank's message).
+
+    Args:
+        error: This rank's error, or None.
+        device: A device the backend can reduce on.
+
+    Raises:
+        BaseException: ``error``; or ConfigError when only another rank failed.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    (failed,) = all_reduce_sum([0.0 if error is None else 1.0], device)
+    if error is not None:
+        raise error
+    if failed:
+        raise ConfigError(
+            f"rank {dist.get_rank()} stops: another rank failed (its message is above)",
+            hint="fix what that rank reported and run again",
+        )
 
 
 def full_state_dicts(

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, read_bytes
 
 __all__ = ["METRICS_FILE", "MetricsLog", "read_metrics", "TensorBoardWriter", "format_step"]
 
@@ -72,8 +72,10 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Returns:
         Records sorted by split then step.
 
+    Lines that are not JSON objects (cut by a kill, damaged) are skipped.
+
     Raises:
-        ConfigError: When the run has no ``metrics.jsonl``.
+        ConfigError: When the run has no ``metrics.jsonl`` (or it cannot be read).
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
@@ -83,13 +85,13 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             hint="pass the out_dir of a lego-train run",
         )
     latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
+    for raw in read_bytes(path, what="metrics log").splitlines():
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue  # a line cut by a kill, or damaged
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             latest[(str(record.get("split", "train")), record["step"])] = record
     return [latest[key] for key in sorted(latest)]
@@ -106,15 +108,26 @@ class TensorBoardWriter:
     """
 
     def __init__(self, *, log_dir: Path) -> None:
+        self.check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    @staticmethod
+    def check_available() -> None:
+        """Check, before any training, that TensorBoard logging can work.
+
+        Raises:
+            ConfigError: When the ``tensorboard`` package is not installed.
+        """
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError as exc:
             raise ConfigError(
                 "tensorboard logging needs the tensorboard package",
                 key="tensorboard",
                 hint='pip install "lego-train[tensorboard]", or set tensorboard: false',
             ) from exc
-        self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Add every numeric value of a record as a scalar ``split/name`` at its step."""

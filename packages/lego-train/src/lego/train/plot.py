@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lego.protocols import ConfigError, import_optional
-from lego.train.monitor import read_metrics
+from lego.protocols import ConfigError, check_output_path, import_optional, write_errors
+from lego.train.monitor import METRICS_FILE, read_metrics
 
 __all__ = ["plot_run", "matplotlib_modules"]
 
@@ -50,9 +50,15 @@ def plot_run(
         The image path.
 
     Raises:
-        ConfigError: When matplotlib is missing, or the run has no training records.
+        ConfigError: When matplotlib is missing, the run has no training records, or the
+            output is a folder, an input, has an extension matplotlib cannot write, or
+            cannot be written (its folder is missing, the disk is full or read-only).
     """
     agg, figure_module = matplotlib_modules("lego-train plot")
+    out = check_output_path(
+        output, inputs=[Path(run_dir) / METRICS_FILE], what="image file", key="-o", kind="file"
+    )
+    check_image_path(out, agg)
     records = read_metrics(Path(run_dir))
     train = [r for r in records if r.get("split") == "train" and isinstance(r.get("loss"), float)]
     val = [r for r in records if r.get("split") == "val" and "val_loss" in r]
@@ -82,6 +88,36 @@ def plot_run(
     ax_lr.grid(alpha=0.3)
     figure.suptitle(str(run_dir))
     figure.tight_layout()
-    out = Path(output)
-    figure.savefig(out)
+    with write_errors(out, what="image file", hint="choose another -o, or free some space"):
+        figure.savefig(out)
     return out
+
+
+def check_image_path(output: Path, agg: Any) -> None:
+    """Check, before drawing, that matplotlib can write ``output`` (its extension, its folder).
+
+    Args:
+        output: The image file.
+        agg: Matplotlib's Agg backend module (from
+            [`matplotlib_modules()`][lego.train.plot.matplotlib_modules]).
+
+    Raises:
+        ConfigError: An extension matplotlib cannot write (or none), or a missing folder.
+    """
+    formats = sorted(agg.FigureCanvasAgg.get_supported_filetypes())
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        told = f"extension .{suffix}" if suffix else "no extension"
+        raise ConfigError(
+            f"the image file has {told}, which matplotlib cannot write",
+            path=output,
+            key="-o",
+            hint="end the name with one of: " + ", ".join(f".{f}" for f in formats),
+        )
+    if not output.parent.is_dir():
+        raise ConfigError(
+            "the image file's folder does not exist",
+            path=output.parent,
+            key="-o",
+            hint="create the folder first, or choose another path",
+        )

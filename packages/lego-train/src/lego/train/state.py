@@ -20,6 +20,8 @@ class RunState:
         metrics: The latest logged values (``loss``, ``lr``, ``val_loss``, ...).
         should_stop: Set by a callback (or a signal) to end after the current step.
         skipped_steps: Steps whose update was skipped for a non-finite loss.
+        stop_signal: The signal (``signal.SIGINT``, ``signal.SIGTERM``) that stopped the
+            run early after saving a checkpoint, or None.
     """
 
     step: int = 0
@@ -28,3 +30,4 @@ class RunState:
     metrics: dict[str, float] = field(default_factory=dict)
     should_stop: bool = False
     skipped_steps: int = 0
+    stop_signal: int | None = None

@@ -37,9 +37,12 @@ from lego.protocols import (
     BatchSource,
     ConfigError,
     DataError,
+    FolderLock,
     LMBatch,
     TrainerCallback,
     TrainingError,
+    remove_stale_temporaries,
+    write_errors,
 )
 from lego.protocols.layout import HF_TOKENIZER_FILE, LEGO_TOKENIZER_FILE, MODEL_DIR
 from lego.protocols.progress import Progress, Task, make_progress
@@ -67,6 +70,7 @@ from lego.train.precision import (
     make_grad_scaler,
 )
 from lego.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from lego.train.rundir import check_run_dir, clear_run, run_lock
 from lego.train.schedule import build_scheduler
 from lego.train.state import RunState
 
@@ -127,6 +131,9 @@ class Trainer:
         tokenizer_hash: Identifies the tokenizer (e.g. SHA-256 of its file); resuming with
             another one is a [`CompatibilityError`][lego.protocols.CompatibilityError].
         console_stream: Where progress lines go (default: stderr).
+        lock: The lock of ``out_dir`` when the caller already holds it (a recipe locks the
+            run before preparing its data); None: ``fit()`` takes it
+            ([`run_lock()`][lego.train.rundir.run_lock]) and releases it at the end.
 
     Attributes:
         state: The [`RunState`][lego.train.state.RunState] (step, tokens, metrics).
@@ -135,7 +142,9 @@ class Trainer:
 
     Raises:
         ConfigError: On an impossible setting (activation checkpointing on a model without
-            it, strategy/world mismatch, a bad resume path).
+            it, strategy/world mismatch, a bad resume path), an ``out_dir`` that is a file
+            or already holds a run that the config neither continues nor overwrites
+            ([`check_run_dir()`][lego.train.rundir.check_run_dir]).
         FormatError: When the resume checkpoint is damaged (naming the file).
         CompatibilityError: When it belongs to another model shape or tokenizer.
     """
@@ -151,6 +160,7 @@ class Trainer:
         tokenizer: object | None = None,
         tokenizer_hash: str | None = None,
         console_stream: Any = None,
+        lock: FolderLock | None = None,
     ) -> None:
         self.config = config
         self.train_data = train_data
@@ -159,8 +169,18 @@ class Trainer:
         self.tokenizer = tokenizer
         self.tokenizer_hash = tokenizer_hash
         self._console_stream = console_stream
+        self._lock = lock
         self.device = dd.pick_device(config.device)
         self.dist = dd.init_distributed(self.device)
+        problem: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                check_run_dir(config)
+            except ConfigError as exc:
+                problem = exc
+        dd.raise_together(problem, self.device)
+        if config.tensorboard:
+            TensorBoardWriter.check_available()
         self.strategy = dd.resolve_strategy(config.strategy, self.dist)
         if self.strategy == "fsdp" and config.precision in ("bf16-true", "fp16-mixed"):
             raise ConfigError(
@@ -480,9 +500,29 @@ class Trainer:
             if self.masters is not None:
                 model_state = self.masters.state_dict_of(self.unwrapped)
         final: Path | None = None
+        problem: Exception | None = None
         if self.dist.is_main:
-            step = self.state.step
-            tmp = self.checkpoints.begin(step)
+            try:
+                final = self._write_checkpoint(optim_state, model_state)
+            except Exception as exc:  # every rank must hear of it (a full disk on rank 0)
+                problem = exc
+        dd.raise_together(problem, self.device)
+        if final is not None:
+            for callback in self.callbacks:
+                hook = getattr(callback, "on_save", None)
+                if hook is not None:
+                    hook(self.state, final)
+        if dist.is_initialized():
+            dist.barrier()
+        return final
+
+    def _write_checkpoint(
+        self, optim_state: Mapping[str, Any], model_state: Mapping[str, torch.Tensor] | None
+    ) -> Path:
+        """Write the checkpoint folder on rank 0; on any failure remove what was written."""
+        step = self.state.step
+        tmp = self.checkpoints.begin(step)
+        try:
             model_dir = tmp / MODEL_DIR
             save_model_dir(self.unwrapped, model_dir, state_dict=model_state)
             self._save_tokenizer(model_dir)
@@ -509,14 +549,10 @@ class Trainer:
             (tmp / TRAINER_STATE_FILE).write_text(
                 json.dumps(trainer_state.to_dict(), indent=2) + "\n", encoding="utf-8"
             )
-            final = self.checkpoints.commit(tmp, step)
-            for callback in self.callbacks:
-                hook = getattr(callback, "on_save", None)
-                if hook is not None:
-                    hook(self.state, final)
-        if dist.is_initialized():
-            dist.barrier()
-        return final
+            return self.checkpoints.commit(tmp, step)
+        except BaseException:
+            self.checkpoints.abort(tmp)
+            raise
 
     def _save_tokenizer(self, model_dir: Path) -> None:
         tokenizer = self.tokenizer
@@ -604,89 +640,134 @@ class Trainer:
     def fit(self) -> RunState:
         """Train until ``max_steps`` (or a stop), evaluating, logging and checkpointing.
 
+        ``out_dir`` is locked while it trains (unless the caller gave its ``lock``). On
+        SIGINT or SIGTERM the step finishes, a checkpoint is saved and ``fit`` returns with
+        ``state.stop_signal`` set: the caller decides how to exit (the ``legollm`` recipes
+        exit 130 or 143, with a message that says how to continue).
+
         Returns:
             The final [`RunState`][lego.train.state.RunState].
 
         Raises:
-            TrainingError: On a non-finite loss with ``on_nan: stop`` or out of memory
-                (naming a batch size and accumulation that would fit).
+            TrainingError: On a non-finite loss with ``on_nan: stop``, out of memory
+                (naming a batch size and accumulation that would fit), or a disk that
+                cannot take the run's files (full, read-only: nothing half-written is left,
+                and ``resume=auto`` continues from the last complete checkpoint).
+            ConfigError: Another process writes ``out_dir``.
             DataError: When the batch source yields nothing or no trained labels.
         """
-        config = self.config
-        state = self.state
         previous = self._install_signals()
-        last_saved = state.step if self.resumed_from is not None else -1
+        lock: FolderLock | None = None
         try:
-            if self.dist.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                if self._log is None:
-                    self._log = MetricsLog(run_dir=self.run_dir)
-                if config.tensorboard and self._tb is None:
-                    self._tb = TensorBoardWriter(log_dir=self.run_dir / "tensorboard")
-                self._progress = make_progress(
-                    config.progress, stream=self._console_stream, interval=0
-                )
-                self._task = self._progress.task(
-                    "train", total=config.max_steps, unit="steps", completed=state.step
-                )
-                if self.resumed_from is not None:
-                    self.message(f"resumed from {self.resumed_from} at step {state.step}")
-            self._call("on_train_begin")
-            window_tokens, window_start = 0, time.perf_counter()
-            while state.step < config.max_steps and not state.should_stop:
-                result = self.train_step()
-                loss, lr, grad_norm = result["loss"], result["lr"], result["grad_norm"]
-                window_tokens += int(result["tokens"])
-                state.metrics.update({"loss": loss, "lr": lr})
-                if math.isfinite(grad_norm):
-                    state.metrics["grad_norm"] = grad_norm
-                last = state.step >= config.max_steps
-                if state.step % config.log_every == 0 or last:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    tokens_per_s = window_tokens / elapsed
-                    context = self._context_length()
-                    state.metrics["tokens_per_s"] = tokens_per_s
-                    state.metrics["mfu"] = (
-                        self._mfu(tokens_per_s, context) if self.dist.is_main else 0.0
-                    )
-                    record = {"step": state.step, "split": "train", **state.metrics}
-                    record["tokens_seen"] = state.tokens_seen
-                    self.log_record(record)
-                    if self._task is not None:
-                        self._task.update(state.step, info=format_step(state.metrics))
-                    window_tokens, window_start = 0, time.perf_counter()
-                if config.eval_every and (state.step % config.eval_every == 0 or last):
-                    metrics = self.evaluate()
-                    if metrics:
-                        state.metrics.update(metrics)
-                        self.log_record({"step": state.step, "split": "val", **metrics})
-                        self.message(
-                            f"step {state.step}: val_loss {metrics['val_loss']:.4f}  "
-                            f"val_ppl {metrics['val_ppl']:.2f}"
-                        )
-                        self._call("on_evaluate", metrics)
-                    window_start = time.perf_counter()
-                self._call("on_step_end")
-                # A signal or a callback's stop on any rank stops every rank after this step.
-                stop_flag = 1.0 if (self._signal is not None or state.should_stop) else 0.0
-                (stop_votes,) = dd.all_reduce_sum([stop_flag], self.device)
-                state.should_stop = stop_votes > 0
-                periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
-                if periodic or last or state.should_stop:
-                    self.save_checkpoint()
-                    last_saved = state.step
-                    window_start = time.perf_counter()
-                if self._signal is not None:
-                    name = signal.Signals(self._signal).name
-                    self.message(f"{name} received: checkpoint saved at step {state.step}")
-            if last_saved != state.step:
-                self.save_checkpoint()
-            self._call("on_train_end")
+            with write_errors(
+                self.run_dir,
+                what="training run",
+                error=TrainingError,
+                hint="free some disk space (or fix the folder's permissions), then run again "
+                "with resume=auto: it continues from the last complete checkpoint",
+            ):
+                lock = self._take_lock()
+                self._fit()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.close()
-        return state
+            if lock is not None:
+                lock.release()
+        return self.state
+
+    def _take_lock(self) -> FolderLock | None:
+        """Lock ``out_dir`` on rank 0 (unless the caller holds it) and tidy it up."""
+        lock: FolderLock | None = None
+        problem: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                if self._lock is None:
+                    lock = run_lock(self.run_dir).acquire()
+                if self.config.overwrite and self.resumed_from is None:
+                    if self._log is not None:  # records logged before fit() go with the old run
+                        self._log.close()
+                        self._log = None
+                    removed = clear_run(self.run_dir)
+                    if removed:
+                        self.message(f"overwrite=true: deleted the previous run in {self.run_dir}")
+                self.checkpoints.remove_leftovers()
+                remove_stale_temporaries(self.run_dir)
+            except Exception as exc:
+                problem = exc
+                if lock is not None:
+                    lock.release()
+                    lock = None
+        dd.raise_together(problem, self.device)
+        return lock
+
+    def _fit(self) -> None:
+        config = self.config
+        state = self.state
+        last_saved = state.step if self.resumed_from is not None else -1
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._log is None:
+                self._log = MetricsLog(run_dir=self.run_dir)
+            if config.tensorboard and self._tb is None:
+                self._tb = TensorBoardWriter(log_dir=self.run_dir / "tensorboard")
+            self._progress = make_progress(config.progress, stream=self._console_stream, interval=0)
+            self._task = self._progress.task(
+                "train", total=config.max_steps, unit="steps", completed=state.step
+            )
+            if self.resumed_from is not None:
+                self.message(f"resumed from {self.resumed_from} at step {state.step}")
+        self._call("on_train_begin")
+        window_tokens, window_start = 0, time.perf_counter()
+        while state.step < config.max_steps and not state.should_stop:
+            result = self.train_step()
+            loss, lr, grad_norm = result["loss"], result["lr"], result["grad_norm"]
+            window_tokens += int(result["tokens"])
+            state.metrics.update({"loss": loss, "lr": lr})
+            if math.isfinite(grad_norm):
+                state.metrics["grad_norm"] = grad_norm
+            last = state.step >= config.max_steps
+            if state.step % config.log_every == 0 or last:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                tokens_per_s = window_tokens / elapsed
+                context = self._context_length()
+                state.metrics["tokens_per_s"] = tokens_per_s
+                mfu_value = self._mfu(tokens_per_s, context) if self.dist.is_main else 0.0
+                state.metrics["mfu"] = mfu_value
+                record = {"step": state.step, "split": "train", **state.metrics}
+                record["tokens_seen"] = state.tokens_seen
+                self.log_record(record)
+                if self._task is not None:
+                    self._task.update(state.step, info=format_step(state.metrics))
+                window_tokens, window_start = 0, time.perf_counter()
+            if config.eval_every and (state.step % config.eval_every == 0 or last):
+                metrics = self.evaluate()
+                if metrics:
+                    state.metrics.update(metrics)
+                    self.log_record({"step": state.step, "split": "val", **metrics})
+                    self.message(
+                        f"step {state.step}: val_loss {metrics['val_loss']:.4f}  "
+                        f"val_ppl {metrics['val_ppl']:.2f}"
+                    )
+                    self._call("on_evaluate", metrics)
+                window_start = time.perf_counter()
+            self._call("on_step_end")
+            # A signal or a callback's stop on any rank stops every rank after this step.
+            stop_flag = 1.0 if (self._signal is not None or state.should_stop) else 0.0
+            (stop_votes,) = dd.all_reduce_sum([stop_flag], self.device)
+            state.should_stop = stop_votes > 0
+            periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
+            if periodic or last or state.should_stop:
+                self.save_checkpoint()
+                last_saved = state.step
+                window_start = time.perf_counter()
+            if self._signal is not None:
+                state.stop_signal = self._signal
+                name = signal.Signals(self._signal).name
+                self.message(f"{name} received: checkpoint saved at step {state.step}")
+        if last_saved != state.step:
+            self.save_checkpoint()
+        self._call("on_train_end")
 
     def _context_length(self) -> int:
         config = getattr(self.unwrapped, "config", None)
