@@ -99,6 +99,7 @@ def from_hf(
     *,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    check_finite: bool = False,
 ) -> DecoderLM:
     """Load a HuggingFace model directory as a lego [`DecoderLM`][lego.arch.decoder.DecoderLM].
 
@@ -109,6 +110,10 @@ def from_hf(
             ``"bfloat16"``, ``"fp16"``, ...); None or ``"auto"`` keeps each tensor's stored
             dtype.
         device: Where the parameters go (default: CPU); each tensor is moved as it is read.
+        check_finite: Check every weight for NaN and inf as it is read (a FormatError names
+            the first such tensor). Off by default: it reads every page of the weights,
+            which otherwise load lazily; turn it on for files you did not write (``legollm
+            generate`` does).
 
     Returns:
         The model, in evaluation mode (as transformers' ``from_pretrained``); call
@@ -119,8 +124,9 @@ def from_hf(
     Raises:
         ConfigError: The directory or its ``config.json`` is missing, or ``dtype`` is an
             unknown name (with the closest valid names).
-        FormatError: ``config.json`` or the index is not JSON, or a safetensors file is
-            corrupt.
+        FormatError: ``config.json`` or the index is not JSON, a safetensors file is
+            corrupt, a weight is stored as integers or booleans (named; found from the
+            headers, before anything is read), or, with ``check_finite``, holds NaN or inf.
         CompatibilityError: The config names an unsupported architecture or value; the
             directory holds only pickle checkpoints (refused, never opened); tensors are
             missing, unexpected or mis-shaped (all listed in one error).
@@ -131,7 +137,9 @@ def from_hf(
     model = empty_model(directory.config, device=where)
     tensors, aliases = unique_tensors(model)
     shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
-    state = read_hf_state(directory, shapes, aliases=aliases, dtype=target, device=where)
+    state = read_hf_state(
+        directory, shapes, aliases=aliases, dtype=target, device=where, check_finite=check_finite
+    )
     state.update({alias: state[key] for alias, key in aliases.items()})
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()  # assign=True gave the head and the embedding one Parameter each

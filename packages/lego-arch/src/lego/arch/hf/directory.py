@@ -2,10 +2,13 @@
 
 A HuggingFace model directory is ``config.json`` plus the weights as safetensors: one
 ``model.safetensors``, or shards ``model-00001-of-0000N.safetensors`` listed by
-``model.safetensors.index.json``. [`open_hf_directory()`][lego.arch.hf.directory.open_hf_directory]
-checks the directory, reads ``config.json`` into a
-[`DecoderConfig`][lego.arch.config.DecoderConfig] through the matching family and maps every
-tensor name to its file, reading only the safetensors headers.
+``model.safetensors.index.json``. ``config.json`` may also be a lego config (written by
+``DecoderConfig.to_json``: no ``architectures`` or ``model_type``, mostly ``DecoderConfig``'s
+field names); it is read as one, so a misspelled field gets a did-you-mean, and the weights
+are read with its family's HF names.
+[`open_hf_directory()`][lego.arch.hf.directory.open_hf_directory] checks the directory,
+reads ``config.json`` into a [`DecoderConfig`][lego.arch.config.DecoderConfig] through the
+matching family and maps every tensor name to its file, reading only the safetensors headers.
 
 Pickle checkpoints (``pytorch_model.bin``, ``*.pt``, ``*.pth``) are refused and never
 opened: unpickling runs arbitrary code. Convert them once, where you trust them, with
@@ -15,6 +18,7 @@ safe_serialization=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from typing import Any
 from safetensors import safe_open
 
 from lego.arch.config import DecoderConfig
-from lego.arch.hf.families import HFArchitecture, architecture_for_hf
+from lego.arch.hf.families import HFArchitecture, architecture_for_config, architecture_for_hf
 from lego.protocols import CompatibilityError, ConfigError, FormatError, read_json
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "SAFETENSORS_NAME",
     "HFDirectory",
+    "is_lego_config",
     "open_hf_directory",
     "open_safetensors",
     "read_hf_config",
@@ -94,9 +99,7 @@ def open_hf_directory(path: str | os.PathLike[str]) -> HFDirectory:
     config_file = directory / CONFIG_NAME
     if not config_file.is_file() and _pickle_files(directory):
         raise _pickle_error(directory)  # a bare pickle dump without a config
-    data = _read_config(config_file)
-    arch = architecture_for_hf(data, path=config_file)
-    config = _translate(arch, data, config_file)
+    arch, config = _interpret(_read_config(config_file), config_file)
     return HFDirectory(path=directory, arch=arch, config=config, files=_weight_files(directory))
 
 
@@ -109,8 +112,12 @@ def read_hf_config(path: str | os.PathLike[str]) -> DecoderConfig:
     Returns:
         The lego config of the same model.
 
+    A lego config (written by ``DecoderConfig.to_json``) is read as one: a misspelled field
+    is a ``ConfigError`` with the closest field names.
+
     Raises:
-        ConfigError: The file is missing or unreadable.
+        ConfigError: The file is missing or unreadable; a lego config with an unknown or
+            invalid field (with a did-you-mean).
         FormatError: It is not JSON.
         CompatibilityError: It describes an architecture lego-arch does not support (named,
             with the supported ones listed) or values lego does not reproduce (naming the key).
@@ -118,8 +125,7 @@ def read_hf_config(path: str | os.PathLike[str]) -> DecoderConfig:
     file = Path(path)
     if file.is_dir():
         file = file / CONFIG_NAME
-    data = _read_config(file)
-    return _translate(architecture_for_hf(data, path=file), data, file)
+    return _interpret(_read_config(file), file)[1]
 
 
 def open_safetensors(file: Path) -> Any:
@@ -170,6 +176,40 @@ def _read_config(file: Path) -> dict[str, Any]:
             "config.json is not a JSON object", path=file, hint="is it really a model config?"
         )
     return data
+
+
+_LEGO_FIELDS = frozenset(f.name for f in dataclasses.fields(DecoderConfig))
+
+
+def is_lego_config(data: Mapping[str, Any]) -> bool:
+    """Whether a parsed ``config.json`` is a lego ``DecoderConfig`` rather than an HF config.
+
+    No HF marker (``architectures``, ``model_type``), and a ``family`` field or at least
+    half of the keys ``DecoderConfig``'s (so a config with a misspelled field still counts).
+
+    Args:
+        data: The parsed file.
+
+    Returns:
+        True for a lego config.
+    """
+    if "architectures" in data or "model_type" in data:
+        return False
+    known = len(_LEGO_FIELDS.intersection(data))
+    return "family" in data or (known >= 2 and 2 * known >= len(data))
+
+
+def _interpret(data: Mapping[str, Any], file: Path) -> tuple[HFArchitecture, DecoderConfig]:
+    """The architecture and lego config of a parsed ``config.json`` (HF or lego)."""
+    if not is_lego_config(data):
+        arch = architecture_for_hf(data, path=file)
+        return arch, _translate(arch, data, file)
+    config = DecoderConfig.from_dict(data, path=file)  # a typo gets a did-you-mean
+    try:
+        return architecture_for_config(config), config
+    except CompatibilityError as exc:
+        context = {k: v for k, v in exc.context.items() if k != "path"}
+        raise CompatibilityError(exc.message, path=file, **context) from None
 
 
 def _translate(arch: HFArchitecture, data: Mapping[str, Any], file: Path) -> DecoderConfig:

@@ -39,7 +39,7 @@ from lego.arch.hf.directory import (
     open_safetensors,
 )
 from lego.arch.hf.state import model_config, unique_tensors
-from lego.protocols import CompatibilityError, ConfigError
+from lego.protocols import CompatibilityError, ConfigError, FormatError
 
 __all__ = ["load_hf_weights", "parse_device", "parse_load_dtype", "read_hf_state"]
 
@@ -111,6 +111,10 @@ class _Reader:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.handles[self.files[name]].get_slice(name).get_shape())
 
+    def dtype(self, name: str) -> str:
+        """The stored dtype, as the header names it (``"F32"``, ``"BF16"``, ``"I64"``...)."""
+        return str(self.handles[self.files[name]].get_slice(name).get_dtype())
+
     def get(self, name: str) -> torch.Tensor:
         """The stored tensor: a lazy view on the file's copy-on-write map (nothing read yet)."""
         tensor: torch.Tensor = self.handles[self.files[name]].get_tensor(name)
@@ -150,6 +154,7 @@ def read_hf_state(
     aliases: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    check_finite: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Read the tensors a model needs from a checked directory, one at a time.
 
@@ -161,6 +166,9 @@ def read_hf_state(
             them or store them equal to the tensor they repeat.
         dtype: Cast floating tensors to it; None keeps each stored dtype.
         device: Put each tensor there as it is read; None means the CPU.
+        check_finite: Check every value as it is read (and after a cast): NaN or inf is an
+            error naming the tensor. Off by default, since it reads every page of the files
+            (loading is otherwise lazy).
 
     Returns:
         Key (of ``shapes``) to tensor: a view of the file where the tensor is used as
@@ -170,7 +178,9 @@ def read_hf_state(
         CompatibilityError: Missing, unexpected or mis-shaped tensors (every one listed),
             model keys the family's weight table does not name, or a stored tied head that
             differs from the tensor it repeats.
-        FormatError: A corrupt safetensors file.
+        FormatError: A corrupt safetensors file; a tensor stored as integers or booleans
+            (found from the headers, before anything is read); with ``check_finite``, a
+            NaN or inf value.
     """
     where = torch.device("cpu") if device is None else device
     aliases = aliases or {}
@@ -181,9 +191,14 @@ def read_hf_state(
         mismatch = _compare(table, plans, shapes, aliases, reader)
         if mismatch:
             raise _mismatch_error(directory.path, mismatch)
+        _check_floating(directory, reader, [n for p in plans for n in mismatch.resolved[p.lego]])
         state: dict[str, torch.Tensor] = {}
         for plan in plans:
-            stored = [reader.get(name) for name in mismatch.resolved[plan.lego]]
+            names = mismatch.resolved[plan.lego]
+            stored = [reader.get(name) for name in names]
+            if check_finite:
+                for name, one in zip(names, stored, strict=True):
+                    _check_finite(one, name, directory.path / directory.files[name])
             tensor = plan.build(stored, contiguous=False)  # a view where the plan allows one
             # The parameter *is* the stored tensor only when nothing changes it; anything
             # transformed, stacked, cast or moved becomes one new contiguous tensor.
@@ -193,11 +208,60 @@ def read_hf_state(
             if not as_stored:
                 cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
                 tensor = tensor.to(device=where, dtype=cast, memory_format=torch.contiguous_format)
+                if check_finite and cast != stored[0].dtype:  # a narrower dtype may overflow
+                    _check_finite(tensor, names[0], directory.path, cast=cast)
             state[plan.lego] = tensor
             del stored, tensor
         for alias, key in aliases.items():
             _check_alias(table, alias, key, state[key], reader, directory.path)
     return state
+
+
+def _check_floating(directory: HFDirectory, reader: _Reader, names: Sequence[str]) -> None:
+    """Model weights are floating point: an integer or boolean tensor is a damaged file."""
+    for name in names:
+        stored = reader.dtype(name)
+        if not stored.startswith(("F", "BF")):  # F64, F32, F16, BF16, F8_*: the floats
+            raise FormatError(
+                f"tensor {name} is stored as {stored}, not as floating point: model weights "
+                "are floats",
+                path=directory.path / directory.files[name],
+                tensor=name,
+                hint="the file is damaged or holds a quantized model lego-arch does not read; "
+                "write the weights again in float32, bfloat16 or float16",
+            )
+
+
+_FINITE_CHUNK = 1 << 22
+"""Values checked at a time by ``_check_finite`` (bounded extra memory)."""
+
+
+def _check_finite(
+    tensor: torch.Tensor, name: str, path: Path, *, cast: torch.dtype | None = None
+) -> None:
+    """Raise a FormatError naming ``name`` when ``tensor`` holds NaN or inf."""
+    flat = tensor.reshape(-1)  # contiguous here: a view, no copy
+    for start in range(0, flat.numel(), _FINITE_CHUNK):
+        chunk = flat[start : start + _FINITE_CHUNK]
+        finite = torch.isfinite(chunk)
+        if bool(finite.all()):
+            continue
+        index = start + int((~finite).nonzero()[0, 0])
+        value = float(flat[index])
+        if cast is not None:
+            raise FormatError(
+                f"tensor {name} does not fit {cast}: value {index} becomes {value}",
+                path=path,
+                tensor=name,
+                hint="load it in float32 or bfloat16 (dtype=...), whose range is wider",
+            )
+        raise FormatError(
+            f"tensor {name} holds non-finite values (the first, at flat index {index}, is {value})",
+            path=path,
+            tensor=name,
+            hint="the checkpoint is damaged, or training had diverged when it was saved: "
+            "use an earlier checkpoint",
+        )
 
 
 def load_hf_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
