@@ -1,4 +1,5 @@
-"""Damaged model directories (issue 17): integer or non-finite weights, a lego config.json.
+"""Damaged model directories (issue 17): integer or non-finite weights, a lego config.json;
+file modes and the temporaries of killed writers.
 
 Integer weights are a FormatError naming the tensor, found from the headers. NaN and inf are
 found only on request (``check_finite=True``, which reads every page of the files), and then
@@ -9,6 +10,10 @@ named the same way; ``legollm generate`` asks for it. A ``config.json`` written 
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from lego.arch import DecoderConfig, build, from_hf, read_hf_config, to_hf
 from lego.arch.hf import SAFETENSORS_NAME, open_hf_directory
 from lego.arch.hf.directory import is_lego_config
-from lego.protocols import CompatibilityError, ConfigError, FormatError
+from lego.protocols import CompatibilityError, ConfigError, FormatError, temporary_name
 
 TENSOR = "transformer.h.0.attn.c_proj.weight"
 
@@ -121,3 +126,44 @@ def test_which_configs_count_as_lego() -> None:
     assert not is_lego_config({"model_type": "llama", "vocab_size": 10})
     assert not is_lego_config({"n_embd": 64, "n_layer": 2, "n_head": 4})  # a bare HF config
     assert isinstance(DecoderConfig.from_dict(lego), DecoderConfig)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_weight_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        to_hf(build("gpt2-tiny"), tmp_path / "one")
+        to_hf(build("gpt2-tiny"), tmp_path / "sharded", max_shard_size="20KB")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "one" / SAFETENSORS_NAME, *(tmp_path / "sharded").iterdir()]
+    assert len(files) > 3
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) == mode, file.name
+
+
+def test_a_rewritten_weight_file_keeps_its_mode(model_dir: Path) -> None:
+    (model_dir / SAFETENSORS_NAME).chmod(0o640)
+    to_hf(build("gpt2-tiny"), model_dir)
+    assert stat.S_IMODE((model_dir / SAFETENSORS_NAME).stat().st_mode) == 0o640
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # a pid that no longer runs
+    inside = tmp_path / "model"
+    to_hf(build("gpt2-tiny"), inside)
+    name = temporary_name(tmp_path / "other").name.split("-")
+    stale_dir = tmp_path / "-".join([*name[:-2], str(dead.pid), name[-1]])
+    stale_dir.mkdir()
+    (stale_dir / SAFETENSORS_NAME).write_bytes(b"half")
+    shard = temporary_name(inside / SAFETENSORS_NAME).name.split("-")
+    stale_file = inside / "-".join([*shard[:-2], str(dead.pid), shard[-1]])
+    stale_file.write_bytes(b"half")
+    live = temporary_name(tmp_path / "busy")  # this process: alive, kept
+    live.write_bytes(b"in progress")
+    to_hf(build("gpt2-tiny"), tmp_path / "fresh")  # cleans the parent folder
+    to_hf(build("gpt2-tiny"), inside)  # cleans the directory it rewrites
+    assert not stale_dir.exists()
+    assert not stale_file.exists()
+    assert live.exists()

@@ -6,7 +6,11 @@ would: the Hub's ``config.json`` fields, HF tensor names, contiguous tensors,
 ``max_shard_size``. A new directory appears complete or not at all (written under a temporary
 name, then renamed); in an existing directory each file is replaced atomically, shards before
 the index and ``config.json``, and weight files of an earlier save that the new one does not
-use are removed.
+use are removed. Temporaries are named by [`temporary_name()`][lego.protocols.temporary_name]
+(host and pid), so those of a writer that was killed are removed by the next write. Weight
+files get the mode the umask gives (``0o644`` under the usual ``022``), or keep the mode of
+the file they replace, as every other file written through lego.protocols; safetensors
+alone writes ``0o600``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,13 @@ from lego.arch.convert.mapping import TensorPlan
 from lego.arch.hf.directory import CONFIG_NAME, INDEX_NAME, SAFETENSORS_NAME, listing
 from lego.arch.hf.families import architecture_for_config
 from lego.arch.hf.state import model_config, unique_tensors
-from lego.protocols import CompatibilityError, ConfigError, atomic_write_text
+from lego.protocols import (
+    CompatibilityError,
+    ConfigError,
+    atomic_write_text,
+    remove_stale_temporaries,
+    temporary_name,
+)
 
 __all__ = ["parse_shard_size", "to_hf"]
 
@@ -140,9 +150,11 @@ def to_hf(
     fresh = not directory.exists()
     if fresh:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        work = directory.parent / f".{directory.name}.{secrets.token_hex(4)}.tmp"
+        remove_stale_temporaries(directory.parent)  # of writers that were killed
+        work = temporary_name(directory)
         work.mkdir()
     else:
+        remove_stale_temporaries(directory)
         work = directory
     try:
         _write_weights(work, shards, state, out_dtype)
@@ -203,6 +215,20 @@ def _owned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if whole and tensor.storage_offset() == 0 else tensor.clone()
 
 
+def _file_mode(target: Path) -> int:
+    """The permission bits a weight file gets: those of the file it replaces, else the umask's.
+
+    A new file gets ``0o666`` minus the umask, as every other file we write
+    ([`atomic_write_bytes()`][lego.protocols.files.atomic_write_bytes]); safetensors alone
+    would make it ``0o600``.
+    """
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(target.stat().st_mode)
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_weights(
     directory: Path,
     shards: Sequence[Sequence[TensorPlan]],
@@ -226,9 +252,10 @@ def _write_weights(
                 tensors[hf_name] = _owned(part)
                 weight_map[hf_name] = name
                 total += part.numel() * part.element_size()
-        temp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        temp = temporary_name(directory / name)
         try:
             save_file(tensors, str(temp), metadata={"format": "pt"})
+            os.chmod(temp, _file_mode(directory / name))  # safetensors writes 0o600
             os.replace(temp, directory / name)
         except BaseException:
             with contextlib.suppress(OSError):
