@@ -1,4 +1,4 @@
-"""Building and loading the kernels: CPU check, C compiler, cache folder, ``ctypes``.
+"""Building and loading the kernels: CPU check, C compiler, verified cache, ``ctypes``.
 
 [`native_status()`][lego.generate.native.native_status] runs the steps below once per
 process and says which one failed:
@@ -6,14 +6,15 @@ process and says which one failed:
 1. the CPU: x86-64 under Linux with ``avx512f``, ``avx512bw``, ``avx512vl`` and ``fma``
    (read from ``/proc/cpuinfo``; ``avx512_bf16`` is used where present);
 2. a C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``;
-3. the build: ``skinny.c`` compiled with OpenMP into
-   [`kernel_cache_dir()`][lego.generate.native.kernel_cache_dir] as
-   ``skinny-<hash>.so``, the hash taken over the source, the compiler's ``--version`` and
-   the flags, so a changed source or compiler builds anew and an unchanged one never
-   rebuilds. The library is written under a temporary name and renamed (concurrent
-   builders write the same bytes). A line on stderr says when a build starts and when it
-   fails;
-4. loading: ``ctypes.CDLL`` on the built file, and the three kernels' signatures.
+3. the cache: ``skinny.c`` compiled with OpenMP into
+   [`kernel_cache_dir()`][lego.generate.native.kernel_cache_dir] as ``skinny-<hash>.so``,
+   the hash taken over the source, the compiler's ``--version`` and the flags, so a changed
+   source or compiler builds anew and an unchanged one never rebuilds. The library is
+   loaded only after [`lego.generate.native.cache`][lego.generate.native.cache] verified it
+   (the folder and file are this user's and writable by nobody else, the SHA-256 recorded
+   beside it matches); a missing or bad one is built first. A line on stderr says when the
+   kernels are built, rebuilt (and why), refused or fail to build;
+4. loading: ``ctypes.CDLL`` on the verified file, and the three kernels' signatures.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lego.generate.native.cache import MISSING, verified_library
+from lego.protocols import LegoError
 
 __all__ = ["NativeStatus", "kernel_cache_dir", "native_status"]
 
@@ -107,49 +110,78 @@ def _say(message: str) -> None:
     print(f"{_PREFIX} {message}", file=sys.stderr, flush=True)
 
 
-def _build(compiler: str) -> Path:
-    """Compile ``skinny.c`` into the cache, unless this source, compiler and flags are there.
-
-    Returns:
-        The shared library.
-
-    Raises:
-        OSError: The compiler failed or the cache folder is not writable.
-    """
+def _library(compiler: str) -> Path:
+    """Where the build of this source with this compiler and these flags is cached."""
     source = _SOURCE.read_bytes()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
     key = hashlib.sha256(source + version.encode() + " ".join(_FLAGS).encode()).hexdigest()
-    target = kernel_cache_dir() / f"skinny-{key[:16]}.so"
-    if target.exists():
-        return target
-    _say(
-        f"compiling the native CPU decode kernels with {compiler} into {target.parent} "
-        "(once per machine and compiler, a few seconds; native_kernels=False skips them)"
+    return kernel_cache_dir() / f"skinny-{key[:16]}.so"
+
+
+def _compile(compiler: str, output: Path) -> None:
+    """Compile ``skinny.c`` into ``output``.
+
+    Raises:
+        OSError: The compiler failed.
+    """
+    result = subprocess.run(
+        [compiler, *_FLAGS, str(_SOURCE), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".skinny-", suffix=".so")
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)  # atomic: concurrent builders write the same bytes
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    if result.returncode != 0:
+        raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+
+
+def _build(compiler: str) -> Path:
+    """The verified library of the cache, compiled (or recompiled) first when need be.
+
+    Returns:
+        The shared library.
+
+    Raises:
+        OSError: The compiler failed.
+        ConfigError: The cache folder is not safe to load code from.
+    """
+    library = _library(compiler)
+
+    def announce(problem: str) -> None:
+        if problem == MISSING:
+            _say(
+                f"compiling the native CPU decode kernels with {compiler} into "
+                f"{library.parent} (once per machine and compiler, a few seconds; "
+                "native_kernels=False skips them)"
+            )
+        else:
+            _say(
+                f"rebuilding the native CPU decode kernels: the cached {library} {problem}; "
+                "it is not loaded"
+            )
+
+    return verified_library(
+        library, build=lambda output: _compile(compiler, output), announce=announce
+    )
 
 
 def _unavailable(reason: str) -> tuple[NativeStatus, dict[str, Kernel]]:
     return NativeStatus(False, reason), {}
+
+
+def _failed(step: str, error: BaseException) -> tuple[NativeStatus, dict[str, Kernel]]:
+    """Say that the build or the load failed.
+
+    The error's first line goes to stderr, all of it into the status's reason.
+    """
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    _say(
+        f"could not {step} the native CPU decode kernels ({first_line}); decoding uses "
+        "PyTorch's kernels (lego.generate.native.native_status() has the whole message)"
+    )
+    return _unavailable(f"could not {step} the kernels: {error}")
 
 
 @functools.cache
@@ -166,14 +198,18 @@ def _load() -> tuple[NativeStatus, dict[str, Kernel]]:
         return _unavailable("no C compiler found (set $CC or install gcc)")
     try:
         path = _build(compiler)
-        library = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    except LegoError as error:  # a cache folder others can write: never load from it
         _say(
-            f"could not build the native CPU decode kernels ({first_line}); decoding uses "
-            "PyTorch's kernels (lego.generate.native.native_status() has the whole message)"
+            f"not loading the native CPU decode kernels: {error.message} ({error.path}); "
+            f"decoding uses PyTorch's kernels; to use them: {error.hint}"
         )
-        return _unavailable(f"could not build the kernels: {error}")
+        return _unavailable(f"{error.message} ({error.path}); {error.hint}")
+    except (OSError, subprocess.SubprocessError) as error:
+        return _failed("build", error)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        return _failed("load", error)
     kernels: dict[str, Kernel] = {}
     for name in _KERNELS:
         function = getattr(library, name)
