@@ -31,7 +31,7 @@ example is in [`generate()`][lego.generate.generate])::
 
 from lego.generate.__about__ import __version__
 from lego.generate.beam import beam_search
-from lego.generate.chat import ChatSession, chat_prompt_ids
+from lego.generate.chat import ChatSession, ConversationTrimmedWarning, chat_prompt_ids
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
 from lego.generate.generate import generate, start_decoding
@@ -82,5 +82,6 @@ __all__ = [
     "StopStrings",
     "TextStreamDecoder",
     "ChatSession",
+    "ConversationTrimmedWarning",
     "chat_prompt_ids",
 ]

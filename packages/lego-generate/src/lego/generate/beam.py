@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lego.generate.config import GenerationConfig
+from lego.generate.decoding import check_scores
 from lego.generate.processor_list import LogitsProcessorList
 from lego.generate.prompt import Prompt
 from lego.generate.runner import ModelRunner
@@ -117,6 +118,7 @@ def beam_search(
         vocab = int(logits.shape[-1])
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B * nb, V)
         log_probs = processors(running.view(b * nb, max_length)[:, :cur], log_probs)
+        check_scores(logits, log_probs, step=cur - p)
         totals = (log_probs.view(b, nb, vocab) + running_scores[:, :, None]).view(b, nb * vocab)
 
         top_scores, top_index = torch.topk(totals, keep, dim=-1)  # (B, K) each

@@ -4,19 +4,31 @@
 [`ChatTemplate`][lego.protocols.chat.ChatTemplate] (ChatML, Llama 3) and the generation
 prompt, streams the assistant's reply with [`stream()`][lego.generate.stream], stops on the
 template's end-of-turn token, and appends the reply to the conversation.
+
+A conversation that outgrows the model's context keeps going: before each reply the oldest
+exchanges (never the system prompt, never the new message) are dropped until the prompt and
+``max_new_tokens`` fit, and a
+[`ConversationTrimmedWarning`][lego.generate.chat.ConversationTrimmedWarning] says how many
+messages went. A new message that does not fit even alone is refused with a
+[`ConfigError`][lego.protocols.ConfigError], and the session stays as it was.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from lego.generate.config import GenerationConfig
-from lego.generate.streaming import stream
-from lego.protocols import CausalLM, Tokenizer
+from lego.generate.streaming import check_tokenizer, stream
+from lego.protocols import CausalLM, ConfigError, Tokenizer
 from lego.protocols.chat import ChatTemplate, Message, get_chat_template, special_token_id
 
-__all__ = ["ChatSession", "chat_prompt_ids"]
+__all__ = ["ChatSession", "ConversationTrimmedWarning", "chat_prompt_ids"]
+
+
+class ConversationTrimmedWarning(UserWarning):
+    """The oldest messages of a chat were dropped so the conversation fits the context."""
 
 
 def chat_prompt_ids(
@@ -53,7 +65,8 @@ class ChatSession:
             template's end-of-turn id added).
 
     Raises:
-        CompatibilityError: The tokenizer lacks the template's end-of-turn token.
+        CompatibilityError: The tokenizer lacks the template's end-of-turn token, or has
+            more ids than the model.
         ConfigError: An unknown template name.
     """
 
@@ -72,6 +85,7 @@ class ChatSession:
         self.end_of_turn_id = special_token_id(
             tokenizer, self.template.end_of_turn, needed_by=f"the {self.template.name} template"
         )
+        check_tokenizer(model, tokenizer)
         base = generation_config or GenerationConfig()
         eos = (*base.eos_ids, self.end_of_turn_id)
         self.config = GenerationConfig.from_options(base, eos_token_id=list(dict.fromkeys(eos)))
@@ -82,7 +96,11 @@ class ChatSession:
     def send(self, text: str, **options: Any) -> Iterator[str]:
         """Add a user message and stream the assistant's reply.
 
-        The reply is appended to ``messages`` once the stream is exhausted.
+        The reply is appended to ``messages`` once the stream is exhausted. When the
+        conversation no longer fits the model's context with ``max_new_tokens`` for the
+        reply, its oldest exchanges are dropped first (with a
+        [`ConversationTrimmedWarning`][lego.generate.chat.ConversationTrimmedWarning]). If
+        the reply fails or is interrupted, the conversation is left as it was before.
 
         Args:
             text: The user's message.
@@ -91,16 +109,58 @@ class ChatSession:
 
         Yields:
             Pieces of the reply (whole characters).
+
+        Raises:
+            ConfigError: The message does not fit the context even without the earlier
+                exchanges (and ``truncate_prompt`` is off), or bad options.
         """
+        config = GenerationConfig.from_options(self.config, **options)
+        before = list(self.messages)
         self.messages.append({"role": "user", "content": text})
-        ids = chat_prompt_ids(self.tokenizer, self.messages, self.template)
         pieces: list[str] = []
-        for piece in stream(
-            self.model, self.tokenizer, ids, generation_config=self.config, **options
-        ):
-            pieces.append(piece)
-            yield piece
+        try:
+            ids = self._fit(config)
+            for piece in stream(self.model, self.tokenizer, ids, generation_config=config):
+                pieces.append(piece)
+                yield piece
+        except BaseException:
+            self.messages = before  # the session stays as it was before this message
+            raise
         self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def _fit(self, config: GenerationConfig) -> list[int]:
+        """The prompt ids, after dropping the oldest exchanges that do not fit the context."""
+        context = int(self.model.config.context_length)
+        room = context - config.max_new_tokens
+        ids = chat_prompt_ids(self.tokenizer, self.messages, self.template)
+        dropped = 0
+        while len(ids) > room and room > 0:
+            first = next(i for i, m in enumerate(self.messages) if m["role"] != "system")
+            if first == len(self.messages) - 1:  # only the new message is left to drop
+                if config.truncate_prompt:
+                    break  # the engine keeps its last tokens, with a warning
+                raise ConfigError(
+                    f"the message does not fit the model's context: {len(ids)} tokens with "
+                    f"the chat template{' and the system prompt' if first else ''}, "
+                    f"{config.max_new_tokens} more for the reply, {context} in all",
+                    key="message",
+                    hint="send a shorter message, or lower max_new_tokens",
+                )
+            end = first + 1  # drop one exchange: this message and the replies after it
+            while end < len(self.messages) - 1 and self.messages[end]["role"] != "user":
+                end += 1
+            dropped += end - first
+            del self.messages[first:end]
+            ids = chat_prompt_ids(self.tokenizer, self.messages, self.template)
+        if dropped:
+            warnings.warn(
+                f"the conversation outgrew the model's context of {context} tokens "
+                f"({config.max_new_tokens} kept for the reply): dropped the oldest {dropped} "
+                f"message{'s' if dropped > 1 else ''}",
+                ConversationTrimmedWarning,
+                stacklevel=3,
+            )
+        return ids
 
     def reply(self, text: str, **options: Any) -> str:
         """Add a user message and return the whole reply (see ``send``)."""

@@ -170,6 +170,48 @@ class GenerationConfig(Config):
             check_int("seed", self.seed, minimum=0, maximum=2**64 - 1, owner=_OWNER)
         check_int("num_draft_tokens", self.num_draft_tokens, minimum=1, owner=_OWNER)
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Check the token ids this config names against a model's vocabulary, before decoding.
+
+        Args:
+            vocab_size: The model's vocabulary size.
+
+        Raises:
+            ConfigError: An ``eos_token_id``, ``pad_token_id`` or ``logit_bias`` id outside
+                ``[0, vocab_size)``, or a ``logit_bias`` that bans every token (nothing
+                could be generated).
+
+        Example:
+            >>> GenerationConfig(eos_token_id=50256).check_vocabulary(50257)
+            >>> GenerationConfig(eos_token_id=50256).check_vocabulary(1000)
+            Traceback (most recent call last):
+            ...
+            lego.protocols.errors.ConfigError: GenerationConfig: eos_token_id 50256 is outside ...
+              where: key 'eos_token_id'
+              what to do: use ids in [0, 1000) ...
+        """
+        named = [("eos_token_id", eos) for eos in self.eos_ids]
+        if self.pad_token_id is not None:
+            named.append(("pad_token_id", self.pad_token_id))
+        named += [("logit_bias", token) for token in sorted(self.logit_bias or {})]
+        for key, token in named:
+            if token >= vocab_size:
+                raise ConfigError(
+                    f"{_OWNER}: {key} {token} is outside the model's vocabulary of "
+                    f"{vocab_size} ids",
+                    key=key,
+                    hint=f"use ids in [0, {vocab_size}) (was the id meant for another model "
+                    "or tokenizer?)",
+                )
+        banned = {t for t, bias in (self.logit_bias or {}).items() if bias == float("-inf")}
+        if len(banned) >= vocab_size:
+            raise ConfigError(
+                f"{_OWNER}: logit_bias bans every one of the {vocab_size} tokens (bias -inf), "
+                "so nothing can be generated",
+                key="logit_bias",
+                hint="ban fewer tokens, or use a finite negative bias to discourage them",
+            )
+
     # -- derived settings ------------------------------------------------------------------
 
     @classmethod

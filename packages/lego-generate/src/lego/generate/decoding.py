@@ -25,9 +25,47 @@ from lego.generate.processor_list import LogitsProcessorList
 from lego.generate.prompt import Prompt
 from lego.generate.runner import ModelRunner
 from lego.generate.stopping import StopStrings
-from lego.protocols import CausalLM, CompatibilityError, ConfigError
+from lego.protocols import CausalLM, CompatibilityError, ConfigError, DataError
 
-__all__ = ["Decoding"]
+__all__ = ["Decoding", "check_scores"]
+
+
+def check_scores(logits: Tensor, scores: Tensor, *, step: int) -> None:
+    """Refuse to choose a token from scores where none can be chosen.
+
+    Without this check a NaN logit would be picked by ``argmax`` (garbage, exit 0) and make
+    ``torch.multinomial`` fail, and a row whose every score is ``-inf`` would silently give
+    token 0. Costs two reductions over ``(B, V)`` per step.
+
+    Args:
+        logits: The model's logits for the step, ``(B, V)``.
+        scores: The same after the logits processors, ``(B, V)``.
+        step: The number of the token being chosen (0 for the first new token), for messages.
+
+    Raises:
+        DataError: The model's logits hold NaN or ``+inf`` (its weights or activations are
+            not finite).
+        ConfigError: The processors left a row with every score ``-inf`` (a ``logit_bias``
+            that bans every token, a custom processor) or made a NaN.
+    """
+    bad = torch.isnan(scores).any() | torch.isposinf(scores).any()
+    bad = bad | ~(scores > float("-inf")).any(dim=-1).all()
+    if not bool(bad):
+        return
+    if bool(torch.isnan(logits).any() | torch.isposinf(logits).any()):
+        raise DataError(
+            f"the model's logits hold NaN or inf at new token {step}",
+            tensor="logits",
+            hint="its weights or activations are not finite: check the checkpoint "
+            "(lego.arch.from_hf(path, check_finite=True) names the tensor), or run it in "
+            "float32",
+        )
+    raise ConfigError(
+        f"no token can be chosen at new token {step}: after the logits processors every "
+        "score is -inf (or NaN)",
+        key="logit_bias",
+        hint="ban fewer tokens (a logit_bias of -inf), or check your logits processors",
+    )
 
 
 class Decoding:
@@ -152,6 +190,7 @@ class Decoding:
         scores = logits
         if self.processors or self.sampling:
             scores = self.processors(context, logits.float())  # (B, V)
+        check_scores(logits, scores, step=int(context.shape[1]) - self.prompt_length)
         if self.sampling:
             probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
             return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)  # (B,)

@@ -84,16 +84,19 @@ def start_decoding(
         The run, not started.
 
     Raises:
-        ConfigError: Bad settings, a prompt that does not fit, stop strings without a
-            tokenizer.
-        DataError: A malformed prompt or mask.
+        ConfigError: Bad settings, ids (``eos_token_id``, ``pad_token_id``, ``logit_bias``)
+            outside the model's vocabulary, a prompt that does not fit, stop strings without
+            a tokenizer.
+        DataError: A malformed prompt or mask, or prompt ids outside the vocabulary.
     """
+    config.check_vocabulary(model.config.vocab_size)
     prompt = prepare_prompt(
         input_ids,
         attention_mask,
         context_length=model.config.context_length,
         max_new_tokens=config.max_new_tokens,
         truncate=config.truncate_prompt,
+        vocab_size=model.config.vocab_size,
     )
     stop = None
     if config.stop_string_list:
@@ -281,12 +284,14 @@ def generate(
                         "speculative decoding (draft_model) cannot be combined with beam search",
                         key="draft_model",
                     )
+                config.check_vocabulary(model.config.vocab_size)
                 prompt = prepare_prompt(
                     input_ids,
                     attention_mask,
                     context_length=model.config.context_length,
                     max_new_tokens=config.max_new_tokens,
                     truncate=config.truncate_prompt,
+                    vocab_size=model.config.vocab_size,
                 )
                 processors = config.processors(logits_processor, include_warpers=False)
                 return beam_search(model, prompt, config, processors)

@@ -164,7 +164,7 @@ class LogitBias:
         bias: Token id to the number added to its score.
 
     Raises:
-        ConfigError: An id is not a non-negative int or a bias is NaN.
+        ConfigError: An id is not a non-negative int, or a bias is NaN or ``+inf``.
     """
 
     def __init__(self, *, bias: Mapping[int, float]) -> None:
@@ -183,6 +183,13 @@ class LogitBias:
                 raise ConfigError(
                     f"LogitBias: the bias of token {token_id} must be a number, got {value!r}",
                     key=f"logit_bias[{token_id}]",
+                )
+            if value == float("inf"):
+                raise ConfigError(
+                    f"LogitBias: the bias of token {token_id} is +inf, which makes every "
+                    "probability NaN",
+                    key=f"logit_bias[{token_id}]",
+                    hint="use a large finite bias (e.g. 100) to force a token; -inf bans one",
                 )
             ids.append(token)
             values.append(float(value))

@@ -56,6 +56,7 @@ def prepare_prompt(
     context_length: int,
     max_new_tokens: int,
     truncate: bool = False,
+    vocab_size: int | None = None,
 ) -> Prompt:
     """Validate a prompt batch and fit it to the context.
 
@@ -67,13 +68,15 @@ def prepare_prompt(
         truncate: Cut a too-long prompt from the left (with a
             [`PromptTruncatedWarning`][lego.generate.prompt.PromptTruncatedWarning]) instead of
             raising.
+        vocab_size: The model's vocabulary size: every id (padding too, the model embeds
+            it) must be in ``[0, vocab_size)``; None skips the check.
 
     Returns:
         The validated [`Prompt`][lego.generate.prompt.Prompt].
 
     Raises:
         DataError: Wrong shape or dtype, an empty prompt (or an all-padding row), a mask that
-            is not 0/1 or pads on the right.
+            is not 0/1 or pads on the right, an id outside ``[0, vocab_size)``.
         ConfigError: The prompt plus ``max_new_tokens`` does not fit the context (without
             ``truncate``), or ``max_new_tokens`` alone does not.
     """
@@ -102,6 +105,8 @@ def prepare_prompt(
         )
     input_ids = input_ids.long()
     mask = _check_mask(attention_mask, b, p, input_ids.device)
+    if vocab_size is not None:
+        _check_ids(input_ids, vocab_size)
     lengths = mask.sum(dim=-1) if mask is not None else torch.full((b,), p, dtype=torch.long)
     if mask is not None and bool(mask.all()):
         mask = None
@@ -175,3 +180,16 @@ def _check_mask(mask: Tensor | None, b: int, p: int, device: torch.device) -> Te
             hint="pad prompts on the left (tokenizer padding_side='left')",
         )
     return as_long
+
+
+def _check_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Every id (padding included: it is embedded too) in ``[0, vocab_size)``."""
+    outside = (input_ids < 0) | (input_ids >= vocab_size)
+    if bool(outside.any()):
+        first = int(input_ids[outside][0])
+        raise DataError(
+            f"the prompt holds token id {first}, outside the model's vocabulary of "
+            f"{vocab_size} ids",
+            tensor="input_ids",
+            hint="encode the prompt with the tokenizer the model was trained with",
+        )

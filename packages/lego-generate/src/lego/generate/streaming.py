@@ -12,7 +12,13 @@ pieces that are always whole characters:
   ids and emits the new text only when it does not end in ``"\\ufffd"`` (the window starts one
   emission back, so tokenizers whose decoding depends on the previous token stay correct).
 
-[`stream()`][lego.generate.stream] runs a generation and yields those pieces.
+[`stream()`][lego.generate.stream] runs a generation and yields those pieces. It is where a
+tokenizer meets a model, so it compares their vocabularies before the first step
+([`check_tokenizer()`][lego.generate.streaming.check_tokenizer]): a tokenizer with more ids
+than the model is refused (the model cannot read its ids), and when the model has more ids
+than the tokenizer (a vocabulary padded past the tokenizer's, as GPT-2's 50304 rows for
+50257 tokens or Qwen 3's 151936 for 151669) the ids the tokenizer cannot decode are never
+generated, instead of failing when one is sampled mid-stream.
 """
 
 from __future__ import annotations
@@ -27,9 +33,16 @@ from torch import Tensor
 from lego.generate.config import GenerationConfig
 from lego.generate.generate import _eval_mode, decode_rows, start_decoding
 from lego.generate.linears import linear_kernels
-from lego.protocols import CausalLM, ConfigError, DataError, LogitsProcessor, Tokenizer
+from lego.protocols import (
+    CausalLM,
+    CompatibilityError,
+    ConfigError,
+    DataError,
+    LogitsProcessor,
+    Tokenizer,
+)
 
-__all__ = ["TextStreamDecoder", "stream"]
+__all__ = ["TextStreamDecoder", "check_tokenizer", "stream"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -101,6 +114,55 @@ class TextStreamDecoder:
         return after[len(before) :]
 
 
+def check_tokenizer(model: CausalLM, tokenizer: Tokenizer) -> int | None:
+    """Compare a tokenizer's vocabulary with a model's, before anything is generated.
+
+    Args:
+        model: The model (its ``config.vocab_size``).
+        tokenizer: The tokenizer (its ``vocab_size``).
+
+    Returns:
+        None when the sizes are equal; the tokenizer's size when the model has more ids
+        (the ids from there on cannot be decoded: a stream never generates them).
+
+    Raises:
+        CompatibilityError: The tokenizer has more ids than the model: it is not the
+            tokenizer the model was trained with.
+
+    Example:
+        >>> from lego.protocols import ModelConfig
+        >>> class Model:
+        ...     config = ModelConfig(vocab_size=50304, context_length=1024)
+        >>> class Tokenizer:
+        ...     vocab_size, special_tokens = 50257, {}
+        >>> check_tokenizer(Model(), Tokenizer())  # a padded vocabulary: 47 ids never made
+        50257
+    """
+    model_size = int(model.config.vocab_size)
+    size = int(tokenizer.vocab_size)
+    if size > model_size:
+        raise CompatibilityError(
+            f"the tokenizer has {size} ids but the model's vocabulary only {model_size}: "
+            "it is not the tokenizer the model was trained with",
+            key="tokenizer",
+            hint="use the model's own tokenizer (the one saved beside it, or the one it was "
+            "trained with)",
+        )
+    return size if size < model_size else None
+
+
+class _DecodableOnly:
+    """Ban the ids a tokenizer cannot decode (those from its vocabulary size on)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        out = scores.clone()  # (B, V)
+        out[:, self.size :] = float("-inf")
+        return out
+
+
 def _prompt_tensor(tokenizer: Tokenizer, prompt: str | Sequence[int] | Tensor) -> Tensor:
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt)
@@ -157,7 +219,10 @@ def stream(
 
     Raises:
         ConfigError: Unknown options, beam search, or a batch of prompts.
-        DataError: An empty prompt.
+        CompatibilityError: The tokenizer has more ids than the model (see
+            [`check_tokenizer()`][lego.generate.streaming.check_tokenizer]; a model with more
+            ids than the tokenizer never generates the ones it cannot decode).
+        DataError: An empty prompt, or prompt ids outside the model's vocabulary.
     """
     config = GenerationConfig.from_options(generation_config, **options)
     if config.num_beams > 1:
@@ -167,6 +232,9 @@ def stream(
             hint="use generate(num_beams=...) and decode its result",
         )
     ids = _prompt_tensor(tokenizer, prompt)
+    decodable = check_tokenizer(model, tokenizer)
+    if decodable is not None:
+        logits_processor = [*logits_processor, _DecodableOnly(decodable)]
     if device is None:
         parameters = getattr(model, "parameters", None)
         first = next(iter(parameters()), None) if callable(parameters) else None
