@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from lego.generate import generate
 from lego.protocols.layout import CHECKPOINTS_DIR, LATEST_FILE, MODEL_DIR
 from lego.recipes.cli import main
 from lego.tokenize import RegexBPETokenizer
+from lego.train.checkpoint import TRAINER_STATE_FILE, TrainerStateFile, file_manifest
 
 SHARED = Path(os.environ.get("LEGO_SHARED_DATA", Path(__file__).parents[4] / "shared" / "data"))
 
@@ -27,8 +30,12 @@ def _tokenizer() -> RegexBPETokenizer:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("run") / CHECKPOINTS_DIR / "step-00000010" / MODEL_DIR
+    checkpoint = tmp_path_factory.mktemp("run") / CHECKPOINTS_DIR / "step-00000010"
+    folder = checkpoint / MODEL_DIR
     to_hf(build("gpt2-tiny", vocab_size=50257), folder)
+    # As lego-train writes a checkpoint: trainer_state.json lists every file's size and hash.
+    state = TrainerStateFile(step=10, tokens_seen=0, files=file_manifest(checkpoint))
+    (checkpoint / TRAINER_STATE_FILE).write_text(json.dumps(state.to_dict()))
     return folder
 
 
@@ -114,7 +121,9 @@ def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with a ChatML tokenizer saved beside it as lego-tokenizer.json."""
     tokenizer = RegexBPETokenizer("gpt4")
     text = "hello there, how are you? I am a small model. " * 20
-    tokenizer.train(text, vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"])
+    with warnings.catch_warnings():  # the text reaches fewer than 300 ids: fine here
+        warnings.simplefilter("ignore")
+        tokenizer.train(text, vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"])
     folder = tmp_path_factory.mktemp("chat")
     torch.manual_seed(0)
     to_hf(build("gpt2-tiny", vocab_size=tokenizer.vocab_size), folder)

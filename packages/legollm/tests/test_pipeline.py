@@ -52,7 +52,7 @@ def test_an_unfinished_run_of_the_same_config_is_continued(tmp_path: Path) -> No
 def test_out_dir_pins_the_run(tmp_path: Path) -> None:
     config = _config(tmp_path, out_dir=str(tmp_path / "mine"))
     assert find_run_dir(config, now=NOW) == tmp_path / "mine"
-    assert config.pretrain_config(tmp_path / "mine").resume == "latest"
+    assert config.pretrain_config(tmp_path / "mine").resume == "auto"
 
 
 def test_broken_records_are_skipped(tmp_path: Path) -> None:

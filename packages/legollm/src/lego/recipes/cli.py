@@ -9,17 +9,20 @@
 Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted for sections
 and converted by each field's type ([`lego.protocols.load_config()`][lego.protocols.load_config]).
 Exit codes: 0 done, 2 bad input (one message, no traceback; ``--debug`` shows it), 130 / 143
-interrupted (a checkpoint was saved: the same command continues), 1 a bug.
+interrupted by SIGINT / SIGTERM (a checkpoint was saved: the message says how to continue,
+``resume=auto`` for ``pretrain``, the same command for ``pipeline``), 1 a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from lego.protocols import make_parser, run_cli
+from lego.protocols import Interrupted, make_parser, run_cli
 from lego.recipes.configs import read_recipe_config, shipped_configs
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
 from lego.recipes.pipeline import PipelineConfig, run_pipeline
@@ -108,9 +111,25 @@ def _main(argv: list[str]) -> int:
         return run_chat(args, sys.stdout, sys.stdin)
     if args.command == "pipeline":
         result = run_pipeline(read_recipe_config(PipelineConfig, args.config, args.overrides))
-        return 0 if result.finished else 130
+        if not result.finished:
+            raise Interrupted(
+                f"stopped at step {result.step} of {result.max_steps}: checkpoint saved in "
+                f"{result.run_dir}",
+                signum=result.stop_signal or signal.SIGINT,
+                hint="run the same command again to continue from the last checkpoint",
+            )
+        return 0
     config = read_recipe_config(PretrainConfig, args.config, args.overrides)
     state = run_pretrain(config).state
+    if state.stop_signal is not None:
+        again = [a for a in args.overrides if not a.startswith(("resume=", "overwrite="))]
+        command = shlex.join(["legollm", "pretrain", "--config", args.config, *again])
+        raise Interrupted(
+            f"stopped at step {state.step} of {state.max_steps}: checkpoint saved in "
+            f"{config.out_dir}",
+            signum=state.stop_signal,
+            hint=f"continue with: {command} resume=auto",
+        )
     print(
         f"done: step {state.step}/{state.max_steps}, "
         f"loss {state.metrics.get('loss', float('nan')):.4f}"

@@ -29,33 +29,38 @@ command starts a new one. ``out_dir=...`` pins the run directory instead.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import lego.arch
 from lego.protocols import (
     Config,
     ConfigError,
     LegoError,
+    Tokenizer,
     TrainingError,
     atomic_write_text,
     check_float,
     check_int,
     read_json,
+    remove_stale_temporaries,
+    temporary_name,
+    write_errors,
 )
 from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
-from lego.recipes.pretrain import PretrainConfig, build_pretraining, check_fits_context
+from lego.recipes.preflight import check_fits_context, early_model_config
+from lego.recipes.pretrain import PretrainConfig, build_pretraining
 from lego.recipes.report import check_report_dependencies, write_report
+from lego.train.config import SEED_MAX
+from lego.train.rundir import run_lock
 
 __all__ = [
     "ReportSpec",
@@ -106,6 +111,7 @@ class ReportSpec(Config):
             )
         for key in ("max_new_tokens", "top_k", "attention_tokens"):
             check_int(key, getattr(self, key), minimum=1)
+        check_int("seed", self.seed, minimum=0, maximum=SEED_MAX)
         check_float("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         check_float("temperature", self.temperature, low=0.0, low_open=True)
 
@@ -135,7 +141,8 @@ class PipelineConfig(PretrainConfig):
 
         Args:
             context: The model's context length.
-            prompt_tokens: Each report prompt's length in tokens.
+            prompt_tokens: Each report prompt's length in tokens (``[1]`` before the
+                tokenizer exists: the least a prompt takes).
 
         Raises:
             ConfigError: A prompt plus ``report.max_new_tokens`` exceeds the context, or
@@ -160,7 +167,7 @@ class PipelineConfig(PretrainConfig):
         for key in ("runs_dir", "report"):
             data.pop(key)
         data["out_dir"] = str(out_dir)
-        data["resume"] = data.get("resume") or "latest"
+        data["resume"] = data.get("resume") or "auto"
         return PretrainConfig.from_dict(data)
 
     def fingerprint(self) -> str:
@@ -181,6 +188,9 @@ class PipelineResult:
         finished: False when training was interrupted (run the command again to continue).
         val_loss: The final validation loss (NaN without validation data).
         baseline: The unigram entropy of the validation tokens (NaN without them).
+        step: The optimizer steps the run has taken.
+        max_steps: The steps it is to take.
+        stop_signal: The signal that interrupted training (after a checkpoint), or None.
     """
 
     run_dir: Path
@@ -188,6 +198,9 @@ class PipelineResult:
     finished: bool
     val_loss: float
     baseline: float
+    step: int = 0
+    max_steps: int = 0
+    stop_signal: int | None = None
 
 
 def find_run_dir(config: PipelineConfig, *, now: datetime | None = None) -> Path:
@@ -237,7 +250,7 @@ def _check_writable(folder: Path) -> None:
     """Create ``folder`` and write a probe file, or fail with a clear ConfigError."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = temporary_name(folder / ".write-test")
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -249,20 +262,10 @@ def _check_writable(folder: Path) -> None:
         ) from exc
 
 
-@contextmanager
-def _disk_errors(run_dir: Path) -> Iterator[None]:
-    """Turn a full or read-only disk into a TrainingError that says how to continue."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        raise TrainingError(
-            f"writing the run failed: {exc.strerror} ({exc.filename or run_dir})",
-            path=run_dir,
-            hint="free some disk space (or fix the permissions) and run the same command "
-            "again: it continues from the last complete checkpoint",
-        ) from exc
+_DISK_HINT = (
+    "free some disk space (or fix the permissions) and run the same command again: it "
+    "continues from the last complete checkpoint"
+)
 
 
 def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult:
@@ -273,23 +276,37 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         echo: Where progress lines go (``print`` by default).
 
     Returns:
-        The [`PipelineResult`][lego.recipes.pipeline.PipelineResult].
+        The [`PipelineResult`][lego.recipes.pipeline.PipelineResult]; ``finished`` is False
+        when SIGINT or SIGTERM stopped training after a checkpoint (``stop_signal`` says
+        which): the same command continues.
 
     Raises:
-        ConfigError: Bad settings (the report's included, checked before training),
-            matplotlib missing, an unwritable run directory.
+        ConfigError: Bad settings (the report's included, checked before the tokenizer is
+            trained or the data prepared), matplotlib missing, an unwritable run directory,
+            a run directory another process is writing.
         TrainingError: Training failed, or the disk filled up (the run can be continued).
     """
+    early = early_model_config(config.pretrain_config(Path(config.runs_dir) / "check"))
+    config.check_later_stages(context=int(early.context_length), prompt_tokens=[1])
     run_dir = find_run_dir(config)
     _check_writable(run_dir)
-    with _disk_errors(run_dir):
+    with (
+        run_lock(run_dir) as lock,
+        write_errors(run_dir, what="run", error=TrainingError, hint=_DISK_HINT),
+    ):
+        remove_stale_temporaries(run_dir)
         resumed = (run_dir / PIPELINE_FILE).is_file()
-        pretraining = build_pretraining(config.pretrain_config(run_dir))
-        if pretraining.tokenizer is not None:
-            config.check_later_stages(
-                context=int(pretraining.model.config.context_length),
-                prompt_tokens=[len(pretraining.tokenizer.encode(p)) for p in config.report.prompts],
-            )
+
+        def check_report(model: lego.arch.DecoderConfig, tokenizer: Tokenizer | None) -> None:
+            if tokenizer is not None:
+                config.check_later_stages(
+                    context=int(model.context_length),
+                    prompt_tokens=[len(tokenizer.encode(p)) for p in config.report.prompts],
+                )
+
+        pretraining = build_pretraining(
+            config.pretrain_config(run_dir), lock=lock, check_later=check_report
+        )
         _write_record(run_dir, config, _RUNNING)
         echo(f"{'continuing' if resumed else 'starting'} the run in {run_dir}")
         start = time.perf_counter()
@@ -298,17 +315,16 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
         baseline = result.baseline
+        done = {"step": state.step, "max_steps": config.max_steps}
         if state.step < config.max_steps:
-            echo(
-                f"stopped at step {state.step} of {config.max_steps}; run the same command "
-                "again to continue from the last checkpoint"
-            )
             return PipelineResult(
                 run_dir=run_dir,
                 report=run_dir / "report.md",
                 finished=False,
                 val_loss=val_loss,
                 baseline=baseline,
+                stop_signal=state.stop_signal,
+                **done,
             )
         model_dir = _final_model_dir(run_dir)
         report = write_report(
@@ -323,7 +339,12 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         _write_record(run_dir, config, _DONE)
     echo(f"report: {report}")
     return PipelineResult(
-        run_dir=run_dir, report=report, finished=True, val_loss=val_loss, baseline=baseline
+        run_dir=run_dir,
+        report=report,
+        finished=True,
+        val_loss=val_loss,
+        baseline=baseline,
+        **done,
     )
 
 
@@ -338,12 +359,14 @@ def _final_model_dir(run_dir: Path) -> Path:
         )
     source = checkpoint / MODEL_DIR
     target = run_dir / MODEL_DIR
-    staging = run_dir / f".tmp-{MODEL_DIR}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    staging = temporary_name(target)
+    try:
+        shutil.copytree(source, staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if not (target / LEGO_TOKENIZER_FILE).is_file():
         raise TrainingError(
             f"the model directory has no {LEGO_TOKENIZER_FILE}",

@@ -22,11 +22,10 @@ tokenizer, model, loaders, Trainer) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import math
-import os
-import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,21 +35,31 @@ import torch
 
 import lego.arch
 import lego.data
-import lego.tokenize
-from lego.data.prepare import prepare
 from lego.generate import generate
 from lego.protocols import (
     CausalLM,
-    CompatibilityError,
     Config,
     ConfigError,
+    FolderLock,
     Tokenizer,
+    TrainerState,
     check_float,
     check_int,
 )
+from lego.recipes.datacache import PreparedData, default_cache_dir, prepare_data
+from lego.recipes.preflight import (
+    allocation_error,
+    check_data_tokenizer,
+    check_fits_context,
+    check_fits_memory,
+    early_model_config,
+    model_config,
+)
 from lego.tokenize.interop.resolve import resolve_tokenizer
 from lego.train import RunState, SampleCallback, TrainConfig, Trainer
-from lego.train.distributed import DistInfo, init_distributed, pick_device
+from lego.train.config import SEED_MAX
+from lego.train.distributed import DistInfo, init_distributed, pick_device, raise_together
+from lego.train.rundir import check_run_dir, run_lock
 
 __all__ = [
     "ModelSpec",
@@ -113,7 +122,7 @@ class DataSpec(Config):
         eval_batch_size: Rows per evaluation batch (0: ``batch_size``).
         context_length: Tokens per row (0: the model's context length).
         shuffle: Visit training windows in a seeded random order.
-        seed: The loader's seed.
+        seed: The loader's seed (``0 .. 2**64 - 1``).
         cache_dir: Where prepared corpora are cached (``""``: ``$LEGO_CACHE_DIR`` or
             ``~/.cache/lego``).
     """
@@ -144,6 +153,7 @@ class DataSpec(Config):
         check_int("vocab_size", self.vocab_size, minimum=1)
         check_int("eval_batch_size", self.eval_batch_size, minimum=0)
         check_int("context_length", self.context_length, minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=SEED_MAX)
         check_float("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
 
 
@@ -199,130 +209,33 @@ class PretrainConfig(TrainConfig):
         return TrainConfig.from_dict(data)
 
 
-def default_cache_dir() -> Path:
-    """``$LEGO_CACHE_DIR``, else ``~/.cache/lego``."""
-    env = os.environ.get("LEGO_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "lego"
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """A prepared token directory and its tokenizer.
-
-    Attributes:
-        path: The directory with ``meta.json``, ``train.bin``, ``val.bin``.
-        tokenizer_file: The tokenizer file, or None when unknown.
-        tokenizer_spec: What ``data.tokenizer`` named when it is not a file (e.g.
-            ``tiktoken:gpt2``), else None.
-    """
-
-    path: Path
-    tokenizer_file: Path | None
-    tokenizer_spec: str | None = None
-
-
-def prepare_data(spec: DataSpec, *, progress: bool = False) -> PreparedData:
-    """Find or build the token data of ``spec`` (training a tokenizer for a corpus).
-
-    Args:
-        spec: The data section.
-        progress: Show progress while preparing.
-
-    Returns:
-        The prepared data.
-
-    Raises:
-        ConfigError: A path that does not exist or is not a prepared directory.
-    """
-    if spec.path:
-        path = Path(spec.path)
-        if not (path / "meta.json").is_file():
-            raise ConfigError(
-                "data.path is not a prepared directory (no meta.json)",
-                path=path,
-                key="data.path",
-                hint="run lego-data prepare first, or use data.corpus",
-            )
-        if not spec.tokenizer:
-            return PreparedData(path=path, tokenizer_file=None)
-        file = Path(spec.tokenizer)
-        if file.is_file():
-            return PreparedData(path=path, tokenizer_file=file)
-        return PreparedData(path=path, tokenizer_file=None, tokenizer_spec=spec.tokenizer)
-    settings = {
-        "corpus": spec.corpus,
-        "vocab_size": spec.vocab_size,
-        "pattern": spec.pattern,
-        "val_fraction": spec.val_fraction,
-        "tokenizer": "regex_bpe",
-        "recipe_version": 1,
-    }
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_dir()
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in spec.corpus)[:40]
-    folder = root / "train-data" / f"{safe}-{key}"
-    tok_file = folder / "tokenizer.json"
-    if (folder / "meta.json").is_file() and tok_file.is_file():
-        return PreparedData(path=folder, tokenizer_file=tok_file)
-    tmp = root / "train-data" / f".tmp-{safe}-{key}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        corpus = lego.data.get_corpus(spec.corpus)
-        tokenizer = lego.tokenize.RegexBPETokenizer(pattern=spec.pattern)
-        tokenizer.train(
-            list(corpus), spec.vocab_size, special_tokens=["<|endoftext|>"], verbose=progress
-        )
-        tokenizer.save(tmp / "tokenizer.json")
-        prepare(
-            corpus,
-            str(tmp / "tokenizer.json"),
-            tmp,
-            val_fraction=spec.val_fraction,
-            progress=progress,
-        )
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return PreparedData(path=folder, tokenizer_file=tok_file)
-
-
-def build_model(spec: ModelSpec, *, vocab_size: int | None) -> lego.arch.DecoderLM:
+def build_model(
+    spec: ModelSpec, *, vocab_size: int | None, device: torch.device | None = None
+) -> lego.arch.DecoderLM:
     """Build the lego-arch model of ``spec``.
 
     Args:
         spec: The model section.
         vocab_size: The tokenizer's vocabulary size (the default ``vocab_size`` override);
             None leaves the preset's.
+        device: Where the training will run, for the message when the model cannot be
+            allocated (default: the CPU, where the model is built).
 
     Returns:
         The model, randomly initialized.
 
     Raises:
         CompatibilityError: An explicit vocab size smaller than the tokenizer's.
+        ConfigError: The model cannot be allocated (with the memory it needs).
     """
-    if spec.config is not None:
-        config = lego.arch.DecoderConfig.from_dict(dict(spec.config))
-        if vocab_size is not None and "vocab_size" not in spec.config:
-            config = config.replace(vocab_size=vocab_size)
-    else:
-        overrides = dict(spec.overrides)
-        if vocab_size is not None:
-            overrides.setdefault("vocab_size", vocab_size)
-        config = lego.arch.resolve_config(spec.preset, **overrides)
-    if vocab_size is not None and config.vocab_size < vocab_size:
-        raise CompatibilityError(
-            f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's "
-            f"{vocab_size}",
-            key="model.overrides.vocab_size",
-            hint=f"use vocab_size >= {vocab_size}, or leave it out to take the tokenizer's",
-        )
-    return lego.arch.DecoderLM.from_config(config)
+    config = model_config(spec, vocab_size=vocab_size)
+    try:
+        return lego.arch.DecoderLM.from_config(config)
+    except (RuntimeError, MemoryError) as exc:
+        error = allocation_error(exc, config, device=torch.device("cpu"))
+        if error is None:
+            raise
+        raise error from None
 
 
 def unigram_entropy(tokens: np.ndarray[Any, Any]) -> float:
@@ -346,29 +259,36 @@ def unigram_entropy(tokens: np.ndarray[Any, Any]) -> float:
     return float(-(probs * np.log(probs)).sum())
 
 
-def check_fits_context(prompt_tokens: int, max_new_tokens: int, context: int, *, key: str) -> None:
-    """Check, before training, that a prompt and its continuation fit the model's context.
+class _BaselineRecord:
+    """Logs the unigram baseline once training has opened its run (after any overwrite).
 
-    Args:
-        prompt_tokens: The prompt's length in tokens.
-        max_new_tokens: Tokens to generate after it.
-        context: The model's context length.
-        key: The setting to name in the error (``sample.max_new_tokens``).
-
-    Raises:
-        ConfigError: ``prompt_tokens + max_new_tokens > context``.
-
-    Example:
-        >>> check_fits_context(4, 60, 64, key="sample.max_new_tokens")
+    A [`TrainerCallback`][lego.protocols.TrainerCallback] (structurally).
     """
-    if prompt_tokens + max_new_tokens > context:
-        raise ConfigError(
-            f"a {prompt_tokens}-token prompt plus {key.rsplit('.', 1)[-1]}={max_new_tokens} "
-            f"exceeds the model's context of {context} tokens",
-            key=key,
-            hint=f"use {key} <= {max(context - prompt_tokens, 0)}, a shorter prompt, or a "
-            "longer context_length",
+
+    def __init__(self, trainer: Trainer, baseline: float) -> None:
+        self.trainer = trainer
+        self.baseline = baseline
+
+    def on_train_begin(self, state: TrainerState) -> None:
+        record = {"step": state.step, "split": "baseline", "unigram_entropy": self.baseline}
+        self.trainer.log_record(record)
+        self.trainer.message(
+            f"unigram entropy of the validation tokens: {self.baseline:.4f} nats/token "
+            f"(perplexity {math.exp(self.baseline):.1f}); a model that learns context goes "
+            "below it"
         )
+
+    def on_step_end(self, state: TrainerState) -> None:
+        """Nothing to do after a step."""
+
+    def on_evaluate(self, state: TrainerState, metrics: Mapping[str, float]) -> None:
+        """Nothing to do at evaluations."""
+
+    def on_save(self, state: TrainerState, path: Path) -> None:
+        """Nothing to do at saves."""
+
+    def on_train_end(self, state: TrainerState) -> None:
+        """Nothing to do at the end."""
 
 
 def _discard(text: str) -> None:
@@ -403,6 +323,8 @@ class Pretraining:
         trainer: The Trainer, ready to ``fit``.
         baseline: The unigram entropy of the validation tokens, NaN without them.
         loaders: The batch sources to close after training.
+        lock: The lock on ``out_dir`` this object took (released by ``run()`` or
+            ``close()``), or None (another rank, or the caller holds the lock).
     """
 
     config: PretrainConfig
@@ -412,28 +334,23 @@ class Pretraining:
     trainer: Trainer
     baseline: float
     loaders: list[Any]
+    lock: FolderLock | None = None
 
     def run(self) -> PretrainResult:
         """Train (resuming as the config says) and return the result.
 
         Returns:
-            The [`PretrainResult`][lego.recipes.pretrain.PretrainResult].
+            The [`PretrainResult`][lego.recipes.pretrain.PretrainResult]; its
+            ``state.stop_signal`` is set when SIGINT or SIGTERM stopped the run after a
+            checkpoint.
         """
         trainer = self.trainer
         if not math.isnan(self.baseline):
-            trainer.log_record(
-                {"step": trainer.state.step, "split": "baseline", "unigram_entropy": self.baseline}
-            )
-            trainer.message(
-                f"unigram entropy of the validation tokens: {self.baseline:.4f} nats/token "
-                f"(perplexity {math.exp(self.baseline):.1f}); a model that learns context goes "
-                "below it"
-            )
+            trainer.callbacks.append(_BaselineRecord(trainer, self.baseline))
         try:
             state = trainer.fit()
         finally:
-            for loader in self.loaders:
-                loader.close()
+            self.close()
         if not math.isnan(self.baseline) and "val_loss" in state.metrics:
             trainer.message(
                 f"final val_loss {state.metrics['val_loss']:.4f} vs unigram entropy "
@@ -442,6 +359,15 @@ class Pretraining:
         return PretrainResult(
             state=state, baseline=self.baseline, out_dir=Path(self.config.out_dir)
         )
+
+    def close(self) -> None:
+        """Close the batch sources and release the lock on ``out_dir`` (idempotent)."""
+        for loader in self.loaders:
+            loader.close()
+        self.trainer.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _load_tokenizer(data: PreparedData) -> tuple[Tokenizer | None, str | None]:
@@ -474,41 +400,126 @@ def _sampler(
     return out
 
 
-def build_pretraining(config: PretrainConfig) -> Pretraining:
-    """Prepare the data and tokenizer, build the model, the loaders and the Trainer.
+def build_pretraining(
+    config: PretrainConfig,
+    *,
+    lock: FolderLock | None = None,
+    check_later: Callable[[lego.arch.DecoderConfig, Tokenizer | None], None] | None = None,
+) -> Pretraining:
+    """Check everything, prepare the data and tokenizer, build the model and the Trainer.
 
-    Every rank calls it (under ``torchrun``, rank 0 prepares the data first).
+    Every rank calls it (under ``torchrun``, rank 0 prepares the data first). Before any
+    long work (training a tokenizer, preparing data) it checks the whole configuration
+    ([`lego.recipes.preflight`][lego.recipes.preflight]), ``out_dir``
+    ([`check_run_dir()`][lego.train.rundir.check_run_dir]) and locks it, so a bad setting
+    or a second writer fails in seconds.
 
     Args:
         config: The validated recipe config.
+        lock: The lock on ``out_dir`` when the caller holds it (the pipeline); None takes
+            it here (on rank 0), held by the returned object until it runs or closes.
+        check_later: Called with the model config and the tokenizer once both are known,
+            before the Trainer is built: a later stage's own checks (the pipeline's
+            report).
 
     Returns:
         The [`Pretraining`][lego.recipes.pretrain.Pretraining], ready to run.
 
     Raises:
-        ConfigError: A data path that is not prepared, a context longer than the model's.
-        CompatibilityError: A model vocabulary smaller than the tokenizer's.
+        ConfigError: A bad setting, a data path that is not prepared, an ``out_dir`` that
+            holds another run or is written by another process, a model that cannot fit
+            the device.
+        CompatibilityError: A model vocabulary smaller than the tokenizer's, a tokenizer
+            other than the data's.
     """
     train = config.train_config()
     device = pick_device(train.device)
     info: DistInfo = init_distributed(device)
+    early = early_model_config(config)
+    context = config.data.context_length or int(early.context_length)
+    shards = info.world_size if train.strategy == "fsdp" else 1
+    check_fits_memory(
+        early,
+        device=device,
+        batch_size=config.data.batch_size,
+        context=context,
+        precision=train.precision,
+        shards=shards,
+    )
+    if train.tensorboard:
+        from lego.train.monitor import TensorBoardWriter
+
+        TensorBoardWriter.check_available()
+    owned: FolderLock | None = None
+    created = not Path(train.out_dir).exists()
+    problem: BaseException | None = None
     if info.is_main:
-        data = prepare_data(config.data, progress=train.progress != "none")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    if not info.is_main:
+        try:
+            check_run_dir(train)
+            if lock is None:
+                owned = run_lock(train.out_dir).acquire()
+        except ConfigError as exc:
+            problem = exc
+    raise_together(problem, device)
+    try:
+        built = _build(config, train, info, device, lock=lock or owned, check_later=check_later)
+    except BaseException:
+        if owned is not None:
+            owned.release()
+            if created:  # a run that failed its checks leaves no empty out_dir behind
+                with contextlib.suppress(OSError):
+                    Path(train.out_dir).rmdir()
+        raise
+    built.lock = owned
+    return built
+
+
+def _build(
+    config: PretrainConfig,
+    train: TrainConfig,
+    info: DistInfo,
+    device: torch.device,
+    *,
+    lock: FolderLock | None,
+    check_later: Callable[[lego.arch.DecoderConfig, Tokenizer | None], None] | None,
+) -> Pretraining:
+    """The data, tokenizer, model, loaders and Trainer, once the config passed its checks."""
+    data: PreparedData | None = None
+    problem: BaseException | None = None
+    if info.is_main:
+        try:
+            data = prepare_data(config.data, progress=train.progress != "none")
+        except Exception as exc:  # the other ranks wait for the data: tell them
+            problem = exc
+    raise_together(problem, device)
+    if data is None:
         data = prepare_data(config.data)
     tokenizer, tokenizer_hash = _load_tokenizer(data)
     meta = lego.data.read_meta(data.path)
+    if tokenizer is not None:
+        check_data_tokenizer(meta, tokenizer, file=data.tokenizer_file)
     torch.manual_seed(train.seed)
-    model = build_model(config.model, vocab_size=int(meta.vocab_size))
-    context = config.data.context_length or int(model.config.context_length)
-    if context > int(model.config.context_length):
-        raise ConfigError(
-            f"data.context_length {context} exceeds the model's {model.config.context_length}",
-            key="data.context_length",
-            hint=f"use data.context_length <= {model.config.context_length}",
+    final = model_config(config.model, vocab_size=int(meta.vocab_size))
+    context = config.data.context_length or int(final.context_length)
+    shards = info.world_size if train.strategy == "fsdp" else 1
+    check_fits_memory(
+        final,
+        device=device,
+        batch_size=config.data.batch_size,
+        context=context,
+        precision=train.precision,
+        shards=shards,
+    )
+    if tokenizer is not None and config.sample.every >= 0:
+        check_fits_context(
+            len(tokenizer.encode(config.sample.prompt)),
+            config.sample.max_new_tokens,
+            int(final.context_length),
+            key="sample.max_new_tokens",
         )
+    if check_later is not None:
+        check_later(final, tokenizer)
+    model = build_model(config.model, vocab_size=int(meta.vocab_size), device=device)
     train_ds = lego.data.TokenDataset(data.path, split="train", context_length=context)
     loader = lego.data.TokenLoader(
         train_ds,
@@ -536,12 +547,6 @@ def build_pretraining(config: PretrainConfig) -> Pretraining:
         baseline = unigram_entropy(np.asarray(val_ds.tokens))
     callbacks = []
     if tokenizer is not None and config.sample.every >= 0:
-        check_fits_context(
-            len(tokenizer.encode(config.sample.prompt)),
-            config.sample.max_new_tokens,
-            int(model.config.context_length),
-            key="sample.max_new_tokens",
-        )
         # Every rank samples (an FSDP forward is collective); rank 0 prints.
         callbacks.append(
             SampleCallback(
@@ -557,15 +562,21 @@ def build_pretraining(config: PretrainConfig) -> Pretraining:
                 sampler=_sampler,
             )
         )
-    trainer = Trainer(
-        model=model,
-        train_data=loader,
-        eval_data=eval_loader,
-        config=train,
-        callbacks=callbacks,
-        tokenizer=tokenizer,
-        tokenizer_hash=tokenizer_hash,
-    )
+    try:
+        trainer = Trainer(
+            model=model,
+            train_data=loader,
+            eval_data=eval_loader,
+            config=train,
+            callbacks=callbacks,
+            tokenizer=tokenizer,
+            tokenizer_hash=tokenizer_hash,
+            lock=lock,
+        )
+    except BaseException:
+        for each in loaders:
+            each.close()
+        raise
     return Pretraining(
         config=config,
         model=model,

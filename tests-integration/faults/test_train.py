@@ -1,0 +1,314 @@
+"""Faults of ``legollm pretrain`` and ``lego-train plot`` (issue 17), through real processes.
+
+Every test runs the command as a user would, asserts its exit code, one message on stderr
+without "Traceback", and that every file that existed before is byte-identical afterwards.
+One finished tiny run (4 steps, checkpoints at 2 and 4) and its prepared data are made once
+per module; each test works on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import harness
+import pytest
+from tiny_train import TINY_RUN
+
+SMALL = [
+    "--config",
+    "tiny",
+    "eval_every=0",
+    "checkpoint_every=2",
+    "log_every=1",
+    "progress=plain",
+    "sample.every=-1",
+    *TINY_RUN,
+]
+
+
+def pretrain(out: Path, cache: Path, *extra: str) -> list[str]:
+    """``legollm pretrain`` of the tiny run into ``out``."""
+    return harness.command(
+        "lego.recipes.cli", "pretrain", *SMALL, f"out_dir={out}", f"data.cache_dir={cache}", *extra
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(run, cache)``: a finished 4-step run and the data cache it filled."""
+    root = tmp_path_factory.mktemp("finished")
+    run, cache = root / "run", root / "cache"
+    result = harness.run(pretrain(run, cache, "max_steps=4"), cwd=root)
+    assert result.code == 0, result.stderr
+    return run, cache
+
+
+@pytest.fixture
+def run_copy(finished: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the finished run, for a test to break."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished[0], copy)
+    return copy
+
+
+def _weights(run: Path, step: int) -> bytes:
+    model = run / "checkpoints" / f"step-{step:08d}" / "model" / "model.safetensors"
+    return model.read_bytes()
+
+
+def test_a_second_run_into_a_finished_run_is_refused(
+    finished: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    """Item 1: the same command twice never replaces the finished run."""
+    cache = finished[1]
+    before = harness.snapshot(tmp_path)
+    result = harness.run(pretrain(run_copy, cache, "max_steps=4"), cwd=tmp_path)
+    harness.assert_one_message(result, prog="legollm", phrase="already holds a training run")
+    assert "resume=auto" in result.stderr
+    assert "overwrite=true" in result.stderr
+    harness.assert_unchanged(before, tmp_path)
+    # resume=auto continues it; the old checkpoints stay as they were
+    result = harness.run(pretrain(run_copy, cache, "max_steps=6", "resume=auto"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "resumed from" in result.stderr
+    assert (run_copy / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    # overwrite=true replaces it, on purpose
+    result = harness.run(pretrain(run_copy, cache, "max_steps=2", "overwrite=true"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "deleted the previous run" in result.stderr
+    names = sorted(p.name for p in (run_copy / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000002"]
+
+
+def test_two_pretrains_on_one_out_dir(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    """Item 4 (and 14 for SIGTERM): the second writer gets one clear error; 143 after."""
+    cache = finished[1]
+    run = tmp_path / "run"
+    first = harness.start(pretrain(run, cache, "max_steps=100000"), cwd=tmp_path)
+    try:
+        harness.run_until(first, "train: 2 of")
+        before = harness.snapshot(tmp_path, exclude=[run])
+        second = harness.run(pretrain(run, cache, "max_steps=4", "resume=auto"), cwd=tmp_path)
+        harness.assert_one_message(second, prog="legollm", phrase="another process")
+        assert "pid" in second.stderr
+        harness.assert_unchanged(before, tmp_path)
+        stopped = harness.interrupt(first, signal.SIGTERM)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert stopped.code == 143, stopped.stdout
+    assert "Traceback" not in stopped.stdout
+    assert "resume=auto" in stopped.stdout
+    assert not (run / ".lego.lock").exists()
+
+
+def test_ctrl_c_exits_130_after_a_checkpoint_and_says_how_to_continue(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 14: an interrupted pretrain exits 130, saved, with the command to continue."""
+    cache = finished[1]
+    run = tmp_path / "run"
+    process = harness.start(pretrain(run, cache, "max_steps=100000"), cwd=tmp_path)
+    try:
+        harness.run_until(process, "train: 3 of")
+        result = harness.interrupt(process, signal.SIGINT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert result.code == 130, result.stdout
+    assert "Traceback" not in result.stdout
+    assert "checkpoint saved" in result.stdout
+    assert "resume=auto" in result.stdout
+    saved = (run / "checkpoints" / "latest").read_text().strip()
+    step = int(saved.removeprefix("step-"))
+    assert step >= 3
+    again = harness.run(pretrain(run, cache, f"max_steps={step + 1}", "resume=auto"), cwd=tmp_path)
+    assert again.code == 0, again.stderr
+    assert f"at step {step}" in again.stderr
+
+
+@contextmanager
+def _full_disk(folder: Path, *, used_kib: int, free_kib: int) -> Iterator[tuple[Path, int | None]]:
+    """A disk with ``free_kib`` left after ``used_kib``: a tmpfs, or a per-file limit."""
+    with harness.small_disk(folder, size_kib=used_kib + free_kib) as (disk, limit):
+        yield disk, (None if limit is None else free_kib * 1024)
+
+
+def _size_kib(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024 + 64
+
+
+def test_a_full_disk_leaves_no_temporary_checkpoint(
+    finished: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    """Items 5 and 10: exit 2, no .tmp-step-N, and the next run resumes the newest step."""
+    cache = finished[1]
+    with _full_disk(tmp_path / "disk", used_kib=_size_kib(run_copy), free_kib=200) as (disk, lim):
+        run = disk / "run"
+        shutil.copytree(run_copy, run)
+        before = harness.snapshot(tmp_path, exclude=[run / "metrics.jsonl"])
+        result = harness.run(
+            pretrain(run, cache, "max_steps=6", "resume=auto"), cwd=tmp_path, file_size_limit=lim
+        )
+        harness.assert_one_message(result, prog="legollm", phrase="resume=auto")
+        assert "space" in result.stderr or "too large" in result.stderr
+        leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert leftovers == []
+        harness.assert_unchanged(before, tmp_path)
+        freed = tmp_path / "freed"
+        shutil.copytree(run, freed)
+    result = harness.run(pretrain(freed, cache, "max_steps=6", "resume=auto"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "step-00000004 at step 4" in result.stderr
+
+
+def test_a_read_only_run_directory_is_one_message(
+    finished: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    """Item 10: a run directory that cannot be written is exit 2, not a traceback."""
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    for folder in [run_copy, *[p for p in run_copy.rglob("*") if p.is_dir()]]:
+        folder.chmod(0o555)
+    try:
+        before = harness.snapshot(tmp_path)
+        result = harness.run(
+            pretrain(run_copy, finished[1], "max_steps=6", "resume=auto"), cwd=tmp_path
+        )
+        harness.assert_one_message(result, prog="legollm")
+        harness.assert_unchanged(before, tmp_path)
+    finally:
+        for folder in [run_copy, *[p for p in run_copy.rglob("*") if p.is_dir()]]:
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe\x00\x80garbage", b"step-99999999\n", b"x" * 100_000]
+)
+def test_garbage_in_checkpoints_latest(
+    finished: tuple[Path, Path], run_copy: Path, tmp_path: Path, content: bytes
+) -> None:
+    """Item 11: a damaged ``checkpoints/latest`` is one FormatError, nothing changed."""
+    (run_copy / "checkpoints" / "latest").write_bytes(content)
+    before = harness.snapshot(tmp_path)
+    result = harness.run(
+        pretrain(run_copy, finished[1], "max_steps=6", "resume=auto"), cwd=tmp_path
+    )
+    harness.assert_one_message(result, prog="legollm", phrase="latest-checkpoint file")
+    harness.assert_unchanged(before, tmp_path)
+
+
+def test_a_tokenizer_other_than_the_datas_is_refused(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 7: data.tokenizer must be the tokenizer meta.json records."""
+    from lego.tokenize import RegexBPETokenizer
+
+    (data,) = (finished[1] / "train-data").iterdir()
+    other = RegexBPETokenizer()
+    other.train(["def other(tokenizer):\n    return 1\n" * 20], 260)
+    other.save(tmp_path / "other.json")
+    before = harness.snapshot(tmp_path)
+    result = harness.run(
+        pretrain(
+            tmp_path / "run",
+            finished[1],
+            "data.corpus=''",
+            f"data.path={data}",
+            f"data.tokenizer={tmp_path / 'other.json'}",
+        ),
+        cwd=tmp_path,
+    )
+    harness.assert_one_message(result, prog="legollm", phrase="not the tokenizer the data")
+    harness.assert_unchanged(before, tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ("device=cuda", "CPU-only"),
+        ("model.overrides.vocab_size=1000000000000", "TiB"),
+        ("seed=18446744073709551616", "seed"),
+        ("sample.every=0", "sample.max_new_tokens"),  # 48 new tokens > context 32
+    ],
+)
+def test_impossible_settings_fail_before_any_work(
+    tmp_path: Path, override: str, phrase: str
+) -> None:
+    """Items 12 and 15: one message, before the tokenizer is trained or anything written."""
+    import torch
+
+    if override == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    result = harness.run(pretrain(run, cache, "max_steps=4", override), cwd=tmp_path)
+    harness.assert_one_message(result, prog="legollm", phrase=phrase)
+    assert not run.exists()
+    assert not (cache / "train-data").exists() or not list((cache / "train-data").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("name", "phrase"), [("loss.xyz", "matplotlib cannot write"), ("loss", "no extension")]
+)
+def test_plot_to_a_format_matplotlib_cannot_write(
+    finished: tuple[Path, Path], tmp_path: Path, name: str, phrase: str
+) -> None:
+    """Item 12: ``lego-train plot -o loss.xyz`` is exit 2 before drawing."""
+    pytest.importorskip("matplotlib")
+    before = harness.snapshot(finished[0])
+    result = harness.run(
+        harness.command("lego.train.cli", "plot", str(finished[0]), "-o", name), cwd=tmp_path
+    )
+    harness.assert_one_message(result, prog="lego-train", phrase=phrase)
+    harness.assert_unchanged(before, finished[0])
+    assert not (tmp_path / name).exists()
+
+
+def test_checkpoint_files_follow_the_umask(finished: tuple[Path, Path]) -> None:
+    """Item 17: model.safetensors is written like every other file (0644 under umask 022)."""
+    checkpoint = finished[0] / "checkpoints" / "step-00000004"
+    modes = {
+        str(p.relative_to(checkpoint)): stat.S_IMODE(p.stat().st_mode)
+        for p in checkpoint.rglob("*")
+        if p.is_file()
+    }
+    assert modes["model/model.safetensors"] == modes["trainer_state.json"]
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_pickle_in_a_checkpoint_gets_no_weights_only_advice(
+    finished: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    """Item 17: the error names the damage, without torch's advice to unpickle the file."""
+    import hashlib
+    import pickle
+
+    checkpoint = run_copy / "checkpoints" / "step-00000004"
+    # a state file with a pickled object, its manifest entry updated (as an attacker would)
+    (checkpoint / "scheduler.pt").write_bytes(pickle.dumps(Path("x")))
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    data = (checkpoint / "scheduler.pt").read_bytes()
+    state["files"]["scheduler.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    state_file.write_text(json.dumps(state))
+    before = harness.snapshot(tmp_path)
+    result = harness.run(
+        pretrain(run_copy, finished[1], "max_steps=6", "resume=auto"), cwd=tmp_path
+    )
+    harness.assert_one_message(result, prog="legollm", phrase="scheduler")
+    assert "weights_only" not in result.stderr
+    harness.assert_unchanged(before, tmp_path)
+
+
+if sys.platform == "win32":  # pragma: no cover - signals and tmpfs are POSIX
+    pytest.skip("POSIX only", allow_module_level=True)
