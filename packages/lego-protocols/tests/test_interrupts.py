@@ -67,3 +67,18 @@ def test_sigterm_unwinds_and_exits_143() -> None:
     assert process.returncode == EXIT_TERMINATED
     assert out == "cleaned up\n"
     assert err == "tool: terminated\n"
+
+
+def test_worker_signals_leave_ctrl_c_to_the_parent() -> None:
+    import signal as _signal
+
+    from lego.protocols.cli import worker_signals
+
+    before = _signal.getsignal(_signal.SIGINT), _signal.getsignal(_signal.SIGTERM)
+    try:
+        worker_signals()
+        assert _signal.getsignal(_signal.SIGINT) is _signal.SIG_IGN
+        assert _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL
+    finally:
+        _signal.signal(_signal.SIGINT, before[0])
+        _signal.signal(_signal.SIGTERM, before[1])

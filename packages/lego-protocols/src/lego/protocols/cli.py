@@ -54,6 +54,7 @@ __all__ = [
     "make_parser",
     "run_cli",
     "terminate_raises",
+    "worker_signals",
 ]
 
 EXIT_OK = 0
@@ -138,6 +139,20 @@ def terminate_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def worker_signals() -> None:
+    """Set a worker process's signals: Ctrl-C is the parent's to report, SIGTERM ends it.
+
+    Call it first in a worker (a ``multiprocessing.Pool`` initializer). Ctrl-C in a terminal
+    sends SIGINT to every process of the group: workers ignore it, so the parent alone
+    reports the interruption (once, exit 130) and stops its pool, instead of one
+    ``KeyboardInterrupt`` traceback per worker. SIGTERM gets its default action (a forked
+    worker would otherwise inherit [`terminate_raises`][lego.protocols.cli.terminate_raises]'s
+    handler and print a traceback).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 DEBUG_ENV = "LEGO_DEBUG"
