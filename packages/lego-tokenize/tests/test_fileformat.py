@@ -17,7 +17,7 @@ from lego.tokenize import (
     load,
 )
 from lego.tokenize.byte_level import str_to_token
-from lego.tokenize.fileformat import checksum, vocab_path
+from lego.tokenize.fileformat import VOCAB_DUMP_HEADER, checksum, is_vocab_dump, vocab_path
 
 EOT = "<|endoftext|>"
 
@@ -73,10 +73,46 @@ def test_file_layout(tmp_path: Path, regex_tok: RegexBPETokenizer) -> None:
     left, right = (str_to_token(part) for part in doc["merges"][0])
     assert regex_tok.decode_single_token_bytes(256) == left + right
     dump = (tmp_path / "tok.vocab").read_text(encoding="utf-8")
-    assert dump.splitlines()[97] == "[a] 97"
-    assert " -> [" in dump.splitlines()[256]
+    assert dump.splitlines()[0] == VOCAB_DUMP_HEADER
+    assert dump.splitlines()[1 + 97] == "[a] 97"
+    assert " -> [" in dump.splitlines()[1 + 256]
     assert dump.splitlines()[-1] == f"[{EOT}] 319 (special)"
     assert vocab_path(tmp_path / "tok") == tmp_path / "tok.vocab"
+
+
+def test_the_dump_never_replaces_a_file_it_did_not_write(
+    tmp_path: Path, regex_tok: RegexBPETokenizer
+) -> None:
+    words = tmp_path / "words.vocab"
+    words.write_text("my own word list\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a vocabulary dump") as caught:
+        regex_tok.save(tmp_path / "words.json")
+    assert caught.value.path == str(words)
+    assert words.read_text(encoding="utf-8") == "my own word list\n"
+    assert not (tmp_path / "words.json").exists()  # checked before anything is written
+
+
+def test_the_dump_replaces_an_earlier_dump_or_a_named_file(
+    tmp_path: Path, regex_tok: RegexBPETokenizer
+) -> None:
+    path = tmp_path / "tok.json"
+    assert regex_tok.save(path) == tmp_path / "tok.vocab"
+    assert regex_tok.save(path) == tmp_path / "tok.vocab"  # an earlier dump is replaced
+    assert is_vocab_dump(tmp_path / "tok.vocab")
+    named = tmp_path / "mine.txt"
+    named.write_text("old", encoding="utf-8")
+    assert regex_tok.save(path, vocab_file=named) == named
+    assert is_vocab_dump(named)
+    (tmp_path / "other.vocab").write_text("keep", encoding="utf-8")
+    assert regex_tok.save(tmp_path / "other.json", vocab_file=False) is None
+    assert (tmp_path / "other.vocab").read_text(encoding="utf-8") == "keep"
+
+
+def test_the_dump_is_never_the_tokenizer_file(tmp_path: Path, regex_tok: RegexBPETokenizer) -> None:
+    path = tmp_path / "tok.json"
+    with pytest.raises(ConfigError, match="tokenizer file"):
+        regex_tok.save(path, vocab_file=path)
+    assert not path.exists()
 
 
 def test_foreign_byte_order_round_trips(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from lego.protocols import ConfigError, DataError, FormatError, TrainableTokenizer
 from lego.protocols.testing import DEFAULT_TEXTS, TokenizerContract
-from lego.tokenize import RegexBPETokenizer
+from lego.tokenize import CharTokenizer, RegexBPETokenizer, VocabSizeNotReachedWarning
 from lego.tokenize.patterns import PATTERNS
 
 
@@ -205,17 +205,39 @@ def test_special_ids_must_be_on_top() -> None:
 
 def test_string_specials_follow_ordinary_tokens() -> None:
     tok = RegexBPETokenizer("gpt4")
-    tok.train("ab ab ab", 1000, special_tokens=["<|endoftext|>"], workers=1)
+    with pytest.warns(VocabSizeNotReachedWarning, match="reached 259") as caught:
+        tok.train("ab ab ab", 1000, special_tokens=["<|endoftext|>"], workers=1)
+    assert caught[0].message.requested == 1000  # type: ignore[union-attr]
     assert tok.special_tokens["<|endoftext|>"] == tok.n_ordinary
     assert tok.vocab_size == tok.n_ordinary + 1
-    tok.train("cd cd", 1000, workers=1)  # None keeps the strings
+    with pytest.warns(VocabSizeNotReachedWarning):
+        tok.train("cd cd", 1000, workers=1)  # None keeps the strings
     assert list(tok.special_tokens) == ["<|endoftext|>"]
 
 
 def test_specials_are_cut_out_of_training_text() -> None:
     tok = RegexBPETokenizer("gpt4")
-    tok.train("<|endoftext|>" * 50 + " hello", 270, special_tokens=["<|endoftext|>"], workers=1)
+    with pytest.warns(VocabSizeNotReachedWarning):
+        tok.train("<|endoftext|>" * 50 + " hello", 270, special_tokens=["<|endoftext|>"], workers=1)
     assert all(b"|" not in token or len(token) == 1 for token in tok.mergeable_ranks)
+
+
+def test_a_size_that_cannot_be_reached_warns_with_the_reached_size() -> None:
+    tok = RegexBPETokenizer("gpt4")
+    with pytest.warns(VocabSizeNotReachedWarning) as caught:
+        tok.train("ab ab ab", 400, workers=1)
+    warning = caught[0].message
+    assert isinstance(warning, VocabSizeNotReachedWarning)
+    assert (warning.requested, warning.reached) == (400, tok.vocab_size)
+    assert f"reached {tok.vocab_size}" in str(warning)
+
+
+def test_char_and_word_sizes_are_caps_and_do_not_warn() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CharTokenizer().train("ab ab", 1000, workers=1)
 
 
 def test_verbose_training_shows_progress(

@@ -189,3 +189,9 @@ def test_a_tiktoken_encoding_object(reference: RegexBPETokenizer) -> None:
     assert tok.encode_ordinary(text) == encoding.encode_ordinary(text)
     other = RegexBPETokenizer.from_encoding(encoding, pattern="gpt4")
     assert other.to_tiktoken() is not encoding
+
+
+def test_a_spec_names_the_files_it_reads() -> None:
+    assert parse_tokenizer_spec("tiktoken:cl100k_base").files == []
+    assert parse_tokenizer_spec("hf:a/tokenizer.json").files == [Path("a/tokenizer.json")]
+    assert parse_tokenizer_spec("gpt2:g").files == [Path("g/encoder.json"), Path("g/vocab.bpe")]

@@ -17,7 +17,7 @@ This package never imports torch.
 """
 
 from lego.tokenize.__about__ import __version__
-from lego.tokenize.base import BaseTokenizer
+from lego.tokenize.base import BaseTokenizer, VocabSizeNotReachedWarning
 from lego.tokenize.bpe_base import ByteLevelBPETokenizer
 from lego.tokenize.char import CharTokenizer
 from lego.tokenize.fingerprint import tokenizer_fingerprint
@@ -50,4 +50,5 @@ __all__ = [
     "PATTERNS",
     "resolve_pattern",
     "DisallowedSpecialError",
+    "VocabSizeNotReachedWarning",
 ]

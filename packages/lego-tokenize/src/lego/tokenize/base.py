@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from lego.protocols import (
@@ -28,7 +30,12 @@ from lego.tokenize.specials import (
 from lego.tokenize.training import DEFAULT_CHUNK_SIZE, count_pretokens
 from lego.tokenize.training.sources import Errors
 
-__all__ = ["BaseTokenizer", "SpecialTokensArg", "place_special_tokens"]
+__all__ = [
+    "BaseTokenizer",
+    "SpecialTokensArg",
+    "VocabSizeNotReachedWarning",
+    "place_special_tokens",
+]
 
 SpecialTokensArg = Mapping[str, int] | Sequence[str]
 """Special tokens for ``train``: strings to explicit ids, or strings alone (numbered after
@@ -106,6 +113,51 @@ def place_special_tokens(
     return tokens
 
 
+class VocabSizeNotReachedWarning(UserWarning):
+    """Training made a smaller vocabulary than asked: the data has too few distinct pieces.
+
+    Args:
+        message: What happened and what to do.
+        requested: The ``vocab_size`` asked for.
+        reached: The ``vocab_size`` the tokenizer has.
+
+    Attributes:
+        requested: As given.
+        reached: As given.
+    """
+
+    def __init__(self, message: str, *, requested: int, reached: int) -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.reached = reached
+
+    @classmethod
+    def of(cls, tokenizer: BaseTokenizer, requested: int) -> VocabSizeNotReachedWarning:
+        """The warning for a trained tokenizer that has fewer ids than ``requested``.
+
+        Args:
+            tokenizer: The trained tokenizer.
+            requested: The ``vocab_size`` asked for.
+
+        Returns:
+            The warning (warn or print it).
+        """
+        units = {"char": "characters", "word": "words"}.get(tokenizer.type_name)
+        why = (
+            f"holds too few distinct {units}"
+            if units is not None
+            else "has no byte pairs left to merge"
+        )
+        reached = tokenizer.vocab_size
+        return cls(
+            f"asked for a vocabulary of {requested} ids, reached {reached}: the training data "
+            f"{why} (the tokenizer is complete and usable; train on more varied text, or ask "
+            f"for at most {reached})",
+            requested=requested,
+            reached=reached,
+        )
+
+
 class BaseTokenizer(ABC):
     """What every LegoLLM tokenizer shares.
 
@@ -123,6 +175,12 @@ class BaseTokenizer(ABC):
 
     min_ordinary_tokens: ClassVar[int] = 1
     """The fewest ordinary tokens a trained vocabulary holds (256 for byte-level BPE)."""
+
+    vocab_size_is_target: ClassVar[bool] = True
+    """Whether ``train``'s ``vocab_size`` is a size to reach (BPE: a
+    [`VocabSizeNotReachedWarning`][lego.tokenize.VocabSizeNotReachedWarning] when the data
+    cannot make that many tokens) or a cap (the char and word tokenizers keep at most that
+    many pieces)."""
 
     _specials: SpecialTokens
     _special_set: frozenset[str]
@@ -330,22 +388,41 @@ class BaseTokenizer(ABC):
                     "text, use pathlib.Path for a file",
                 )
             self._learn(counts, vocab_size, specials, display)
+        if self.vocab_size < vocab_size and self.vocab_size_is_target:
+            warnings.warn(VocabSizeNotReachedWarning.of(self, vocab_size), stacklevel=2)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        vocab_file: str | os.PathLike[str] | bool = True,
+    ) -> Path | None:
         """Write the tokenizer to one versioned JSON file, and a ``.vocab`` dump beside it.
 
         The file is described in [`lego.tokenize.fileformat`][lego.tokenize.fileformat];
-        [`lego.tokenize.load`][lego.tokenize.load] reads it back. The write is atomic.
+        [`lego.tokenize.load`][lego.tokenize.load] reads it back. The write is atomic. The
+        dump (human-readable, never read back) goes beside the file (``tok.json`` ->
+        ``tok.vocab``) and replaces only an earlier dump there: another file of that name is
+        an error, raised before anything is written.
 
         Args:
-            path: The file to write, conventionally ``*.json`` (the dump goes to
-                ``*.vocab``).
+            path: The file to write, conventionally ``*.json``.
+            vocab_file: True: the dump goes beside ``path``; False: no dump; a path: the dump
+                goes there (replacing what is there, unless it is ``path``).
+
+        Returns:
+            The dump's path, or None when none was written.
 
         Raises:
-            ConfigError: When the file cannot be written (a missing folder, no permission).
+            ConfigError: When the file cannot be written (a missing folder, no permission),
+                or the dump would replace the tokenizer file or a file that is not a dump.
             CompatibilityError: When the vocabulary cannot be written as merges.
         """
-        write_tokenizer_file(path, self.type_name, self._fields(), vocab_dump=self._vocab_dump())
+        dump = self._vocab_dump() if vocab_file is not False else None
+        named = None if isinstance(vocab_file, bool) else vocab_file
+        return write_tokenizer_file(
+            path, self.type_name, self._fields(), vocab_dump=dump, vocab_file=named
+        )
 
     def _bad_id(self, token_id: object) -> DataError:
         return DataError(

@@ -3,9 +3,14 @@
 Subcommands:
 
 - ``train PATH... -o tok.json``: train a tokenizer on files and folders (folders are walked
-  in sorted order for text files; hidden entries are skipped);
+  in sorted order for text files; hidden entries are skipped); a human-readable ``tok.vocab``
+  dump goes beside it (said on stderr; ``--vocab-file`` elsewhere, ``--no-vocab-file`` none);
 - ``encode`` / ``decode``: text to ids and back, from stdin or ``--input`` to stdout or
   ``--output`` (written atomically: an error never leaves a half-written file);
+
+Outputs are checked before any work: an output is never one of the command's inputs (the
+training files, the input text, the tokenizer's own files), never a folder, and the dump
+beside a tokenizer never replaces a file that is not an earlier dump.
 - ``info``: type, vocabulary size, merges, special tokens, split pattern and bytes per
   token on a sample;
 - ``compare``: several tokenizers side by side on one text: token counts, bytes per token
@@ -28,6 +33,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +41,14 @@ from typing import TYPE_CHECKING, Any
 from lego.protocols import (
     ConfigError,
     DataError,
+    FormatError,
     atomic_write_text,
+    check_output_path,
     decode_utf8,
     make_parser,
     parse_json,
     read_text,
+    remove_stale_temporaries,
     run_cli,
 )
 
@@ -131,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("paths", nargs="+", metavar="PATH", help="text files or folders")
     train.add_argument("-o", "--output", required=True, help="the tokenizer file to write")
+    dump = train.add_mutually_exclusive_group()
+    dump.add_argument(
+        "--vocab-file",
+        metavar="PATH",
+        help="where the human-readable vocabulary dump goes (default: beside the output, "
+        "tok.json -> tok.vocab, replacing only an earlier dump)",
+    )
+    dump.add_argument("--no-vocab-file", action="store_true", help="write no vocabulary dump")
     train.add_argument(
         "--type", choices=TOKENIZER_TYPES, default="regex_bpe", help="default: regex_bpe"
     )
@@ -249,6 +266,35 @@ def _read_input(path: str | None, *, what: str) -> str:
     if stream is None:  # a text-only stand-in (e.g. io.StringIO)
         return sys.stdin.read()
     return decode_utf8(stream.read(), path=None, what=f"{what.removesuffix(' file')} on stdin")
+
+
+def _spec_files(spec: str) -> list[Path]:
+    """The files a tokenizer spec reads (none for a tiktoken encoding name)."""
+    from lego.tokenize.interop.resolve import parse_tokenizer_spec
+
+    try:
+        return parse_tokenizer_spec(spec).files
+    except ConfigError:  # resolving it reports the bad spec
+        return []
+
+
+def _check_output(
+    output: str | None, *, inputs: Sequence[str | os.PathLike[str] | None], what: str
+) -> None:
+    """Check ``-o`` before any work: not an input, not a folder, its folder exists."""
+    if output is None:
+        return
+    path = check_output_path(
+        output, inputs=[item for item in inputs if item is not None], what=what, key="-o"
+    )
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"cannot write the {what}: its folder does not exist",
+            path=folder,
+            key="-o",
+            hint="create the folder first or choose another path",
+        )
 
 
 def _write_output(path: str | None, text: str) -> None:
@@ -371,6 +417,7 @@ def collect_training_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path
 
 def _train(args: argparse.Namespace) -> int:
     from lego import tokenize as lt
+    from lego.tokenize.fileformat import is_vocab_dump, vocab_path
 
     if args.pattern is not None and args.type != "regex_bpe":
         raise ConfigError(
@@ -385,8 +432,22 @@ def _train(args: argparse.Namespace) -> int:
             hint="omit it to use one worker per CPU",
         )
     files = collect_training_files(args.paths)
-    output = Path(args.output).resolve()
-    files = [file for file in files if file.resolve() != output]
+    named = [path for path in args.paths if Path(path).is_file()]
+    _check_output(args.output, inputs=named, what="tokenizer file")
+    # a folder's walk may meet the files an earlier run wrote there: never train on them
+    skip = {Path(args.output).resolve()} - {Path(path).resolve() for path in named}
+    if not args.no_vocab_file:
+        earlier = Path(args.vocab_file) if args.vocab_file else vocab_path(args.output)
+        if is_vocab_dump(earlier) and earlier.resolve() not in {Path(p).resolve() for p in named}:
+            skip.add(earlier.resolve())
+    files = [file for file in files if file.resolve() not in skip]
+    dump = _dump_target(args, inputs=files)
+    if not files:
+        raise DataError(
+            "no training files are left once the output files are set aside",
+            path=args.paths[0],
+            hint="give text files other than the tokenizer's own output",
+        )
     tokenizer: Any
     if args.type == "regex_bpe":
         tokenizer = lt.RegexBPETokenizer(pattern=args.pattern or "gpt4")
@@ -403,18 +464,56 @@ def _train(args: argparse.Namespace) -> int:
     if args.verbose:
         size = sum(file.stat().st_size for file in files)
         print(f"training {args.type} on {len(files)} file(s), {size:,} bytes", file=sys.stderr)
-    tokenizer.train(files, args.vocab_size, **options)
-    tokenizer.save(args.output)
+    with warnings.catch_warnings():  # said below, for every type, as one line
+        warnings.simplefilter("ignore", lt.VocabSizeNotReachedWarning)
+        tokenizer.train(files, args.vocab_size, **options)
+    if tokenizer.vocab_size < args.vocab_size:
+        note = lt.VocabSizeNotReachedWarning.of(tokenizer, args.vocab_size)
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    remove_stale_temporaries(Path(args.output).parent)  # of a run killed while saving
+    written = tokenizer.save(args.output, vocab_file=dump if dump is not None else False)
     merges = getattr(tokenizer, "merges", None)
     print(
         f"wrote {args.output}: {args.type}, vocab size {tokenizer.vocab_size}"
         + (f", {len(merges)} merges" if merges is not None else "")
         + f", {len(tokenizer.special_tokens)} special token(s), from {len(files)} file(s)"
     )
+    if written is not None:
+        print(
+            f"wrote {written}: the vocabulary, human-readable (never read back; "
+            "--no-vocab-file to skip it)",
+            file=sys.stderr,
+        )
     return 0
 
 
+def _dump_target(args: argparse.Namespace, *, inputs: Sequence[Path]) -> Path | None:
+    """Where ``train`` writes its vocabulary dump (checked now), or None for no dump."""
+    from lego.tokenize.fileformat import check_vocab_file, vocab_path
+
+    if args.no_vocab_file:
+        return None
+    explicit = args.vocab_file is not None
+    target = Path(args.vocab_file) if explicit else vocab_path(args.output)
+    if target.resolve() in {file.resolve() for file in inputs}:
+        raise ConfigError(
+            "the vocabulary dump would overwrite a training file",
+            path=target,
+            key="--vocab-file" if explicit else "-o",
+            hint="write the dump elsewhere (--vocab-file PATH) or skip it (--no-vocab-file)"
+            + ("" if explicit else ", or choose another -o"),
+        )
+    return check_vocab_file(
+        target,
+        tokenizer_file=args.output,
+        explicit=explicit,
+        inputs=inputs,
+        key="--vocab-file" if explicit else None,
+    )
+
+
 def _encode_command(args: argparse.Namespace) -> int:
+    _check_output(args.output, inputs=[args.input, *_spec_files(args.tokenizer)], what="ids file")
     tokenizer = _resolve(args.tokenizer, args.pattern)
     text = _read_input(args.input, what="input text file")
     try:
@@ -450,7 +549,19 @@ def parse_ids(text: str, *, source: str | None = None) -> list[int]:
     """
     stripped = text.strip()
     if stripped.startswith("["):
-        values = parse_json(text, path=source, what="JSON list of ids")
+        try:
+            values = parse_json(text, path=source, what="JSON list of ids")
+        except FormatError as err:
+            if source is not None:
+                raise
+            # stdin is no file that was "cut short": say what to check in the stream
+            raise FormatError(
+                err.message.replace("the document ends too early", "the input ends too early"),
+                line=err.line,
+                column=err.column,
+                hint="check the ids given on stdin: a complete JSON list such as [1, 2, 3], "
+                "or ids separated by spaces",
+            ) from None
         if not isinstance(values, list):
             values = [values]
         items: list[object] = list(values)
@@ -472,6 +583,7 @@ def parse_ids(text: str, *, source: str | None = None) -> list[int]:
 
 
 def _decode_command(args: argparse.Namespace) -> int:
+    _check_output(args.output, inputs=[args.input, *_spec_files(args.tokenizer)], what="text file")
     tokenizer = _resolve(args.tokenizer, args.pattern)
     ids = parse_ids(_read_input(args.input, what="ids file"), source=args.input)
     _write_output(args.output, tokenizer.decode(ids))

@@ -23,11 +23,17 @@ this version does not know), then the header
 fields (merges, vocabulary) are checked by its loader with
 [`FieldReader`][lego.tokenize.fileformat.FieldReader].
 Writes are atomic (a temporary file renamed over the target), so a crash never leaves half a
-file. Beside the JSON a human-readable ``.vocab`` dump is written (never read back).
+file, and the tokenizer file and its dump are written both or neither. Beside the JSON a
+human-readable ``.vocab`` dump is written (never read back): its first line,
+[`VOCAB_DUMP_HEADER`][lego.tokenize.fileformat.VOCAB_DUMP_HEADER], marks it as ours. The
+dump never replaces a file it did not write: an existing file at the dump's path that lacks
+the header is an error unless the dump's path was named explicitly (the ``vocab_file``
+argument), and the dump is never written over the tokenizer file itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,8 +50,10 @@ from lego.protocols import (
     FormatError,
     atomic_write_text,
     check_envelope,
+    check_output_path,
     did_you_mean,
     read_json,
+    temporary_name,
 )
 
 __all__ = [
@@ -54,7 +62,10 @@ __all__ = [
     "TYPES",
     "TokenizerHeader",
     "FieldReader",
+    "VOCAB_DUMP_HEADER",
+    "check_vocab_file",
     "checksum",
+    "is_vocab_dump",
     "read_tokenizer_file",
     "render_token",
     "vocab_path",
@@ -67,6 +78,9 @@ VERSION = 1
 """The format version this code writes and reads."""
 TYPES = ("char", "word", "naive_bpe", "regex_bpe")
 """The tokenizer types a file can hold."""
+
+VOCAB_DUMP_HEADER = "# lego-tokenizer vocabulary dump (human-readable, never read back)"
+"""The first line of every ``.vocab`` dump: what marks a file as one we may replace."""
 
 _WHAT = "tokenizer file"
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -135,6 +149,74 @@ def vocab_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".vocab")
 
 
+def is_vocab_dump(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a vocabulary dump that lego-tokenize wrote (its header line).
+
+    Args:
+        path: Any path.
+
+    Returns:
+        True for a regular file that starts with
+        [`VOCAB_DUMP_HEADER`][lego.tokenize.fileformat.VOCAB_DUMP_HEADER].
+    """
+    header = VOCAB_DUMP_HEADER.encode("utf-8")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(header)) == header
+    except OSError:
+        return False
+
+
+def check_vocab_file(
+    target: str | os.PathLike[str],
+    *,
+    tokenizer_file: str | os.PathLike[str],
+    explicit: bool,
+    inputs: Collection[str | os.PathLike[str]] = (),
+    key: str | None = None,
+) -> Path:
+    """Check where a ``.vocab`` dump may go, before anything is written.
+
+    Args:
+        target: The dump's path.
+        tokenizer_file: The tokenizer file written with it (never overwritten by the dump).
+        explicit: Whether the user named ``target`` (then an existing file is replaced).
+        inputs: Files the same command reads (never overwritten).
+        key: The option that names the dump, for messages (``"--vocab-file"``).
+
+    Returns:
+        The dump's path.
+
+    Raises:
+        ConfigError: When ``target`` is the tokenizer file, an input or a folder, or, when
+            not ``explicit``, an existing file that is not an earlier dump.
+
+    Example:
+        >>> check_vocab_file("tok.vocab", tokenizer_file="tok.json", explicit=False).name
+        'tok.vocab'
+    """
+    path = Path(target)
+    if path.resolve() == Path(tokenizer_file).resolve():
+        raise ConfigError(
+            "the vocabulary dump would overwrite the tokenizer file",
+            path=path,
+            key=key,
+            hint="give the dump another name",
+        )
+    check_output_path(path, inputs=inputs, what="vocabulary dump", key=key)
+    if not explicit and path.exists() and not is_vocab_dump(path):
+        raise ConfigError(
+            "the vocabulary dump written beside the tokenizer would overwrite a file that is "
+            "not a vocabulary dump",
+            path=path,
+            key=key,
+            hint="name the dump's path explicitly to replace that file (lego-tokenize "
+            "--vocab-file, save(vocab_file=...)), write it elsewhere, or skip it "
+            "(--no-vocab-file, save(vocab_file=False))",
+        )
+    return path
+
+
 def render_token(token: bytes | str) -> str:
     """Show a token readably: invalid UTF-8 as U+FFFD, control characters escaped.
 
@@ -156,25 +238,55 @@ def write_tokenizer_file(
     fields: Mapping[str, Any],
     *,
     vocab_dump: str | None = None,
-) -> None:
+    vocab_file: str | os.PathLike[str] | None = None,
+) -> Path | None:
     """Write a tokenizer file (and its ``.vocab`` dump), atomically.
+
+    The dump's path is checked (see
+    [`check_vocab_file`][lego.tokenize.fileformat.check_vocab_file]) before either file is
+    written.
 
     Args:
         path: The JSON file to write.
         type_name: One of [`TYPES`][lego.tokenize.fileformat.TYPES].
         fields: The type's fields (``special_tokens`` included).
         vocab_dump: The text of the ``.vocab`` file, or None to write none.
+        vocab_file: Where the dump goes when the caller named it (it may replace an existing
+            file); None: [`vocab_path(path)`][lego.tokenize.fileformat.vocab_path], which may
+            replace only an earlier dump.
+
+    Returns:
+        The dump's path, or None when none was written.
 
     Raises:
-        ConfigError: When a file cannot be written (a missing folder, no permission).
+        ConfigError: When a file cannot be written (a missing folder, no permission), or the
+            dump would replace the tokenizer file or a file that is not an earlier dump.
     """
+    target: Path | None = None
+    if vocab_dump is not None:
+        explicit = vocab_file is not None
+        place = Path(vocab_file) if vocab_file is not None else vocab_path(path)
+        target = check_vocab_file(place, tokenizer_file=path, explicit=explicit)
     document: dict[str, Any] = {"format": FORMAT, "version": VERSION, "type": type_name}
     document.update(fields)
     document["checksum"] = checksum(document)
     text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
-    atomic_write_text(path, text, what=_WHAT)
-    if vocab_dump is not None:
-        atomic_write_text(vocab_path(path), vocab_dump, what="vocabulary dump")
+    if vocab_dump is None or target is None:
+        atomic_write_text(path, text, what=_WHAT)
+        return None
+    # Both files or neither: both are written to temporary names, then renamed into place
+    # (a full disk or a missing folder changes nothing).
+    staged = [temporary_name(path), temporary_name(target)]
+    try:
+        atomic_write_text(staged[0], text, what=_WHAT)
+        atomic_write_text(staged[1], f"{VOCAB_DUMP_HEADER}\n{vocab_dump}", what="vocabulary dump")
+        os.replace(staged[0], path)
+        os.replace(staged[1], target)
+    finally:
+        for leftover in staged:
+            with contextlib.suppress(OSError):  # gone already, or a read-only folder
+                leftover.unlink()
+    return target
 
 
 def read_tokenizer_file(path: str | os.PathLike[str]) -> dict[str, Any]:

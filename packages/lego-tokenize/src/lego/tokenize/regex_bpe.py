@@ -9,7 +9,7 @@ pure-Python encoder, which gives identical ids.
 
 Example:
     >>> tok = RegexBPETokenizer("gpt4")
-    >>> tok.train(["some text", "more text"], vocab_size=300)
+    >>> tok.train(["some text", "more text"], vocab_size=266)
     >>> tok.decode(tok.encode("some more text"))
     'some more text'
 """

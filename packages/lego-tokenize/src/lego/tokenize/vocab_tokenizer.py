@@ -32,6 +32,9 @@ class VocabularyTokenizer(BaseTokenizer):
         min_frequency: What ``train`` keeps: pieces seen at least this often.
     """
 
+    vocab_size_is_target: ClassVar[bool] = False
+    """``vocab_size`` caps the vocabulary: keep the most frequent pieces, up to that many."""
+
     split_pattern: ClassVar[str]
     """The regex that cuts text into pieces."""
 

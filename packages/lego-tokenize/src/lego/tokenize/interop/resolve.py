@@ -80,6 +80,16 @@ class TokenizerSpec:
         return self.scheme != "tiktoken" or is_tiktoken_path(self.target)
 
     @property
+    def files(self) -> list[Path]:
+        """The files loading reads (none for a tiktoken encoding name): never an output."""
+        if not self.is_file:
+            return []
+        target = Path(self.target)
+        if self.scheme == "gpt2":
+            return [target / "encoder.json", target / "vocab.bpe"]
+        return [target]
+
+    @property
     def name(self) -> str:
         """A short name: the encoding name, or the file's or folder's base name."""
         return Path(self.target).name if self.is_file else self.target

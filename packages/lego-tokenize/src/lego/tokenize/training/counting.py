@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from multiprocessing.pool import AsyncResult
 
 from lego.protocols import TrainingData, check_int
+from lego.protocols.cli import worker_signals
 from lego.tokenize.patterns import compile_pattern
 from lego.tokenize.specials import split_specials
 from lego.tokenize.training.sources import DEFAULT_CHUNK_SIZE, Errors, iter_chunks
@@ -125,7 +126,7 @@ def count_pretokens(
     # At most two chunks per worker are in flight, so memory stays bounded whatever the
     # corpus size (Pool.imap would read the whole corpus ahead).
     window = 2 * n_workers
-    pool = _context().Pool(n_workers)
+    pool = _context().Pool(n_workers, initializer=worker_signals)  # Ctrl-C: parent only
     in_flight: collections.deque[AsyncResult[tuple[Counter[str], int]]] = collections.deque()
 
     def collect() -> None:
@@ -151,7 +152,7 @@ def count_pretokens(
         for result in in_flight:
             result.wait()
         raise
-    except BaseException:  # Ctrl-C: the workers got the signal too
+    except BaseException:  # Ctrl-C or SIGTERM: stop the workers (they ignore SIGINT)
         pool.terminate()
         raise
     finally:
