@@ -317,3 +317,7 @@ def run(argv: list[str]) -> int:
 def main() -> NoReturn:
     """The ``lego-data`` console script."""
     sys.exit(run_cli(run, prog=PROG))
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m lego.data.cli
+    main()

@@ -23,10 +23,20 @@ has it, else ``encode``) and followed by the end-of-text id. Ids are checked aga
 vocabulary (an id at or beyond ``vocab_size`` is a [`DataError`][lego.protocols.DataError])
 and stored as little-endian uint16 (``vocab_size <= 65536``) or uint32.
 
-Files are written as ``train.bin.tmp`` / ``val.bin.tmp``, then an old ``meta.json`` is
-removed, the token files are renamed into place and the new ``meta.json`` is written last
-(atomically): a dataset directory with a ``meta.json`` is always complete, and an interrupted
-run leaves no half-written ``.bin`` behind.
+Writing is safe against crashes, full disks and other writers:
+
+- before anything is read, the outputs are checked: the dataset folder is not a file, and
+  no output (``train.bin``, ``val.bin``, ``meta.json``) is a corpus file or a tokenizer file;
+- the folder is locked ([`FolderLock`][lego.protocols.locks.FolderLock], ``.lego.lock``):
+  a second ``prepare`` into it gets one clear error naming the first; a lock left by a
+  dead process is taken over with a note on stderr, and the temporary files that dead
+  processes left there are removed;
+- token files are written under unique temporary names (``.train.bin.tmp-<host>-<pid>-...``),
+  then an old ``meta.json`` is removed, the token files are renamed into place and the new
+  ``meta.json`` is written last (atomically): a dataset directory with a ``meta.json`` is
+  always complete, and an interrupted or failed run (Ctrl-C, SIGTERM, a full or read-only
+  disk: one [`ConfigError`][lego.protocols.ConfigError]) leaves no half-written file behind;
+- worker processes ignore Ctrl-C: the parent stops them and reports the interruption once.
 """
 
 from __future__ import annotations
@@ -69,8 +79,14 @@ from lego.protocols import (
     check_choice,
     check_float,
     check_int,
+    check_output_path,
     make_progress,
+    remove_stale_temporaries,
+    temporary_name,
+    write_errors,
 )
+from lego.protocols.cli import worker_signals
+from lego.protocols.locks import FolderLock
 from lego.protocols.progress import PROGRESS_MODES, ProgressMode
 from lego.tokenize import TokenizerSpec, resolve_tokenizer
 
@@ -79,7 +95,7 @@ __all__ = ["prepare", "SplitChoice", "plan_document_split", "default_workers"]
 SplitChoice = Literal["auto", "documents", "characters"]
 """How to split train and validation (see the module docstring)."""
 
-_TMP: Final = ".tmp"
+_OUTPUTS: Final = ("train.bin", "val.bin", "meta.json")
 _FORK_WARNS_WITH_THREADS: Final[bool] = sys.version_info >= (3, 12)
 _SPLIT_CHOICES: Final = ("auto", "documents", "characters")
 
@@ -232,6 +248,7 @@ _WORKER: _Runner | None = None
 
 def _init_worker(encoder: _Encoder) -> None:
     global _WORKER
+    worker_signals()  # Ctrl-C is the parent's to report, once
     _WORKER = encoder.build()
 
 
@@ -369,7 +386,9 @@ def prepare(
 
     Raises:
         ConfigError: On an invalid option, a tokenizer without ``<|endoftext|>`` and no
-            ``eot_id``, or a tokenizer that cannot be sent to workers.
+            ``eot_id``, a tokenizer that cannot be sent to workers, an ``out_dir`` that is a
+            file or whose outputs would replace an input, a folder another process is
+            writing, or a disk that cannot take the files (full, read-only).
         DataError: On an empty or unreadable corpus, or ids outside the vocabulary.
 
     Example:
@@ -410,74 +429,92 @@ def prepare(
             hint="leave dtype unset to choose it from the vocabulary size",
         )
     n_workers = default_workers() if workers is None else workers
+    folder = _check_out_dir(out_dir, inputs=[*getattr(source, "files", []), *_spec_files(spec)])
 
-    documents, characters = _count(source)
-    method: Literal["documents", "characters"] = (
-        ("characters" if documents == 1 else "documents") if split == "auto" else split
-    )
-    val_mask = plan_document_split(documents, val_fraction, seed) if method == "documents" else None
-    boundary = int(characters * (1.0 - val_fraction))
-
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    train_tmp = folder / ("train.bin" + _TMP)
-    val_tmp = folder / ("val.bin" + _TMP)
-    encoder = _Encoder(tokenizer=tok, eot_id=eot, vocab_size=vocab_size, dtype=chosen_dtype)
-    chunks = _chunks(
-        source,
-        method=method,
-        val_mask=val_mask,
-        boundary=boundary,
-        chunk_chars=chunk_chars,
-        documents=documents,
-    )
-    totals = {"train": 0, "val": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
-    results = _encode_all(chunks, encoder, spec, n_workers)
-    try:
-        with (
-            contextlib.closing(results),  # stops the worker pool on any error or interrupt
-            open(train_tmp, "wb") as train_file,
-            open(val_tmp, "wb") as val_file,
-            _display(progress) as display,
-            display.task(f"tokenizing {source.name}", total=characters, unit="chars") as task,
-        ):
-            done = 0
-            for encoded in results:
-                encoded.train.tofile(train_file)
-                encoded.val.tofile(val_file)
-                totals["train"] += int(encoded.train.size)
-                totals["val"] += int(encoded.val.size)
-                totals["train_docs"] += encoded.train_docs
-                totals["val_docs"] += encoded.val_docs
-                totals["bytes"] += encoded.nbytes
-                done += encoded.characters
-                task.update(done)
-            _sync(train_file)
-            _sync(val_file)
-        meta = TokenMeta(
-            dtype=chosen_dtype,
-            vocab_size=vocab_size,
-            eot_id=eot,
-            tokenizer=info,
-            source=SourceInfo(corpus=source.name, documents=documents, bytes=totals["bytes"]),
-            split=SplitInfo(method=method, val_fraction=float(val_fraction), seed=seed),
-            splits={
-                "train": SplitFile(
-                    file="train.bin", tokens=totals["train"], documents=totals["train_docs"]
-                ),
-                "val": SplitFile(
-                    file="val.bin", tokens=totals["val"], documents=totals["val_docs"]
-                ),
-            },
+    with FolderLock(folder, what="dataset folder"):
+        remove_stale_temporaries(folder)
+        documents, characters = _count(source)
+        method: Literal["documents", "characters"] = (
+            ("characters" if documents == 1 else "documents") if split == "auto" else split
         )
-        meta_path(folder).unlink(missing_ok=True)
-        os.replace(train_tmp, folder / "train.bin")
-        os.replace(val_tmp, folder / "val.bin")
-        write_meta(folder, meta)
-    finally:
-        train_tmp.unlink(missing_ok=True)
-        val_tmp.unlink(missing_ok=True)
+        val_mask = (
+            plan_document_split(documents, val_fraction, seed) if method == "documents" else None
+        )
+        boundary = int(characters * (1.0 - val_fraction))
+        encoder = _Encoder(tokenizer=tok, eot_id=eot, vocab_size=vocab_size, dtype=chosen_dtype)
+        chunks = _chunks(
+            source,
+            method=method,
+            val_mask=val_mask,
+            boundary=boundary,
+            chunk_chars=chunk_chars,
+            documents=documents,
+        )
+        totals = {"train": 0, "val": 0, "train_docs": 0, "val_docs": 0, "bytes": 0}
+        results = _encode_all(chunks, encoder, spec, n_workers)
+        train_tmp = temporary_name(folder / "train.bin")
+        val_tmp = temporary_name(folder / "val.bin")
+        try:
+            with (
+                write_errors(folder, what="dataset"),
+                contextlib.closing(results),  # stops the worker pool on any error or interrupt
+                open(train_tmp, "wb") as train_file,
+                open(val_tmp, "wb") as val_file,
+                _display(progress) as display,
+                display.task(f"tokenizing {source.name}", total=characters, unit="chars") as task,
+            ):
+                done = 0
+                for encoded in results:
+                    # file.write, not ndarray.tofile: a full disk is an OSError with errno
+                    train_file.write(encoded.train.data)
+                    val_file.write(encoded.val.data)
+                    totals["train"] += int(encoded.train.size)
+                    totals["val"] += int(encoded.val.size)
+                    totals["train_docs"] += encoded.train_docs
+                    totals["val_docs"] += encoded.val_docs
+                    totals["bytes"] += encoded.nbytes
+                    done += encoded.characters
+                    task.update(done)
+                _sync(train_file)
+                _sync(val_file)
+            meta = TokenMeta(
+                dtype=chosen_dtype,
+                vocab_size=vocab_size,
+                eot_id=eot,
+                tokenizer=info,
+                source=SourceInfo(corpus=source.name, documents=documents, bytes=totals["bytes"]),
+                split=SplitInfo(method=method, val_fraction=float(val_fraction), seed=seed),
+                splits={
+                    "train": SplitFile(
+                        file="train.bin", tokens=totals["train"], documents=totals["train_docs"]
+                    ),
+                    "val": SplitFile(
+                        file="val.bin", tokens=totals["val"], documents=totals["val_docs"]
+                    ),
+                },
+            )
+            with write_errors(folder, what="dataset"):
+                meta_path(folder).unlink(missing_ok=True)
+                os.replace(train_tmp, folder / "train.bin")
+                os.replace(val_tmp, folder / "val.bin")
+            write_meta(folder, meta)
+        finally:
+            for leftover in (train_tmp, val_tmp):
+                with contextlib.suppress(OSError):  # gone already, or a read-only folder
+                    leftover.unlink()
     return meta
+
+
+def _spec_files(spec: TokenizerSpec | None) -> list[Path]:
+    return spec.files if spec is not None else []
+
+
+def _check_out_dir(out_dir: str | os.PathLike[str], *, inputs: list[Path]) -> Path:
+    """Check the dataset folder and its outputs before anything is read or written."""
+    folder = check_output_path(out_dir, what="dataset folder", key="out_dir", kind="folder")
+    for name in _OUTPUTS:
+        check_output_path(folder / name, inputs=inputs, what=f"dataset's {name}", key="out_dir")
+    return folder
 
 
 def _display(
@@ -533,7 +570,7 @@ def _encode_all(
         for result in window:
             result.wait()
         raise
-    except BaseException:  # Ctrl-C: the workers got the signal too
+    except BaseException:  # Ctrl-C or SIGTERM: stop the workers (they ignore SIGINT)
         pool.terminate()
         raise
     finally:

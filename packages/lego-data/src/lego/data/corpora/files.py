@@ -29,7 +29,7 @@ from typing import BinaryIO, Final, Literal
 
 from lego.data.corpora.base import Corpus, Skipped
 from lego.data.jsonl import iter_json_objects
-from lego.protocols import ConfigError, DataError
+from lego.protocols import ConfigError, DataError, open_binary
 
 __all__ = ["FileCorpus", "DocumentUnit", "ErrorMode", "DEFAULT_EXTENSIONS"]
 
@@ -156,7 +156,7 @@ class FileCorpus(Corpus):
     # ------------------------------------------------------------------ one file
 
     def _file_documents(self, path: Path) -> Iterator[str]:
-        with open(path, "rb") as handle:
+        with open_binary(path, what="corpus file") as handle:  # unreadable: a ConfigError
             head = handle.read(_SNIFF)
             nul = head.find(b"\0")
             if nul >= 0:
