@@ -135,13 +135,14 @@ def test_ctrl_c_exits_130_after_a_checkpoint_and_says_how_to_continue(
 
 
 @contextmanager
-def _full_disk(folder: Path, *, used_kib: int, free_kib: int) -> Iterator[tuple[Path, int | None]]:
+def full_disk(folder: Path, *, used_kib: int, free_kib: int) -> Iterator[tuple[Path, int | None]]:
     """A disk with ``free_kib`` left after ``used_kib``: a tmpfs, or a per-file limit."""
     with harness.small_disk(folder, size_kib=used_kib + free_kib) as (disk, limit):
         yield disk, (None if limit is None else free_kib * 1024)
 
 
-def _size_kib(folder: Path) -> int:
+def size_kib(folder: Path) -> int:
+    """The KiB the files under ``folder`` take, plus 64 for folders and small writes."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024 + 64
 
 
@@ -150,7 +151,7 @@ def test_a_full_disk_leaves_no_temporary_checkpoint(
 ) -> None:
     """Items 5 and 10: exit 2, no .tmp-step-N, and the next run resumes the newest step."""
     cache = finished[1]
-    with _full_disk(tmp_path / "disk", used_kib=_size_kib(run_copy), free_kib=200) as (disk, lim):
+    with full_disk(tmp_path / "disk", used_kib=size_kib(run_copy), free_kib=200) as (disk, lim):
         run = disk / "run"
         shutil.copytree(run_copy, run)
         before = harness.snapshot(tmp_path, exclude=[run / "metrics.jsonl"])

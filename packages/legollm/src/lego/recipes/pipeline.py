@@ -310,7 +310,13 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         _write_record(run_dir, config, _RUNNING)
         echo(f"{'continuing' if resumed else 'starting'} the run in {run_dir}")
         start = time.perf_counter()
-        result = pretraining.run()
+        try:
+            result = pretraining.run()
+        except TrainingError as exc:
+            if not exc.message.startswith("cannot write the "):  # write_errors' message
+                raise
+            # the disk: here the same command continues (the Trainer says resume=auto)
+            raise TrainingError(exc.message, path=exc.path, hint=_DISK_HINT) from exc.__cause__
         state = result.state
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
