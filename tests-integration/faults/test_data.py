@@ -54,10 +54,12 @@ def _prepare(corpus: Path, tok: Path, out: Path | str, *extra: str) -> list[str]
     return data("prepare", str(corpus), "--tokenizer", str(tok), "-o", str(out), *extra)
 
 
-def _fails(argv: list[str], cwd: Path, *, phrase: str | None = None) -> harness.Result:
+def _fails(
+    argv: list[str], cwd: Path, *, phrase: str | None = None, prog: str = PROG
+) -> harness.Result:
     before = harness.snapshot(cwd)
     result = harness.run(argv, cwd=cwd)
-    harness.assert_one_message(result, prog=PROG, phrase=phrase)
+    harness.assert_one_message(result, prog=prog, phrase=phrase)
     harness.assert_unchanged(before, cwd)
     return result
 
@@ -347,3 +349,70 @@ def test_bad_options_are_one_message(tmp_path: Path, tok: Path, extra: list[str]
     (tmp_path / "garbage.yaml").write_bytes(b"\x00: [unclosed\n")
     _fails(_prepare(corpus, tok, "ds", *extra), tmp_path)
     assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+# -- the same class of fault elsewhere: summary --plot and download ----------------------------
+
+
+def test_summary_plot_is_checked_before_the_work_and_never_replaces_the_corpus(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    corpus = tmp_path / "c.svg"  # a text corpus that happens to carry an image suffix
+    corpus.write_text("some text\n" * 20)
+    (tmp_path / "folder.png").mkdir()
+    for plot, phrase in (
+        ("out.xyz", "cannot write .xyz"),
+        (str(corpus), "would overwrite an input"),
+        ("folder.png", "must be a file"),
+    ):
+        _fails(data("summary", str(corpus), "--plot", plot), tmp_path, phrase=phrase)
+
+
+def test_summary_plot_onto_a_full_or_read_only_disk_is_one_message(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    corpus = _docs(tmp_path / "docs")
+    with harness.small_disk(tmp_path / "disk", size_kib=8) as (disk, limit):
+        (disk / "old.svg").write_text("<svg/>")
+        before = harness.snapshot(tmp_path)
+        result = harness.run(
+            data("summary", str(corpus), "--plot", str(disk / "old.svg")),
+            cwd=tmp_path,
+            file_size_limit=limit,
+        )
+        harness.assert_one_message(result, prog=PROG, phrase="cannot write")
+        harness.assert_unchanged(before, tmp_path)
+        assert _leftovers(disk) == []
+    with read_only_folder(tmp_path / "ro") as folder:
+        _fails(data("summary", str(corpus), "--plot", str(folder / "p.png")), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty-folder", "binary", "not-utf8", "empty"])
+def test_summary_of_a_bad_corpus_is_one_message(tmp_path: Path, kind: str) -> None:
+    corpus = _bad_corpus(tmp_path, kind)
+    before = harness.snapshot(tmp_path)
+    result = harness.run(data("summary", str(corpus)), cwd=tmp_path)
+    if kind == "empty":  # an empty file is an empty corpus: zeros, not an error
+        assert result.code in (0, 2), result.stderr
+        if result.code == 2:
+            harness.assert_one_message(result, prog=PROG)
+    else:
+        harness.assert_one_message(result, prog=PROG)
+    harness.assert_unchanged(before, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["http://127.0.0.1:9/corpus.txt", "out.txt"],  # nothing listens: offline
+        ["no_such_corpus", "out/"],
+        ["python-stdlib", "out/"],
+        ["ftp://example.org/x.txt", "out.txt"],
+        ["http://127.0.0.1:9/x.txt", "out.txt", "--sha256", "abc"],
+        ["http://127.0.0.1:9/x.txt"],
+    ],
+)
+def test_download_failures_are_one_message(tmp_path: Path, argv: list[str]) -> None:
+    usage = len(argv) == 1  # argparse's usage error names the subcommand
+    _fails(data("download", *argv), tmp_path, prog=f"{PROG} download" if usage else PROG)
+    assert not (tmp_path / "out.txt").exists()

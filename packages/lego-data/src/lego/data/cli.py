@@ -246,7 +246,7 @@ def _summary_parser(prog: str) -> argparse.ArgumentParser:
 
 def _summary(argv: list[str], prog: str) -> int:
     from lego.data.corpora import get_corpus
-    from lego.data.summary import plot, summarize
+    from lego.data.summary import check_plot_path, plot, summarize
 
     args = _summary_parser(prog).parse_args(argv)
     corpus = get_corpus(
@@ -257,6 +257,8 @@ def _summary(argv: list[str], prog: str) -> int:
         errors=args.errors,
         progress=True,
     )
+    if args.plot:  # before the long work: a format matplotlib writes, never over the corpus
+        check_plot_path(args.plot, inputs=getattr(corpus, "files", []))
     summary = summarize(corpus, args.tokenizer, top_k=args.top_k)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))

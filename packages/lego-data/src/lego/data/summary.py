@@ -9,6 +9,7 @@ histograms with matplotlib (the ``plot`` extra: ``pip install "lego-data[plot]"`
 from __future__ import annotations
 
 import array
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +20,18 @@ import numpy as np
 import numpy.typing as npt
 
 from lego.data.corpora import CorpusSource, get_corpus
-from lego.protocols import DataError, Tokenizer, check_int, import_optional
+from lego.protocols import (
+    ConfigError,
+    DataError,
+    Tokenizer,
+    atomic_write_bytes,
+    check_int,
+    check_output_path,
+    import_optional,
+)
 from lego.tokenize import TokenizerSpec, resolve_tokenizer
 
-__all__ = ["Summary", "TokenStats", "summarize", "plot"]
+__all__ = ["Summary", "TokenStats", "summarize", "plot", "check_plot_path"]
 
 
 @dataclass(frozen=True)
@@ -230,14 +239,17 @@ def plot(summary: Summary, path: str | os.PathLike[str]) -> Path:
         The path written.
 
     Raises:
-        ConfigError: When matplotlib is not installed (it comes with the ``plot`` extra).
+        ConfigError: When matplotlib is not installed (it comes with the ``plot`` extra),
+            the suffix names a format it cannot write, the path is a folder, or the file
+            cannot be written (it is written atomically: a failure leaves no partial image).
     """
-    # Imported by name: matplotlib is an optional extra without stubs in the type check.
-    needs = {"needed_by": "plotting", "install": '"lego-data[plot]"'}
-    agg: Any = import_optional("matplotlib.backends.backend_agg", **needs)
-    figure_module: Any = import_optional("matplotlib.figure", **needs)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target, image_format = check_plot_path(path)
+    figure_module: Any = import_optional(
+        "matplotlib.figure", needed_by="plotting", install='"lego-data[plot]"'
+    )
+    agg: Any = import_optional(
+        "matplotlib.backends.backend_agg", needed_by="plotting", install='"lego-data[plot]"'
+    )
     figure = figure_module.Figure(figsize=(11, 4.2), layout="constrained")
     agg.FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
@@ -268,5 +280,48 @@ def plot(summary: Summary, path: str | os.PathLike[str]) -> Path:
         right.set_xlabel("characters per document")
         right.set_ylabel("documents")
     figure.suptitle(f"corpus {summary.name}")
-    figure.savefig(target)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=image_format)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the plot's folder: {err.strerror or err}",
+            path=target.parent,
+            key="plot",
+            hint="choose a folder you can write to",
+        ) from None
+    atomic_write_bytes(target, buffer.getvalue(), what="plot")
     return target
+
+
+def check_plot_path(
+    path: str | os.PathLike[str], *, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> tuple[Path, str]:
+    """Check a plot's path before the long work: a format matplotlib writes, not an input.
+
+    Args:
+        path: The image to write; its suffix picks the format (none: ``.png``).
+        inputs: Files the same command reads (the plot never replaces one).
+
+    Returns:
+        The path and the image format (``"png"``, ``"svg"``, ...).
+
+    Raises:
+        ConfigError: When matplotlib is not installed, the suffix names a format it cannot
+            write, the path is a folder, or it is one of ``inputs``.
+    """
+    backend: Any = import_optional(
+        "matplotlib.backends.backend_agg", needed_by="plotting", install='"lego-data[plot]"'
+    )
+    target = check_output_path(path, inputs=inputs, what="plot", key="plot")
+    image_format = target.suffix.lower().lstrip(".") or "png"
+    supported = backend.FigureCanvasAgg.get_supported_filetypes()
+    if image_format not in supported:
+        raise ConfigError(
+            f"matplotlib cannot write .{image_format} images",
+            path=target,
+            key="plot",
+            hint=f"use one of: {', '.join('.' + name for name in sorted(supported))}",
+        )
+    return target, image_format
