@@ -18,6 +18,8 @@ used by the rest of LegoLLM; ``DecoderLM`` is.
 
 [`estimate_size()`][lego.arch.estimate_size] counts parameters by part and the memory of
 weights, gradients, optimizer state and activations; ``lego-arch info <preset>`` prints it.
+[`estimate_lora_size()`][lego.arch.estimate_lora_size] does the same for LoRA and QLoRA
+(NF4) fine-tuning: a frozen base, adapters with their gradients and AdamW state.
 """
 
 from lego.arch.__about__ import __version__
@@ -35,6 +37,7 @@ from lego.arch.config import DTYPES, DecoderConfig, parse_dtype
 from lego.arch.decoder import DecoderLM, DecoderOutput
 from lego.arch.hf import read_hf_config, to_hf
 from lego.arch.loading import from_hf
+from lego.arch.lora_size import LORA_BASES, LoraSizeEstimate, estimate_lora_size
 from lego.arch.registry import (
     build,
     get_preset,
@@ -79,6 +82,9 @@ __all__ = [
     "SizeEstimate",
     "ParameterCounts",
     "MemoryEstimate",
+    "estimate_lora_size",
+    "LoraSizeEstimate",
+    "LORA_BASES",
     # component registries
     "NORMS",
     "FFNS",
