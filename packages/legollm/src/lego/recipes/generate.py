@@ -7,18 +7,33 @@
 ``--model`` takes an HF or lego model directory, a lego-train checkpoint or a run directory
 ([`load_model()`][lego.recipes.loading.load_model]); the tokenizer comes from
 ``--tokenizer SPEC`` or from the model directory. Decoding is lego-generate's.
+
+Everything is checked before the first token: the decoding flags (before the model is
+read), the checkpoint's integrity, the weights, the tokenizer against the model. A chat
+that outgrows the model's context drops its oldest exchanges (a ``legollm: note:`` line on
+stderr says how many) and goes on; a message too long on its own is reported and the
+session goes on too.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from typing import Any, TextIO
 
 import torch
 
-from lego.generate import ChatSession, GenerationConfig, generate, stream
-from lego.protocols import ConfigError
-from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
+import lego.arch
+from lego.generate import (
+    ChatSession,
+    ConversationTrimmedWarning,
+    GenerationConfig,
+    generate,
+    stream,
+)
+from lego.protocols import ConfigError, Tokenizer
+from lego.recipes.loading import check_tokenizer, default_eos_ids, load_model, load_tokenizer
 
 __all__ = ["add_generate_command", "add_chat_command", "run_generate", "run_chat"]
 
@@ -125,6 +140,47 @@ def _config(args: argparse.Namespace, eos: list[int]) -> GenerationConfig:
     return GenerationConfig.from_options(None, **options)
 
 
+def _load(
+    args: argparse.Namespace, *, eos: bool = True
+) -> tuple[lego.arch.DecoderLM, Tokenizer, GenerationConfig]:
+    """Check the decoding flags, then load and check the model and its tokenizer.
+
+    Returns:
+        ``(model, tokenizer, config)``; the config's ``eos_token_id`` from the model
+        directory when ``eos`` (plain generation; a chat stops on its template's token).
+    """
+    config = _config(args, [])  # every flag is checked before the model is read
+    model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
+    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    check_tokenizer(tokenizer, model, spec=args.tokenizer, model_dir=model_dir)
+    if eos:
+        ids = default_eos_ids(model_dir, tokenizer, vocab_size=model.config.vocab_size)
+        if ids:
+            config = GenerationConfig.from_options(config, eos_token_id=ids)
+    return model, tokenizer, config
+
+
+def _reply(session: ChatSession, text: str, out: TextIO) -> None:
+    """Stream one reply; a conversation trimmed to fit the context is a notice on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConversationTrimmedWarning)
+        for piece in session.send(text):
+            _notices(caught)
+            out.write(piece)
+            out.flush()
+        _notices(caught)
+
+
+def _notices(caught: list[warnings.WarningMessage]) -> None:
+    """Print the trimming notices caught so far (other warnings go on as warnings)."""
+    while caught:
+        record = caught.pop(0)
+        if issubclass(record.category, ConversationTrimmedWarning):
+            print(f"legollm: note: {record.message}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+
+
 def run_generate(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``legollm generate``: continue the prompt and write the text to ``out``.
 
@@ -140,10 +196,8 @@ def run_generate(args: argparse.Namespace, out: TextIO) -> int:
     """
     if not args.prompt:
         raise ConfigError("the prompt is empty", key="--prompt", hint="give some text")
-    model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer, config = _load(args)
     device = next(model.parameters()).device
-    tokenizer = load_tokenizer(args.tokenizer, model_dir)
-    config = _config(args, default_eos_ids(model_dir, tokenizer))
     if config.seed is not None:
         torch.manual_seed(config.seed)
     if config.num_beams > 1:
@@ -173,14 +227,13 @@ def run_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
     Raises:
         ConfigError: A bad model path or tokenizer, a template the tokenizer cannot encode.
     """
-    model, model_dir = load_model(args.model, dtype=args.dtype, device=args.device)
-    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    model, tokenizer, config = _load(args, eos=False)
     session = ChatSession(
         model=model,
         tokenizer=tokenizer,
         template=args.template,
         system_prompt=args.system,
-        generation_config=_config(args, []),
+        generation_config=config,
     )
     out.write("chat: type a message; /reset starts over, /exit (or an empty line at EOF) quits\n")
     while True:
@@ -198,7 +251,11 @@ def run_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
             continue
         if not text.strip():
             continue
-        for piece in session.send(text):
-            out.write(piece)
-            out.flush()
+        try:
+            _reply(session, text, out)
+        except ConfigError as err:
+            if err.key != "message":
+                raise
+            print(f"legollm: note: {err.message}; {err.hint}", file=sys.stderr, flush=True)
+            continue  # the session is as it was before the message
         out.write("\n")

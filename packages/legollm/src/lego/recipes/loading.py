@@ -1,23 +1,43 @@
 """Loading a model and its tokenizer from a model directory, a checkpoint or a run.
 
-The one way the application opens what training wrote (``legollm generate``, ``chat``, the
-pipeline's report). ``--model`` accepts a model directory (HF or lego: ``config.json`` +
-``model.safetensors``), a lego-train checkpoint or a run directory
+The one way the application opens what training wrote (``legollm generate``, ``chat``).
+``--model`` accepts a model directory (HF or lego: ``config.json`` + ``model.safetensors``),
+a lego-train checkpoint or a run directory
 ([`find_model_dir()`][lego.protocols.layout.find_model_dir]). The tokenizer comes from an
 explicit spec, or from the model directory
 ([`find_tokenizer_file()`][lego.protocols.layout.find_tokenizer_file]).
+
+Everything is checked before the first token:
+
+- a model directory inside a lego-train checkpoint is verified with lego-train's own check
+  (the sizes and SHA-256s its ``trainer_state.json`` records for the files of ``model/``),
+  the same check a resume makes: a damaged or altered checkpoint is refused, not loaded;
+- every weight is checked for NaN and inf as it is read (``lego.arch.from_hf(...,
+  check_finite=True)``), and integer weights are refused;
+- the tokenizer must fit the model ([`check_tokenizer()`][lego.recipes.loading.check_tokenizer]),
+  and the ``eos_token_id`` of ``config.json`` must be one of the model's ids.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lego.arch
-from lego.protocols import ConfigError, Tokenizer, read_json
+from lego.generate.streaming import check_tokenizer as check_model_tokenizer
+from lego.protocols import (
+    CompatibilityError,
+    ConfigError,
+    FormatError,
+    LegoError,
+    Tokenizer,
+    read_json,
+)
 from lego.protocols.layout import (
     HF_TOKENIZER_FILE,
     LEGO_TOKENIZER_FILE,
+    MODEL_DIR,
     find_model_dir,
     find_tokenizer_file,
 )
@@ -25,12 +45,19 @@ from lego.protocols.special_tokens import ENDOFTEXT
 from lego.tokenize import RegexBPETokenizer
 from lego.tokenize import load as load_tokenizer_file
 from lego.tokenize.interop.resolve import resolve_tokenizer
+from lego.train.checkpoint import TRAINER_STATE_FILE, CheckpointManager
 from lego.train.distributed import pick_device
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_model", "load_tokenizer", "default_eos_ids"]
+__all__ = [
+    "check_tokenizer",
+    "default_eos_ids",
+    "load_model",
+    "load_tokenizer",
+    "verify_checkpoint",
+]
 
 
 def load_model(
@@ -51,14 +78,72 @@ def load_model(
         ``(model, model_dir)``, the model in eval mode.
 
     Raises:
-        ConfigError: No model found at ``path``; a device this machine lacks.
+        ConfigError: No model found at ``path`` (a file where a folder belongs is named as
+            such); a device this machine lacks.
+        FormatError: A damaged checkpoint (a file missing, truncated or altered since it
+            was written), a broken ``checkpoints/latest``, integer or non-finite weights.
     """
-    model_dir = find_model_dir(path)
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"--model must be a folder, but {folder} is a file",
+            path=str(folder),
+            key="--model",
+            hint=f"pass the folder that holds it ({folder.parent}), a checkpoint or a run "
+            "directory",
+        )
+    model_dir = find_model_dir(folder)
+    verify_checkpoint(model_dir, named=folder)
     if isinstance(device, str):
         device = pick_device(device)
-    model = lego.arch.from_hf(model_dir, dtype=dtype, device=device)
+    model = lego.arch.from_hf(model_dir, dtype=dtype, device=device, check_finite=True)
     model.train(False)
     return model, model_dir
+
+
+def verify_checkpoint(model_dir: Path, *, named: Path) -> None:
+    """Verify the lego-train checkpoint a model directory belongs to, before it is read.
+
+    The check is the one a resume makes (lego-train's
+    [`CheckpointManager.read_state()`][lego.train.checkpoint.CheckpointManager.read_state]:
+    ``trainer_state.json`` read and every file it lists present with its recorded size and
+    SHA-256), so ``legollm generate`` never prints text from a checkpoint that ``resume``
+    would refuse. A model directory named directly is a checkpoint's when
+    ``trainer_state.json`` sits beside it; a plain model directory (``to_hf``, the Hub) has
+    no record and is loaded as it is. A checkpoint or run named with ``--model`` must have
+    its ``trainer_state.json`` (lego-train always writes one).
+
+    Args:
+        model_dir: From [`find_model_dir()`][lego.protocols.layout.find_model_dir].
+        named: The path given (``--model``): the model directory, a checkpoint or a run.
+
+    Raises:
+        FormatError: The checkpoint's ``trainer_state.json`` is missing (a checkpoint or run
+            named), damaged or foreign, or a file it lists is missing, truncated or altered.
+    """
+    checkpoint = model_dir.parent
+    state_file = checkpoint / TRAINER_STATE_FILE
+    through_checkpoint = model_dir != named and model_dir.name == MODEL_DIR
+    hint = (
+        "the checkpoint is damaged: generate from another one (checkpoints/step-NNNNNNNN), "
+        "or from an intact copy of the model"
+    )
+    if not os.path.lexists(state_file):
+        if through_checkpoint:
+            raise FormatError(
+                f"the checkpoint holds {MODEL_DIR}/ but no {TRAINER_STATE_FILE}, so it is not a "
+                "complete lego-train checkpoint and its files cannot be verified",
+                path=str(state_file),
+                hint=f"{hint}; to load the model directory unverified, pass it itself "
+                f"(--model {model_dir})",
+            )
+        return  # a plain model directory: nothing records what it should hold
+    manager = CheckpointManager(run_dir=checkpoint.parent.parent, keep_last=0)
+    try:
+        manager.read_state(checkpoint)
+    except LegoError as exc:
+        context = {k: v for k, v in exc.context.items() if k != "hint"}
+        raise FormatError(exc.message, hint=hint, **context) from None
 
 
 def load_tokenizer(spec: str | None, model_dir: Path) -> Tokenizer:
@@ -93,7 +178,50 @@ def load_tokenizer(spec: str | None, model_dir: Path) -> Tokenizer:
     return hf
 
 
-def default_eos_ids(model_dir: Path, tokenizer: Tokenizer) -> list[int]:
+def check_tokenizer(
+    tokenizer: Tokenizer, model: lego.arch.DecoderLM, *, spec: str | None, model_dir: Path
+) -> None:
+    """Compare the tokenizer's vocabulary with the model's before the first token.
+
+    lego-generate's [`check_tokenizer()`][lego.generate.streaming.check_tokenizer] refuses a
+    tokenizer with more ids than the model. One with fewer is the model's own when it comes
+    from the model directory (a vocabulary padded past the tokenizer's, as lego-train's
+    ``model.overrides.vocab_size`` or Qwen 3 make: the ids the tokenizer lacks are never
+    generated); given with ``--tokenizer`` it is another one (its ids would mean other
+    tokens, and the model would sample ids it cannot decode), refused here.
+
+    Args:
+        tokenizer: The loaded tokenizer.
+        model: The loaded model.
+        spec: The ``--tokenizer`` spec, or None when the tokenizer is the model directory's.
+        model_dir: The model directory, for messages.
+
+    Raises:
+        CompatibilityError: The tokenizer does not fit the model (both sizes named).
+    """
+    try:
+        smaller = check_model_tokenizer(model, tokenizer)
+    except CompatibilityError as exc:
+        where = find_tokenizer_file(model_dir) if spec is None else None
+        key = "--tokenizer" if spec is not None else None
+        raise CompatibilityError(
+            exc.message, path=str(where or model_dir), key=key, hint=exc.hint
+        ) from None
+    if smaller is None or spec is None:
+        return
+    raise CompatibilityError(
+        f"the tokenizer has {smaller} ids but the model's vocabulary {model.config.vocab_size}: "
+        "it is not the tokenizer this model was trained with",
+        path=str(model_dir),
+        key="--tokenizer",
+        hint="pass the tokenizer the model was trained with (or leave --tokenizer out to use "
+        "the one saved with the model)",
+    )
+
+
+def default_eos_ids(
+    model_dir: Path, tokenizer: Tokenizer, *, vocab_size: int | None = None
+) -> list[int]:
     """The end-of-sequence ids for plain generation.
 
     ``eos_token_id`` of the model's ``config.json`` (an int or a list) when set, else the
@@ -102,16 +230,34 @@ def default_eos_ids(model_dir: Path, tokenizer: Tokenizer) -> list[int]:
     Args:
         model_dir: The model directory.
         tokenizer: The tokenizer.
+        vocab_size: The model's vocabulary size: ``config.json``'s ids must be below it.
 
     Returns:
         The ids (possibly empty).
+
+    Raises:
+        ConfigError: ``config.json``'s ``eos_token_id`` is not one of the model's ids.
     """
-    config = read_json(model_dir / "config.json", what="a model configuration")
+    file = model_dir / "config.json"
+    config = read_json(file, what="a model configuration")
     value = config.get("eos_token_id") if isinstance(config, dict) else None
+    ids: list[int] = []
     if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, int) for v in value) and value:
-        return [int(v) for v in value]
+        ids = [value]
+    elif isinstance(value, list) and all(isinstance(v, int) for v in value) and value:
+        ids = [int(v) for v in value]
+    for eos in ids:
+        if eos < 0 or (vocab_size is not None and eos >= vocab_size):
+            raise ConfigError(
+                f"config.json's eos_token_id {eos} is not one of the model's "
+                f"{vocab_size} ids, so generation could never stop on it",
+                path=str(file),
+                key="eos_token_id",
+                hint="fix eos_token_id in config.json (or remove it to stop on the "
+                "tokenizer's <|endoftext|>)",
+            )
+    if ids:
+        return ids
     if ENDOFTEXT in tokenizer.special_tokens:
         return [tokenizer.special_tokens[ENDOFTEXT]]
     return []
