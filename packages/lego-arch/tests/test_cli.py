@@ -110,3 +110,26 @@ def test_info_hf_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     data = json.loads(capsys.readouterr().out)
     assert data["name"] == "my-gpt2"
     assert data["parameters"]["total"] == 124_439_808
+
+
+def test_a_missing_path_is_not_called_an_unknown_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for spec in (str(tmp_path / "nowhere"), "config.json"):
+        assert main(["info", spec]) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err
+        assert "unknown preset" not in err
+
+
+def test_a_weights_file_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lego.arch import build, to_hf
+
+    to_hf(build("gpt2-tiny"), tmp_path / "model")
+    assert main(["info", str(tmp_path / "model" / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "is a .safetensors file, not a config.json" in err
+    assert "not UTF-8" not in err
+    assert main(["info", str(tmp_path / "model")]) == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from rich.console import Console
 from lego.arch.config import DecoderConfig
 from lego.arch.decoder import DecoderLM
 from lego.arch.hf import read_hf_config
+from lego.arch.hf.directory import is_lego_config
 from lego.arch.loading import SkipInit
 from lego.arch.registry import get_preset, list_presets, presets
 from lego.arch.size import MEMORY_DTYPES, SizeEstimate, estimate_size, format_count, size_tables
@@ -88,6 +90,13 @@ def load_model_config(spec: str) -> tuple[str, DecoderConfig]:
     """
     path = Path(spec)
     if not path.exists():
+        if "/" in spec or os.sep in spec or spec.endswith(".json"):  # meant as a path
+            raise ConfigError(
+                f"{spec!r} does not exist",
+                path=path,
+                hint="pass a preset name (lego-arch list), a HuggingFace model folder or a "
+                "config.json file",
+            )
         return spec, get_preset(spec)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
@@ -96,8 +105,14 @@ def load_model_config(spec: str) -> tuple[str, DecoderConfig]:
             path=path,
             hint="pass a preset name, a HuggingFace model folder or a config.json file",
         )
+    if file.suffix != ".json":
+        raise ConfigError(
+            f"{spec!r} is a {file.suffix or 'suffix-less'} file, not a config.json",
+            path=file,
+            hint=f"pass the model folder that holds it ({file.parent}) or its config.json",
+        )
     data = read_json(file, what="config file")
-    if isinstance(data, dict) and "model_type" not in data and "d_model" in data:
+    if isinstance(data, dict) and is_lego_config(data):  # a custom family is fine here
         return path.name or spec, DecoderConfig.from_dict(data, path=file)
     name = (path if path.is_dir() else path.parent).name or spec
     return name, read_hf_config(file)
