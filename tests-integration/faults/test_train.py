@@ -8,11 +8,14 @@ per module; each test works on a copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -309,6 +312,76 @@ def test_a_pickle_in_a_checkpoint_gets_no_weights_only_advice(
     harness.assert_one_message(result, prog="legollm", phrase="scheduler")
     assert "weights_only" not in result.stderr
     harness.assert_unchanged(before, tmp_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _torchrun(*launch: str, procs: int, args: list[str]) -> list[str]:
+    """``torchrun LAUNCH --nproc-per-node PROCS -m lego.recipes.cli`` with the command of
+    ``args`` (a [`pretrain()`][test_train.pretrain] command line)."""
+    tail = args[args.index("lego.recipes.cli") :]
+    return harness.command(
+        "torch.distributed.run", *launch, "--nproc-per-node", str(procs), "-m", *tail
+    )
+
+
+def _steps_logged(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    steps = [0]
+    for line in metrics.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            steps.append(int(json.loads(line).get("step", 0)))
+    return max(steps)
+
+
+def test_a_killed_rank_restarts_the_group_and_ends_bit_identical(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Item 18: two torchrun agents (c10d rendezvous, --nnodes 2) stand in for two machines.
+
+    SIGKILL to rank 0 mid-run: torchrun restarts the group, the new processes resume from
+    the last complete checkpoint (resume=auto) and the final weights equal an unbroken run's.
+    """
+    cache = finished[1]
+    env = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    train = ["max_steps=40", "checkpoint_every=4", "strategy=ddp", "resume=auto"]
+    base = tmp_path / "base"
+    standalone = _torchrun("--standalone", procs=2, args=pretrain(base, cache, *train))
+    unbroken = harness.run(standalone, cwd=tmp_path, env=env)
+    assert unbroken.code == 0, unbroken.stderr[-3000:]
+    run = tmp_path / "run"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    argv = _torchrun(
+        "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+        "--rdzv-id", f"lego-{tmp_path.name}", "--max-restarts", "2", "--monitor-interval", "0.2",
+        procs=1, args=pretrain(run, cache, *train),
+    )  # fmt: skip
+    agents = [harness.start(argv, cwd=tmp_path, env=env) for _ in range(2)]
+    try:
+        while _steps_logged(run) < 10 and all(a.poll() is None for a in agents):
+            time.sleep(0.05)
+        holder = json.loads((run / ".lego.lock").read_text())["pid"]
+        os.kill(holder, signal.SIGKILL)  # rank 0, the writer, mid-run
+        harness.COUNTS["faults"] += 1
+        outputs = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for each in agents:
+            if each.poll() is None:
+                each.kill()
+    both = "\n".join(outputs)
+    assert [a.returncode for a in agents] == [0, 0], both[-4000:]
+    assert "resumed from" in both
+    assert "Traceback" not in both
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000040"
+    assert _weights(run, 40) == _weights(base, 40)
 
 
 if sys.platform == "win32":  # pragma: no cover - signals and tmpfs are POSIX

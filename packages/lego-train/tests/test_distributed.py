@@ -95,3 +95,45 @@ def test_pick_device_refuses_what_this_machine_lacks(monkeypatch: pytest.MonkeyP
         pick_device("mps")
     with pytest.raises(ConfigError, match="unknown device"):
         pick_device("gpu")
+
+
+def test_a_lost_peer_is_one_training_error(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from lego.protocols import TrainingError
+    from lego.train.distributed import peer_errors
+
+    with pytest.raises(RuntimeError, match="closed by peer"), peer_errors():  # no group
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:1")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        gone = "another process of the group is gone"
+        with pytest.raises(TrainingError, match=gone) as info, peer_errors():
+            raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1")
+        assert "resume=auto" in str(info.value.hint)
+        with pytest.raises(RuntimeError, match="shape mismatch"), peer_errors():  # passes
+            raise RuntimeError("shape mismatch")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_elastic_restarts_on_several_machines_need_a_fresh_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lego.train.distributed import _restarts_need_fresh_store
+
+    env = {
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "1",
+        "TORCHELASTIC_MAX_RESTARTS": "2",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _restarts_need_fresh_store()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # the setting the docs give
+    assert not _restarts_need_fresh_store()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # one machine
+    assert not _restarts_need_fresh_store()

@@ -11,12 +11,23 @@ model and the optimizer and writes one ordinary model directory, so a checkpoint
 anywhere (one process, another world size, lego-generate, transformers). The price is
 gathering the state on rank 0's CPU memory at each save, fine up to a few billion
 parameters.
+
+Elastic restarts (``torchrun --max-restarts N``): when a process dies, the others fail in
+their next collective; [`peer_errors()`][lego.train.distributed.peer_errors] turns that
+into one [`TrainingError`][lego.protocols.TrainingError] (not a traceback), torchrun
+restarts the group and ``resume=auto`` continues from the last complete checkpoint. On
+several machines torchrun's shared rendezvous store keeps the addresses of the previous
+attempt's processes, so a restarted group cannot connect; set
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun (a note on stderr says so when it is
+missing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, TrainingError
 from lego.train.config import Strategy
 
 __all__ = [
@@ -36,6 +47,8 @@ __all__ = [
     "wrap_model",
     "all_reduce_sum",
     "raise_together",
+    "peer_errors",
+    "SHARED_STORE_NOTE",
     "no_sync",
     "unwrap",
     "is_fsdp",
@@ -152,9 +165,65 @@ def init_distributed(device: torch.device) -> DistInfo:
             dist.init_process_group(backend=backend, device_id=device)
         else:
             dist.init_process_group(backend=backend)
+        if rank == 0 and _restarts_need_fresh_store():
+            print(f"note: {SHARED_STORE_NOTE}", file=sys.stderr)
     if dist.is_initialized():
         return DistInfo(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size())
     return DistInfo(rank=rank, local_rank=local, world_size=1)
+
+
+SHARED_STORE_NOTE = (
+    "torchrun restarts this job on several machines (--max-restarts), but shares its "
+    "rendezvous store between attempts: a restarted group would find the old processes' "
+    "addresses there and fail to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for "
+    "torchrun on every machine"
+)
+"""The note rank 0 prints when an elastic multi-machine job lacks a fresh store per attempt."""
+
+
+def _restarts_need_fresh_store() -> bool:
+    """Several machines, restarts allowed, and the rendezvous store shared between attempts."""
+    nodes = _env_int("WORLD_SIZE", 1) > _env_int("LOCAL_WORLD_SIZE", _env_int("WORLD_SIZE", 1))
+    restarts = _env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0
+    return nodes and restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+_PEER_LOST = re.compile(
+    r"closed by peer|reset by peer|remote worker|Broken pipe|Connection refused|"
+    r"NCCL communicator was aborted|NCCL error",
+    re.IGNORECASE,
+)
+
+
+@contextlib.contextmanager
+def peer_errors() -> Iterator[None]:
+    """Turn a collective that failed because another process died into a TrainingError.
+
+    Under ``torchrun --max-restarts`` that is expected: torchrun restarts the group and
+    ``resume=auto`` continues from the last complete checkpoint. Outside a process group,
+    or for any other error, nothing changes.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        TrainingError: A collective failed because a peer process is gone.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = isinstance(exc, getattr(dist, "DistNetworkError", ())) or bool(
+            _PEER_LOST.search(str(exc))
+        )
+        if not (lost and dist.is_initialized()):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"rank {dist.get_rank()} stops: another process of the group is gone ({first[:200]})",
+            hint="under torchrun --max-restarts N with resume=auto the group restarts and "
+            "continues from the last complete checkpoint; otherwise look at the other "
+            "process's message and run again with resume=auto",
+        ) from exc
 
 
 def resolve_strategy(strategy: Strategy, info: DistInfo) -> Strategy:

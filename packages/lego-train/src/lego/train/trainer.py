@@ -655,16 +655,22 @@ class Trainer:
                 and ``resume=auto`` continues from the last complete checkpoint).
             ConfigError: Another process writes ``out_dir``.
             DataError: When the batch source yields nothing or no trained labels.
+
+        Under ``torchrun``, a collective that fails because another process died is a
+        TrainingError too ([`peer_errors()`][lego.train.distributed.peer_errors]).
         """
         previous = self._install_signals()
         lock: FolderLock | None = None
         try:
-            with write_errors(
-                self.run_dir,
-                what="training run",
-                error=TrainingError,
-                hint="free some disk space (or fix the folder's permissions), then run again "
-                "with resume=auto: it continues from the last complete checkpoint",
+            with (
+                write_errors(
+                    self.run_dir,
+                    what="training run",
+                    error=TrainingError,
+                    hint="free some disk space (or fix the folder's permissions), then run again "
+                    "with resume=auto: it continues from the last complete checkpoint",
+                ),
+                dd.peer_errors(),
             ):
                 lock = self._take_lock()
                 self._fit()
