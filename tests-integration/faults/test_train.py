@@ -314,6 +314,18 @@ def test_a_pickle_in_a_checkpoint_gets_no_weights_only_advice(
     harness.assert_unchanged(before, tmp_path)
 
 
+def test_a_full_disk_while_the_data_is_prepared(tmp_path: Path) -> None:
+    """Item 10, the same class in the data cache: exit 2, no temporary folder left."""
+    with full_disk(tmp_path / "disk", used_kib=0, free_kib=100) as (disk, limit):
+        cache = disk / "cache"
+        result = harness.run(
+            pretrain(tmp_path / "run", cache, "max_steps=4"), cwd=tmp_path, file_size_limit=limit
+        )
+        harness.assert_one_message(result, prog="legollm", phrase="cannot write")
+        assert list((cache / "train-data").iterdir()) == []
+    assert not (tmp_path / "run").exists()
+
+
 def _free_port() -> int:
     import socket
 
