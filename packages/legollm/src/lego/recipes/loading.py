@@ -108,10 +108,10 @@ def verify_checkpoint(model_dir: Path, *, named: Path) -> None:
     [`CheckpointManager.read_state()`][lego.train.checkpoint.CheckpointManager.read_state]:
     ``trainer_state.json`` read and every file it lists present with its recorded size and
     SHA-256), so ``legollm generate`` never prints text from a checkpoint that ``resume``
-    would refuse. A model directory named directly is a checkpoint's when
-    ``trainer_state.json`` sits beside it; a plain model directory (``to_hf``, the Hub) has
-    no record and is loaded as it is. A checkpoint or run named with ``--model`` must have
-    its ``trainer_state.json`` (lego-train always writes one).
+    would refuse. A model directory named directly is a checkpoint's when it is a
+    ``model/`` folder with ``trainer_state.json`` beside it; a plain model directory
+    (``to_hf``, the Hub) has no record and is loaded as it is. A checkpoint or run named
+    with ``--model`` must have its ``trainer_state.json`` (lego-train always writes one).
 
     Args:
         model_dir: From [`find_model_dir()`][lego.protocols.layout.find_model_dir].
@@ -121,9 +121,11 @@ def verify_checkpoint(model_dir: Path, *, named: Path) -> None:
         FormatError: The checkpoint's ``trainer_state.json`` is missing (a checkpoint or run
             named), damaged or foreign, or a file it lists is missing, truncated or altered.
     """
+    if model_dir.name != MODEL_DIR:
+        return  # not the model/ folder of a checkpoint
     checkpoint = model_dir.parent
     state_file = checkpoint / TRAINER_STATE_FILE
-    through_checkpoint = model_dir != named and model_dir.name == MODEL_DIR
+    through_checkpoint = model_dir != named
     hint = (
         "the checkpoint is damaged: generate from another one (checkpoints/step-NNNNNNNN), "
         "or from an intact copy of the model"
