@@ -245,6 +245,15 @@ def test_temporaries_of_dead_builders_are_removed_before_a_build(library: Path) 
     assert legacy_new.exists()  # could still be an older version's build in progress
 
 
+def test_temporaries_of_dead_builders_are_removed_from_a_verified_cache(built: Path) -> None:
+    dead = built.parent / f".{built.name}.tmp-{_host()}-{_dead_pid()}-0badc0de"
+    dead.write_bytes(b"half a library")
+    builds = Builds()
+    assert builds.get(built) == built
+    assert builds.calls == 0  # nothing rebuilt
+    assert not dead.exists()
+
+
 def test_a_failed_build_leaves_nothing_behind(library: Path) -> None:
     def failing(output: Path) -> None:
         output.write_bytes(b"half")

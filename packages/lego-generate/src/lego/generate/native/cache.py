@@ -20,7 +20,7 @@ damaged one, of another user, writable by others) is never loaded: it is rebuilt
 line on stderr says why. One process builds at a time (the folder's
 [`FolderLock`][lego.protocols.FolderLock]; the others wait, then use its build). A build
 writes under [`temporary_name()`][lego.protocols.temporary_name]s and renames into place;
-the temporaries of builders that died are removed before the next build. New files get the
+the temporaries of builders that died are removed whenever the cache is used. New files get the
 mode the umask gives (``0o755`` for the library, ``0o644`` for the record, minus the umask),
 never writable by group or others.
 """
@@ -249,6 +249,7 @@ def verified_library(
     folder = library.parent
     check_folder(folder)
     if library_problem(library) is None:
+        _remove_leftovers(folder)  # a verified cache never builds again: clean it here too
         return library
     with _one_builder(folder):
         _remove_leftovers(folder)
