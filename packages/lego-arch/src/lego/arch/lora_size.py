@@ -18,8 +18,9 @@ parameters):
 - **activations**: what the backward pass keeps, as for full training in the compute dtype
   (the adapters need the gradient of every block's input, so every block's activations are
   kept; see [`lego.arch.size`][lego.arch.size]), plus the ``r`` values of ``A x`` per token
-  and adapted layer; the logits' gradient is alive with the logits at the start of the
-  backward pass (``4 B T vocab`` more bytes).
+  and adapted layer; at the start of the backward pass the gradients of the fp32
+  log-probabilities and of the logits are alive with them (``8 B T vocab`` more bytes: with
+  a large vocabulary the peak of a step is there).
 
     >>> est = estimate_lora_size("llama-3.2-1b", r=16, base="nf4", batch_size=1, seq_len=512)
     >>> round(est.bits_per_quantized_weight, 3)
@@ -152,7 +153,7 @@ def estimate_lora_size(
         weights = base_params * e
     tokens = full.batch_size * full.seq_len
     extra = tokens * r * e * len(linears)  # A x, kept for B's gradient
-    logits_grad = tokens * built.config.vocab_size * 4
+    logits_grad = tokens * built.config.vocab_size * 8  # d log-probs and d logits, fp32
     return LoraSizeEstimate(
         base=base,
         r=r,
