@@ -35,6 +35,10 @@ from pathlib import Path
 COUNTS: Counter[str] = Counter()
 """``commands``, ``faults``, ``files_compared``: what the suite did, for the catalogue."""
 
+CAPTURED: list[tuple[str, str]] = []
+"""(command, stderr) of every command the suite ran: ``conftest.py`` writes them to one log
+and fails the run if any holds a "Traceback" (the issue's ``grep -rn Traceback``)."""
+
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -101,6 +105,7 @@ def run(
         check=False,
         preexec_fn=_limit(file_size_limit),
     )
+    CAPTURED.append((" ".join(argv), done.stderr))
     return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -145,10 +150,12 @@ def run_until(process: subprocess.Popen[str], marker: str, *, timeout: float = 6
     for line in process.stdout:
         seen.append(line)
         if marker in line:
+            _record(process, "".join(seen))
             return "".join(seen)
         if time.monotonic() > deadline:
             break
     process.kill()
+    _record(process, "".join(seen))
     raise AssertionError(f"{marker!r} never printed:\n{''.join(seen)}")
 
 
@@ -165,7 +172,12 @@ def interrupt(process: subprocess.Popen[str], signum: int, *, timeout: float = 6
     finally:
         if process.poll() is None:
             process.kill()
+    _record(process, rest)
     return Result(process.returncode, rest, rest)
+
+
+def _record(process: subprocess.Popen[str], output: str) -> None:
+    CAPTURED.append((" ".join(map(str, process.args)), output))
 
 
 def snapshot(root: Path, *, exclude: Sequence[Path] = ()) -> dict[str, str]:

@@ -17,6 +17,7 @@ def test_one_message_accepts_a_clean_failure(tmp_path: Path) -> None:
 
 def test_one_message_refuses_a_traceback(tmp_path: Path) -> None:
     result = harness.run([sys.executable, "-c", "raise ValueError('x')"], cwd=tmp_path)
+    harness.CAPTURED.pop()  # a traceback on purpose: not one of the suite's commands
     with pytest.raises(AssertionError):
         harness.assert_one_message(result, code=1)
 
@@ -34,5 +35,6 @@ def test_small_disk_fills_up(tmp_path: Path) -> None:
     code = "open('big.bin', 'wb').write(b'x' * 1_000_000)"
     with harness.small_disk(tmp_path / "disk", size_kib=256) as (disk, limit):
         result = harness.run([sys.executable, "-c", code], cwd=disk, file_size_limit=limit)
+    harness.CAPTURED.pop()  # plain Python's traceback on purpose: not one of the suite's
     assert result.code != 0
     assert "No space left on device" in result.stderr or "File too large" in result.stderr
