@@ -53,6 +53,8 @@ def test_out_dir_pins_the_run(tmp_path: Path) -> None:
     config = _config(tmp_path, out_dir=str(tmp_path / "mine"))
     assert find_run_dir(config, now=NOW) == tmp_path / "mine"
     assert config.pretrain_config(tmp_path / "mine").resume == "auto"
+    replaced = _config(tmp_path, out_dir=str(tmp_path / "mine"), overwrite=True)
+    assert replaced.pretrain_config(tmp_path / "mine").resume == ""  # not refused as a mix
 
 
 def test_broken_records_are_skipped(tmp_path: Path) -> None:

@@ -167,7 +167,8 @@ class PipelineConfig(PretrainConfig):
         for key in ("runs_dir", "report"):
             data.pop(key)
         data["out_dir"] = str(out_dir)
-        data["resume"] = data.get("resume") or "auto"
+        if not data.get("overwrite"):  # overwrite=true: start the run over, on purpose
+            data["resume"] = data.get("resume") or "auto"
         return PretrainConfig.from_dict(data)
 
     def fingerprint(self) -> str:
