@@ -364,7 +364,8 @@ def raise_together(error: BaseException | None, device: torch.device) -> None:
         if error is not None:
             raise error
         return
-    (failed,) = all_reduce_sum([0.0 if error is None else 1.0], device)
+    with peer_errors():  # a rank that died before it could vote
+        (failed,) = all_reduce_sum([0.0 if error is None else 1.0], device)
     if error is not None:
         raise error
     if failed:
