@@ -104,7 +104,9 @@ _FLOAT_DTYPES: Final[dict[str, torch.dtype]] = {
 }
 _QUANT_TYPE_KEY: Final[str] = "quant_state.bitsandbytes__nf4"
 _PIECE_VALUES: Final[int] = 1 << 17
-"""Values handled per step of the block loops: the step's temporaries stay in the cache."""
+"""Values handled per step of the quantization loop: the step's temporaries stay in the cache."""
+_DEQUANT_PIECE_VALUES: Final[int] = 1 << 18
+"""Values handled per step of the dequantization loop (1 MiB of float32 scratch)."""
 _LUT_SIZE: Final[int] = 65536
 
 _tables: dict[tuple[str, torch.device], Tensor] = {}
@@ -772,9 +774,11 @@ def _dequantize_into(
 ) -> None:
     """Write values ``start .. start + out.numel()`` of a packed NF4 tensor into ``out``.
 
-    Per range of blocks: one gather of a 256-entry table turns each byte into its two NF4
-    values (as one int64), then one multiply applies each block's absmax in float32, and a
-    copy rounds to ``out``'s dtype when that is not float32.
+    Per range of blocks (``_DEQUANT_PIECE_VALUES``, so the temporaries stay in the cache and
+    are reused): the bytes become int32 indices, one gather of a 256-entry table turns
+    each byte into its two NF4 values (as one int64), then one multiply applies each
+    block's absmax in float32 and writes ``out`` (rounding once to its dtype), so ``out``
+    is written once.
 
     Args:
         packed: ``(ceil(numel / 2),)`` uint8.
@@ -785,10 +789,9 @@ def _dequantize_into(
     """
     m = out.numel()
     table = _cached("pairs", packed.device)
-    per_piece = max(1, _PIECE_VALUES // block_size) * block_size
+    per_piece = max(1, _DEQUANT_PIECE_VALUES // block_size) * block_size
     size = min(per_piece, m + m % 2)
     index = torch.empty(size // 2, dtype=torch.int32, device=packed.device)
-    direct = out.dtype == torch.float32 and out.storage_offset() % 2 == 0
     scratch = torch.empty(size, dtype=torch.float32, device=packed.device)
     for offset in range(0, m, per_piece):
         count = min(per_piece, m - offset)
@@ -796,16 +799,20 @@ def _dequantize_into(
         first_byte = (start + offset) // 2
         idx = index[:n_bytes]
         idx.copy_(packed[first_byte : first_byte + n_bytes])
-        in_place = direct and count % 2 == 0
-        values = out[offset : offset + count] if in_place else scratch[: 2 * n_bytes]
+        values = scratch[: 2 * n_bytes]
         torch.index_select(table, 0, idx, out=values.view(torch.int64))
         first_block = (start + offset) // block_size
         full = count // block_size
+        dest = out[offset : offset + count]
         if full:
-            values[: full * block_size].view(full, block_size).mul_(
-                scales[first_block : first_block + full].view(-1, 1)
+            torch.mul(
+                values[: full * block_size].view(full, block_size),
+                scales[first_block : first_block + full].view(-1, 1),
+                out=dest[: full * block_size].view(full, block_size),
             )
         if count > full * block_size:  # the short last block of the tensor
-            values[full * block_size : count].mul_(scales[first_block + full])
-        if not in_place:
-            out[offset : offset + count].copy_(values[:count])
+            torch.mul(
+                values[full * block_size : count],
+                scales[first_block + full],
+                out=dest[full * block_size :],
+            )
