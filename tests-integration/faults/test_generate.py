@@ -381,3 +381,23 @@ def test_a_kernel_cache_others_can_write_is_never_loaded_from(work: Path, mode: 
     assert sorted(p.name for p in cache.iterdir()) == [planted.name]  # nothing built into it
     assert stat.S_IMODE(os.stat(cache).st_mode) == mode
     harness.assert_unchanged(before, work)
+
+
+@needs_native
+def test_kernels_asked_for_but_unbuildable_are_reported_and_decoding_goes_on(
+    work: Path,
+) -> None:
+    cache = work / "kernels"
+    before = harness.snapshot(work)
+    harness.COUNTS["faults"] += 1
+    result = harness.run(
+        generate(work / "run", "--native-kernels"),
+        cwd=work,
+        env={"LEGO_KERNELS_HOME": str(cache), "CC": "false"},  # a compiler that always fails
+    )
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "could not build the native CPU decode kernels" in result.stderr
+    assert "decoding uses PyTorch's kernels" in result.stderr
+    assert [p.name for p in cache.iterdir()] == []  # no half-built library, no temporaries
+    harness.assert_unchanged(before, work)
