@@ -261,6 +261,16 @@ def test_impossible_settings_fail_before_any_work(
     assert not (cache / "train-data").exists() or not list((cache / "train-data").iterdir())
 
 
+def test_an_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    """Item 12: ``out_dir`` naming an existing file is exit 2; the file is left alone."""
+    (tmp_path / "notes.txt").write_text("mine")
+    before = harness.snapshot(tmp_path)
+    result = harness.run(pretrain(tmp_path / "notes.txt", tmp_path / "cache"), cwd=tmp_path)
+    harness.assert_one_message(result, prog="legollm", phrase="must be a folder")
+    harness.assert_unchanged(before, tmp_path)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "phrase"), [("loss.xyz", "matplotlib cannot write"), ("loss", "no extension")]
 )
