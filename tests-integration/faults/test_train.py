@@ -332,6 +332,8 @@ def test_a_full_disk_while_the_data_is_prepared(tmp_path: Path) -> None:
             pretrain(tmp_path / "run", cache, "max_steps=4"), cwd=tmp_path, file_size_limit=limit
         )
         harness.assert_one_message(result, prog="legollm", phrase="cannot write")
+        assert "data.cache_dir" in result.stderr  # where to look, not a removed temp folder
+        assert ".tmp-" not in result.stderr
         assert list((cache / "train-data").iterdir()) == []
     assert not (tmp_path / "run").exists()
 

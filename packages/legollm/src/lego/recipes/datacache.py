@@ -131,13 +131,18 @@ def prepare_data(spec: DataSpec, *, progress: bool = False) -> PreparedData:
     folder = cache_entry(spec)
     if _usable(folder):
         return PreparedData(path=folder, tokenizer_file=folder / "tokenizer.json")
-    with write_errors(
-        folder.parent,
-        what="prepared-data cache",
-        hint="free some space in the cache folder (or make it writable), or point "
-        "data.cache_dir (or $LEGO_CACHE_DIR) at another folder",
-    ):
-        _build(spec, folder, progress=progress)
+    hint = (
+        "free some space in the cache folder (or make it writable), or point "
+        "data.cache_dir (or $LEGO_CACHE_DIR) at another folder"
+    )
+    try:
+        with write_errors(folder.parent, what="prepared-data cache", hint=hint):
+            _build(spec, folder, progress=progress)
+    except ConfigError as exc:
+        if not exc.message.startswith("cannot write the "):  # write_errors' message
+            raise
+        # lego-data names its temporary folder, which is gone by now: name the cache
+        raise ConfigError(exc.message, path=folder.parent, key="data.cache_dir", hint=hint) from exc
     return PreparedData(path=folder, tokenizer_file=folder / "tokenizer.json")
 
 
