@@ -314,6 +314,20 @@ def test_an_index_naming_a_missing_shard_is_one_clear_error(work: Path) -> None:
     _fails(work, generate(sharded), shards[-1].name)
 
 
+def test_an_index_naming_the_wrong_shard_is_one_clear_error(work: Path) -> None:
+    """Was a SafetensorError traceback: "File does not contain tensor ..."."""
+    sharded = work / "sharded"
+    to_hf(build("gpt2-tiny", vocab_size=300, context_length=64), sharded, max_shard_size="40KB")
+    shutil.copy(_model(work) / "lego-tokenizer.json", sharded)
+    index_file = sharded / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    weight_map = index["weight_map"]
+    name = next(iter(weight_map))
+    weight_map[name] = next(f for f in sorted(set(weight_map.values())) if f != weight_map[name])
+    index_file.write_text(json.dumps(index))
+    _fails(work, generate(sharded), "does not hold them")
+
+
 # -- item 6 and 17: the native kernel cache -----------------------------------------------------
 
 

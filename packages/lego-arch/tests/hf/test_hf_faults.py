@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lego.arch import DecoderConfig, build, from_hf, read_hf_config, to_hf
-from lego.arch.hf import SAFETENSORS_NAME, open_hf_directory
+from lego.arch.hf import INDEX_NAME, SAFETENSORS_NAME, open_hf_directory
 from lego.arch.hf.directory import is_lego_config
 from lego.protocols import CompatibilityError, ConfigError, FormatError, temporary_name
 
@@ -167,3 +168,46 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: 
     assert not stale_dir.exists()
     assert not stale_file.exists()
     assert live.exists()
+
+
+@pytest.fixture
+def sharded(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    to_hf(build("gpt2-tiny"), tmp_path / "sharded", max_shard_size="40KB")
+    return tmp_path / "sharded"
+
+
+def _edit_index(folder: Path, edit: object) -> Path:
+    file = folder / INDEX_NAME
+    index = json.loads(file.read_text())
+    assert callable(edit)
+    edit(index["weight_map"])
+    file.write_text(json.dumps(index))
+    return file
+
+
+def test_an_index_naming_the_wrong_shard_is_a_format_error(sharded: Path) -> None:
+    def swap(weight_map: dict[str, str]) -> None:
+        name = next(iter(weight_map))
+        weight_map[name] = next(
+            f for f in sorted(set(weight_map.values())) if f != weight_map[name]
+        )
+
+    file = _edit_index(sharded, swap)
+    with pytest.raises(FormatError, match="maps 1 tensor") as info:
+        from_hf(sharded)
+    assert info.value.path == str(file)
+    assert info.value.tensor is not None
+
+
+@pytest.mark.parametrize("target", ["../elsewhere.safetensors", "/tmp/x.safetensors", ".."])
+def test_an_index_naming_files_outside_the_directory_is_refused(sharded: Path, target: str) -> None:
+    shutil.copy(next(sharded.glob("model-*")), sharded.parent / "elsewhere.safetensors")
+
+    def point_outside(weight_map: dict[str, str]) -> None:
+        weight_map[next(iter(weight_map))] = target
+
+    file = _edit_index(sharded, point_outside)
+    with pytest.raises(FormatError, match="outside the model directory") as info:
+        from_hf(sharded)
+    assert info.value.path == str(file)

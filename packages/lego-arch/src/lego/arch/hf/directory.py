@@ -272,6 +272,16 @@ def _weight_files(directory: Path) -> dict[str, str]:
                 key="weight_map",
                 hint="write the model again (to_hf or save_pretrained)",
             )
+        outside = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", "..")})
+        if outside:
+            raise FormatError(
+                "the safetensors index names files outside the model directory: "
+                + ", ".join(repr(f) for f in outside[:MAX_LISTED]),
+                path=index,
+                key="weight_map",
+                hint="shards are plain file names beside the index: write the model again "
+                "(to_hf or save_pretrained) or download the index again",
+            )
         absent = sorted({f for f in weight_map.values() if not (directory / f).is_file()})
         if absent:
             raise CompatibilityError(

@@ -32,6 +32,7 @@ from torch import nn
 from lego.arch.config import parse_dtype
 from lego.arch.convert.mapping import TensorPlan, WeightTable
 from lego.arch.hf.directory import (
+    INDEX_NAME,
     MAX_LISTED,
     HFDirectory,
     listing,
@@ -125,12 +126,28 @@ class _Reader:
 def _open_reader(directory: HFDirectory) -> Iterator[_Reader]:
     """Open every safetensors file of the directory for the duration of the block."""
     with contextlib.ExitStack() as stack:
-        yield _Reader(
-            files=directory.files,
-            handles={
-                file: stack.enter_context(open_safetensors(directory.path / file))
-                for file in sorted(set(directory.files.values()))
-            },
+        handles = {
+            file: stack.enter_context(open_safetensors(directory.path / file))
+            for file in sorted(set(directory.files.values()))
+        }
+        _check_index(directory, handles)
+        yield _Reader(files=directory.files, handles=handles)
+
+
+def _check_index(directory: HFDirectory, handles: Mapping[str, Any]) -> None:
+    """Every tensor is in the file the index names for it (from the headers)."""
+    stored = {file: set(handle.keys()) for file, handle in handles.items()}
+    wrong = sorted(name for name, file in directory.files.items() if name not in stored[file])
+    if wrong:
+        name = wrong[0]
+        raise FormatError(
+            f"the safetensors index maps {len(wrong)} tensor(s) to a file that does not hold "
+            f"them: {name} is not in {directory.files[name]}",
+            path=directory.path / INDEX_NAME,
+            key="weight_map",
+            tensor=name,
+            hint="the index belongs to another save: write the model again (to_hf or "
+            "save_pretrained) or download its model.safetensors.index.json again",
         )
 
 
