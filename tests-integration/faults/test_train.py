@@ -173,26 +173,42 @@ def test_a_full_disk_leaves_no_temporary_checkpoint(
     assert "step-00000004 at step 4" in result.stderr
 
 
+@contextmanager
+def _read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` made read-only: a read-only bind mount as root (root ignores modes)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        folders = [folder, *[p for p in folder.rglob("*") if p.is_dir()]]
+        for each in folders:
+            each.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            for each in folders:
+                each.chmod(0o755)
+        return
+    view = folder.with_name(folder.name + "-ro")
+    view.mkdir()
+    mount = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(view)], check=False)
+    if mount.returncode != 0:
+        pytest.skip("cannot make a read-only folder here (root, no bind mounts)")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
 def test_a_read_only_run_directory_is_one_message(
     finished: tuple[Path, Path], run_copy: Path, tmp_path: Path
 ) -> None:
     """Item 10: a run directory that cannot be written is exit 2, not a traceback."""
-    import os
-
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    for folder in [run_copy, *[p for p in run_copy.rglob("*") if p.is_dir()]]:
-        folder.chmod(0o555)
-    try:
-        before = harness.snapshot(tmp_path)
-        result = harness.run(
-            pretrain(run_copy, finished[1], "max_steps=6", "resume=auto"), cwd=tmp_path
-        )
-        harness.assert_one_message(result, prog="legollm")
-        harness.assert_unchanged(before, tmp_path)
-    finally:
-        for folder in [run_copy, *[p for p in run_copy.rglob("*") if p.is_dir()]]:
-            folder.chmod(0o755)
+    before = harness.snapshot(tmp_path)
+    with _read_only(run_copy) as run:
+        result = harness.run(pretrain(run, finished[1], "max_steps=6", "resume=auto"), cwd=tmp_path)
+    harness.assert_one_message(result, prog="legollm", phrase="cannot lock the training run")
+    harness.assert_unchanged(before, tmp_path)
 
 
 @pytest.mark.parametrize(
