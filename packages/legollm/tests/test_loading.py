@@ -100,6 +100,15 @@ def test_a_file_given_as_model_is_named_a_file(run: Path) -> None:
     assert info.value.key == "--model"
 
 
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_model_path_is_not_the_working_directory(
+    empty: str, made: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(made / "run" / CHECKPOINTS_DIR / STEP / MODEL_DIR)  # a model there
+    with pytest.raises(ConfigError, match="--model is empty"):
+        load_model(empty, device="cpu")
+
+
 def test_tokenizers_of_other_sizes(run: Path) -> None:
     model, model_dir = load_model(run, device="cpu")
     smaller, larger = _tokenizer(258), _tokenizer(270)

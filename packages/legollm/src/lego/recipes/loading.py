@@ -79,10 +79,17 @@ def load_model(
 
     Raises:
         ConfigError: No model found at ``path`` (a file where a folder belongs is named as
-            such); a device this machine lacks.
+            such, an empty string is not taken for the working directory); a device this
+            machine lacks.
         FormatError: A damaged checkpoint (a file missing, truncated or altered since it
             was written), a broken ``checkpoints/latest``, integer or non-finite weights.
     """
+    if not str(path).strip():  # Path("") would be the working directory
+        raise ConfigError(
+            "--model is empty",
+            key="--model",
+            hint="pass a model directory, a checkpoint or a run directory",
+        )
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(
