@@ -267,7 +267,7 @@ def test_a_chat_that_outgrows_the_context_goes_on_without_its_oldest_turns(work:
 
 
 def test_a_missing_model_path_is_not_found(work: Path) -> None:
-    _fails(work, generate(work / "nowhere"), "model directory not found")
+    _fails(work, generate(work / "nowhere"), "the model path does not exist")
 
 
 def test_a_folder_without_a_model_says_what_it_lacks(work: Path) -> None:

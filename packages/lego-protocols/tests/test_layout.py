@@ -44,12 +44,19 @@ def test_find_model_dir_at_every_level(tmp_path: Path) -> None:
     assert find_model_dir(run) == inner
 
 
+def test_a_file_or_a_missing_path_is_named_for_what_it_is(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        find_model_dir(weights)
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_model_dir(tmp_path / "nowhere")
+
+
 def test_run_without_checkpoints(tmp_path: Path) -> None:
     assert read_latest(tmp_path) is None
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         find_model_dir(tmp_path)
-    with pytest.raises(ConfigError, match="not found"):
-        find_model_dir(tmp_path / "missing")
 
 
 def test_broken_latest_is_a_format_error(tmp_path: Path) -> None:

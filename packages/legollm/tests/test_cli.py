@@ -54,7 +54,7 @@ def test_generate_flags_parse() -> None:
         (["pretrain", "--config", "tiny", "max_step=3"], "max_steps"),
         (["pretrain", "--config", "tinyy"], "tiny"),
         (["pretrain", "--config", "tiny", "optim.lr="], "has no value"),
-        (["generate", "--model", "/nonexistent/model", "--prompt", "hi"], "not found"),
+        (["generate", "--model", "/nonexistent/model", "--prompt", "hi"], "does not exist"),
         (["generate", "--model", ".", "--prompt", ""], "prompt is empty"),
     ],
 )

@@ -137,10 +137,12 @@ def find_model_dir(path: str | os.PathLike[str]) -> Path:
     """
     folder = Path(path)
     if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise ConfigError(
-            "model directory not found",
+            f"the model path {what}",
             path=str(folder),
-            hint="pass a model directory, a checkpoint or a training run directory",
+            hint="pass a model directory (the folder holding config.json), a checkpoint or "
+            "a training run directory",
         )
     if (folder / CONFIG_FILE).is_file():
         return folder
