@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lego.arch
 from lego.generate import generate
 from lego.protocols import atomic_write_text
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
+from lego.recipes.loading import load_model
 from lego.tokenize import load as load_tokenizer_file
 from lego.train.plot import matplotlib_modules, plot_run
 from lego.train.state import RunState
@@ -169,7 +169,7 @@ def write_report(
     Returns:
         The ``report.md`` path.
     """
-    model = lego.arch.from_hf(model_dir).eval()
+    model, _ = load_model(model_dir)  # verified as generate verifies it, in eval mode
     tokenizer = load_tokenizer_file(model_dir / LEGO_TOKENIZER_FILE)
 
     echo("generating samples (greedy, top-k, top-p)")
