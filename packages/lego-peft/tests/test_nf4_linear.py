@@ -166,3 +166,15 @@ def test_bad_input() -> None:
 def test_repr() -> None:
     layer = NF4Linear.from_linear(_dense(), block_size=32)
     assert "in_features=40, out_features=24, bias=True, nf4 block_size=32" in repr(layer)
+
+
+def test_layers_share_no_state_tensor() -> None:
+    """An in-place change to one layer's buffers (``model.apply``) leaves the others alone."""
+    first = NF4Linear.from_linear(_dense())
+    second = NF4Linear.from_linear(_dense())
+    before = second.dequantized_weight()
+    with torch.no_grad():
+        for buffer in first.buffers():
+            buffer.zero_()
+    assert torch.equal(second.dequantized_weight(), before)
+    assert torch.equal(NF4Linear.from_linear(_dense()).dequantized_weight(), before)

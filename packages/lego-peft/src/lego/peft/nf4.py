@@ -680,7 +680,7 @@ def quantize_nf4(weight: Tensor, block_size: int = 64, double_quant: bool = True
         block_size=block_size,
         offset=offset,
         nested_absmax=nested_absmax,
-        nested_code=_cached("dynamic", device),
+        nested_code=_cached("dynamic", device).clone(),  # its own: a buffer of a layer
     )
 
 
