@@ -178,3 +178,14 @@ def test_layers_share_no_state_tensor() -> None:
             buffer.zero_()
     assert torch.equal(second.dequantized_weight(), before)
     assert torch.equal(NF4Linear.from_linear(_dense()).dequantized_weight(), before)
+
+
+def test_a_loaded_layer_does_not_alias_the_state_dict() -> None:
+    state = NF4Linear.from_linear(_dense()).state_dict()
+    layer = NF4Linear.from_linear(nn.Linear(40, 24))
+    layer.load_state_dict(state)
+    before = layer.dequantized_weight()
+    with torch.no_grad():
+        for value in state.values():
+            value.zero_()
+    assert torch.equal(layer.dequantized_weight(), before)

@@ -33,6 +33,7 @@ plain ``nn.Linear`` state dict loads too (quantized on the way in)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -308,7 +309,7 @@ class NF4Linear(nn.Module):
                 )
             weight = quantize_nf4(value.to(device), self.block_size, self.double_quant)
         else:
-            weight = NF4Tensor.from_state_dict(state_dict, key).to(device)
+            weight = _owned(NF4Tensor.from_state_dict(state_dict, key).to(device))
             if tuple(weight.shape) != (self.out_features, self.in_features):
                 raise CompatibilityError(
                     f"{key} is an NF4 weight of shape {tuple(weight.shape)}, the layer is "
@@ -317,6 +318,22 @@ class NF4Linear(nn.Module):
                     hint="load weights of the same architecture",
                 )
         self._set_weight(weight)
+
+
+def _owned(weight: NF4Tensor) -> NF4Tensor:
+    """``weight`` with tensors of its own (a loaded layer never aliases the state dict)."""
+
+    def copy(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.clone()
+
+    return dataclasses.replace(
+        weight,
+        packed=weight.packed.clone(),
+        absmax=weight.absmax.clone(),
+        offset=copy(weight.offset),
+        nested_absmax=copy(weight.nested_absmax),
+        nested_code=copy(weight.nested_code),
+    )
 
 
 def _linear(x: Tensor, weight: NF4Tensor, bias: Tensor | None, chunk_values: int) -> Tensor:
