@@ -336,3 +336,26 @@ def test_repr_and_to() -> None:
     assert repr(q) == "NF4Tensor(shape=(4, 64), dtype=torch.float32, block_size=64, double_quant)"
     moved = q.to("cpu")
     assert torch.equal(moved.dequantize(), q.dequantize())
+
+
+def test_values_at_and_beside_every_midpoint_get_bucketize_codes() -> None:
+    """The cell lookup that finds codes agrees with bucketize where it is hardest."""
+    code = nf4_code()
+    bounds = (code[:-1] + code[1:]) / 2
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    values = torch.cat(
+        [
+            bounds,
+            torch.nextafter(bounds, up),
+            torch.nextafter(bounds, down),
+            code,
+            torch.nextafter(code, up),
+            torch.nextafter(code, down),
+            torch.linspace(-1, 1, 4001),
+        ]
+    )
+    values = torch.cat([values.clamp(-1, 1), torch.zeros(64 - values.numel() % 64)])
+    blocks = values.view(-1, 64).clone()
+    blocks[:, 0] = 1.0  # every block's absmax is 1: the values are scaled by 1.0 exactly
+    q = quantize_nf4(blocks, 64, double_quant=False)
+    assert torch.equal(q.codes(), torch.bucketize(blocks.reshape(-1), bounds).to(torch.uint8))
