@@ -147,12 +147,17 @@ def worker_signals() -> None:
     Call it first in a worker (a ``multiprocessing.Pool`` initializer). Ctrl-C in a terminal
     sends SIGINT to every process of the group: workers ignore it, so the parent alone
     reports the interruption (once, exit 130) and stops its pool, instead of one
-    ``KeyboardInterrupt`` traceback per worker. SIGTERM gets its default action (a forked
-    worker would otherwise inherit [`terminate_raises`][lego.protocols.cli.terminate_raises]'s
-    handler and print a traceback).
+    ``KeyboardInterrupt`` traceback per worker. SIGTERM (from the parent's
+    ``Pool.terminate()``, or sent to the whole group) raises ``SystemExit``: the worker
+    unwinds quietly, releasing the pool's queue locks (a worker that died holding one
+    would hang the parent's ``terminate()``), without a traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_worker)
+
+
+def _exit_worker(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 DEBUG_ENV = "LEGO_DEBUG"
