@@ -85,7 +85,7 @@ from lego.protocols import (
     temporary_name,
     write_errors,
 )
-from lego.protocols.cli import worker_signals
+from lego.protocols.cli import stop_signals_blocked, worker_signals
 from lego.protocols.locks import FolderLock
 from lego.protocols.progress import PROGRESS_MODES, ProgressMode
 from lego.tokenize import TokenizerSpec, resolve_tokenizer
@@ -551,9 +551,10 @@ def _encode_all(
                 hint="pass workers=1, a picklable tokenizer, or a spec such as 'tiktoken:gpt2' "
                 "or a tokenizer .json path",
             ) from None
-    pool: multiprocessing.pool.Pool = context.Pool(
-        processes=workers, initializer=_init_worker, initargs=(encoder,)
-    )
+    with stop_signals_blocked():  # signals reach the main thread, which waits below
+        pool: multiprocessing.pool.Pool = context.Pool(
+            processes=workers, initializer=_init_worker, initargs=(encoder,)
+        )
     window: collections.deque[multiprocessing.pool.AsyncResult[_Encoded]] = collections.deque()
     try:
         limit = 2 * workers

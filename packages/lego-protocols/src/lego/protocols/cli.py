@@ -53,6 +53,7 @@ __all__ = [
     "Terminated",
     "make_parser",
     "run_cli",
+    "stop_signals_blocked",
     "terminate_raises",
     "worker_signals",
 ]
@@ -154,6 +155,43 @@ def worker_signals() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_worker)
+    if hasattr(signal, "pthread_sigmask"):  # started under stop_signals_blocked()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Start a process pool inside this block: SIGINT and SIGTERM reach the main thread only.
+
+    A ``multiprocessing.Pool`` starts three helper threads and forks its workers from the
+    thread that creates it (and later from one of those helpers, to replace a worker). A
+    signal sent to the process goes to any thread that does not block it: when one of the
+    helpers takes it, Python runs the handler only once the main thread executes again,
+    and a main thread waiting on a result never does (the run hangs instead of exiting
+    130/143). Created inside this block, the helpers and the workers start with both
+    signals blocked: signals to the parent reach its main thread, which interrupts the
+    wait; a worker holds them until [`worker_signals()`][lego.protocols.cli.worker_signals]
+    (its initializer) has set its own handlers, so none lands mid-fork.
+
+    Example:
+        >>> import multiprocessing
+        >>> with stop_signals_blocked():
+        ...     pool = multiprocessing.get_context("spawn").Pool(1, initializer=worker_signals)
+        >>> pool.apply(abs, (-3,))
+        3
+        >>> pool.close(); pool.join()
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no per-thread masks
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _exit_worker(signum: int, frame: object) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from multiprocessing.pool import AsyncResult
 
 from lego.protocols import TrainingData, check_int
-from lego.protocols.cli import worker_signals
+from lego.protocols.cli import stop_signals_blocked, worker_signals
 from lego.tokenize.patterns import compile_pattern
 from lego.tokenize.specials import split_specials
 from lego.tokenize.training.sources import DEFAULT_CHUNK_SIZE, Errors, iter_chunks
@@ -126,7 +126,8 @@ def count_pretokens(
     # At most two chunks per worker are in flight, so memory stays bounded whatever the
     # corpus size (Pool.imap would read the whole corpus ahead).
     window = 2 * n_workers
-    pool = _context().Pool(n_workers, initializer=worker_signals)  # Ctrl-C: parent only
+    with stop_signals_blocked():  # signals reach the main thread, never a pool thread
+        pool = _context().Pool(n_workers, initializer=worker_signals)  # Ctrl-C: parent only
     in_flight: collections.deque[AsyncResult[tuple[Counter[str], int]]] = collections.deque()
 
     def collect() -> None:
