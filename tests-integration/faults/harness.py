@@ -159,6 +159,43 @@ def run_until(process: subprocess.Popen[str], marker: str, *, timeout: float = 6
     raise AssertionError(f"{marker!r} never printed:\n{''.join(seen)}")
 
 
+def _children(pid: int) -> list[int]:
+    """The ids of a process's children (Linux: /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+def _ignores_sigint(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+def stop_at(process: subprocess.Popen[str], marker: str, *, workers: int = 0) -> None:
+    """Stop the command's whole group once it printed ``marker`` and, when ``workers``,
+    once that many worker processes run and ignore SIGINT (the parent's to report).
+
+    Raises:
+        AssertionError: The workers never appeared, or do not ignore SIGINT.
+    """
+    run_until(process, marker)
+    for _ in range(1000):
+        os.killpg(process.pid, signal.SIGSTOP)
+        children = _children(process.pid) if workers else []
+        if len(children) >= workers and all(_ignores_sigint(c) for c in children):
+            return
+        os.killpg(process.pid, signal.SIGCONT)
+        time.sleep(0.01)  # let it run on a little, then look again
+    raise AssertionError(f"no {workers} worker processes that ignore SIGINT: {children}")
+
+
 def interrupt(process: subprocess.Popen[str], signum: int, *, timeout: float = 600) -> Result:
     """Send a signal and wait for the command to end.
 

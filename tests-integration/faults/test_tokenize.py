@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -343,43 +342,6 @@ def test_a_read_only_folder_is_one_message(tmp_path: Path, command: str) -> None
 # -- signals during training and encoding ------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """The ids of a process's children (Linux: /proc)."""
-    found = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat_file.parent.name))
-    return found
-
-
-def _ignores_sigint(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigIgn:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-    return False
-
-
-def _stop_at(process: subprocess.Popen[str], marker: str, *, workers: int = 0) -> None:
-    """Stop the command's whole group once it printed ``marker`` and, when ``workers``,
-    once that many worker processes run and ignore SIGINT (the parent's to report).
-
-    Raises:
-        AssertionError: The workers never appeared, or do not ignore SIGINT.
-    """
-    harness.run_until(process, marker)
-    for _ in range(1000):
-        os.killpg(process.pid, signal.SIGSTOP)
-        children = _children(process.pid) if workers else []
-        if len(children) >= workers and all(_ignores_sigint(c) for c in children):
-            return
-        os.killpg(process.pid, signal.SIGCONT)
-        time.sleep(0.01)  # let it run on a little, then look again
-    raise AssertionError(f"no {workers} worker processes that ignore SIGINT: {children}")
-
-
 def _start(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
     """Start a command in its own process group, so a signal can go to all its processes."""
     harness.COUNTS["commands"] += 1
@@ -416,7 +378,7 @@ def test_a_signal_during_training_changes_nothing_and_a_rerun_succeeds(
     (tmp_path / "tok.json").write_text("an earlier file\n")
     before = harness.snapshot(tmp_path)
     process = _start(argv, tmp_path)
-    _stop_at(process, marker, workers=2 if "counting" in marker else 0)
+    harness.stop_at(process, marker, workers=2 if "counting" in marker else 0)
     harness.COUNTS["faults"] += 1
     try:
         if group:  # Ctrl-C in a terminal: the whole process group, workers included
