@@ -100,3 +100,35 @@ def test_lock_of_an_earlier_attempt_of_the_same_job_is_taken_over(tmp_path: Path
     with FolderLock(tmp_path, what="training run", job="run-7", stream=stream) as lock:
         assert json.loads(lock.path.read_text())["job"] == "run-7"
     assert "took over" in stream.getvalue()
+
+
+def test_the_lock_file_appears_with_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lock file seen empty would be taken for a writer killed mid-write and taken over:
+    # the record is complete before the file has the lock's name.
+    linked: list[str] = []
+    real_link = os.link
+
+    def link(source: str, target: str) -> None:
+        linked.append(Path(source).read_text())
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link)
+    with FolderLock(tmp_path, what="training run"):
+        assert json.loads(linked[0])["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no private file left
+
+
+def test_without_hard_links_the_lock_is_created_exclusively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with FolderLock(tmp_path, what="training run") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(ConfigError, match="being written by another process"):
+            FolderLock(tmp_path, what="training run").acquire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -130,31 +130,55 @@ class FolderLock:
         }
         if self.job is not None:
             record["job"] = self.job
+        text = json.dumps(record) + "\n"
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self._read_holder()
-                if holder is not None and not self._stale(holder):
-                    raise self._held_error(holder) from None
-                self._take_over(holder)
-                continue
+                created = self._create(text)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot lock the {self.what}: {exc.strerror or exc}",
                     path=self.path,
                     hint="choose a folder you can write to",
                 ) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
-                handle.write("\n")
-            self.held = True
-            return self
+            if created:
+                self.held = True
+                return self
+            holder = self._read_holder()
+            if holder is not None and not self._stale(holder):
+                raise self._held_error(holder) from None
+            self._take_over(holder)
         raise ConfigError(  # pragma: no cover - three takeovers lost to other processes
             f"cannot lock the {self.what}: other processes keep taking it",
             path=self.path,
             hint="run one writer at a time",
         )
+
+    def _create(self, text: str) -> bool:
+        """Create the lock file holding ``text`` at once; False when it exists.
+
+        The record is written to a private file first and hard-linked into place, so no
+        other process ever reads a lock file that is still empty (and takes it for the
+        remains of a writer killed mid-write). Where the filesystem has no hard links,
+        the file is created exclusively and then written.
+        """
+        private = self.path.with_name(f"{LOCK_FILE}.new-{os.getpid()}-{secrets.token_hex(4)}")
+        with open(private, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            os.link(private, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: exclusive create, then write
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(private)
+        return True
 
     def release(self) -> None:
         """Remove the lock file if it is still ours (idempotent)."""
