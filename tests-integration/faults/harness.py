@@ -109,11 +109,23 @@ def run(
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def as_in_a_terminal() -> None:
+    """In the child before it runs: Ctrl-C and SIGQUIT as a terminal's shell leaves them.
+
+    A suite started in the background (``cmd &``, nohup, some CI runners) inherits
+    SIGINT ignored, and Python keeps an ignored SIGINT ignored: the Ctrl-C tests would
+    test nothing. Every command the suite starts gets the default actions back.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _limit(size: int | None):  # type: ignore[no-untyped-def]
     if size is None:
-        return None
+        return as_in_a_terminal
 
     def apply() -> None:
+        as_in_a_terminal()
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
@@ -132,6 +144,7 @@ def start(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_in_a_terminal,
     )
 
 

@@ -98,6 +98,7 @@ def _start(argv: list[str], cwd: Path, *, umask: int | None = None) -> subproces
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=harness.as_in_a_terminal,
     )
 
 

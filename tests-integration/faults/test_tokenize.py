@@ -353,6 +353,7 @@ def _start(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=harness.as_in_a_terminal,
     )
 
 
