@@ -442,7 +442,7 @@ def test_adapter_of_another_architecture_is_refused(tmp_path: Path) -> None:
     FAMILIES["gpt2"]().save_pretrained(tmp_path / "gpt2")
     FAMILIES["llama"]().save_pretrained(tmp_path / "llama")
     _, adapter = _peft_adapter(tmp_path, tmp_path / "llama", "llama", "lora")
-    with pytest.raises(CompatibilityError, match="'q_proj' matches no module") as info:
+    with pytest.raises(CompatibilityError, match=r"'(q|v)_proj' matches no module") as info:
         load_adapter(from_hf(tmp_path / "gpt2"), adapter)
     assert "c_attn" in str(info.value)  # what could have matched
 

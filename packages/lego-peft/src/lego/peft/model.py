@@ -309,7 +309,7 @@ class LoraModel(nn.Module):
     ) -> Path:
         """Write an adapter checkpoint: the adapter plus a reference to the base model.
 
-        See [`lego.peft.checkpoint`][lego.peft.checkpoint]: ``adapter_config.json``,
+        See `lego.peft.checkpoint`: ``adapter_config.json``,
         ``adapter_model.safetensors`` and ``base_model.json`` (``base_model_name_or_path``
         and the SHA-256 of the base weights). lego-train's checkpoints call this.
 

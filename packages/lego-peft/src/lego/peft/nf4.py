@@ -7,7 +7,7 @@ each value becomes the index of the nearest of the 16 NF4 values
 share a byte, the first in the high nibble. With double quantization the absmax values
 themselves are stored in 8 bits: their mean (``offset``) is subtracted and the rest is
 quantized in blocks of 256 with bitsandbytes' signed dynamic map
-([`dynamic_map()`][lego.peft.nf4.dynamic_map]), which costs 4.127 bits per weight instead of
+(`lego.peft.nf4.dynamic_map()`), which costs 4.127 bits per weight instead of
 4.5 (block 64).
 
 The packed codes, the absmax values and the dequantized weights equal bitsandbytes'
@@ -239,13 +239,13 @@ class NF4Tensor:
         shape: The original tensor's shape.
         dtype: The original tensor's dtype (float32, float16 or bfloat16): what
             ``dequantize()`` returns by default.
-        block_size: Values per block (one of [`BLOCK_SIZES`][lego.peft.nf4.BLOCK_SIZES]).
+        block_size: Values per block (one of `lego.peft.nf4.BLOCK_SIZES`).
         offset: With double quantization, the mean absmax subtracted before quantizing
             (``()`` float32); else None.
         nested_absmax: With double quantization, the absmax of each block of
             ``nested_block_size`` absmax codes (``(ceil(n_blocks / 256),)`` float32).
         nested_code: With double quantization, the 256-value map of the absmax codes
-            (``(256,)`` float32, [`dynamic_map()`][lego.peft.nf4.dynamic_map]).
+            (``(256,)`` float32, `lego.peft.nf4.dynamic_map()`).
         nested_block_size: The block size of the double quantization (256).
     """
 
@@ -511,7 +511,7 @@ def check_block_size(block_size: object, *, owner: str) -> int:
         ``block_size``.
 
     Raises:
-        ConfigError: It is not one of [`BLOCK_SIZES`][lego.peft.nf4.BLOCK_SIZES].
+        ConfigError: It is not one of `lego.peft.nf4.BLOCK_SIZES`.
     """
     value = check_int("block_size", block_size, minimum=1, owner=owner)
     if value not in BLOCK_SIZES:
@@ -654,7 +654,7 @@ def quantize_nf4(weight: Tensor, block_size: int = 64, double_quant: bool = True
 
     Args:
         weight: A float32, float16 or bfloat16 tensor of any shape (values must be finite).
-        block_size: Values per block, one of [`BLOCK_SIZES`][lego.peft.nf4.BLOCK_SIZES].
+        block_size: Values per block, one of `lego.peft.nf4.BLOCK_SIZES`.
         double_quant: Quantize the absmax values too (bitsandbytes' ``compress_statistics``).
 
     Returns:

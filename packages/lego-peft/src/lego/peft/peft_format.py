@@ -545,7 +545,7 @@ def save_adapter(
         base_model_name_or_path: Recorded in the config.
 
     Raises:
-        CompatibilityError: See [`adapter_config()`][lego.peft.peft_format.adapter_config].
+        CompatibilityError: See `lego.peft.peft_format.adapter_config()`.
         ConfigError: The directory cannot be created or written.
     """
     config = adapter_config(model, base_model_name_or_path=base_model_name_or_path)

@@ -35,6 +35,7 @@ from lego.protocols import (
     read_json,
 )
 from lego.protocols.layout import (
+    CHECKPOINTS_DIR,
     HF_TOKENIZER_FILE,
     LEGO_TOKENIZER_FILE,
     MODEL_DIR,
@@ -138,7 +139,9 @@ def verify_checkpoint(model_dir: Path, *, named: Path) -> None:
         "or from an intact copy of the model"
     )
     if not os.path.lexists(state_file):
-        if through_checkpoint:
+        # a checkpoint (checkpoints/step-N/model) named through itself or its run; a
+        # run's exported model/ (the pipeline's) is a plain model directory
+        if through_checkpoint and checkpoint.parent.name == CHECKPOINTS_DIR:
             raise FormatError(
                 f"the checkpoint holds {MODEL_DIR}/ but no {TRAINER_STATE_FILE}, so it is not a "
                 "complete lego-train checkpoint and its files cannot be verified",
