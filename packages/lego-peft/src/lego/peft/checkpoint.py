@@ -45,17 +45,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
-from lego.peft.peft_format import ADAPTER_WEIGHTS_NAME
+from lego.peft.peft_format import ADAPTER_WEIGHTS_NAME, read_adapter_weights
 from lego.protocols import (
     CompatibilityError,
     FormatError,
     atomic_write_text,
     check_envelope,
-    read_bytes,
     read_json,
 )
 
@@ -250,19 +247,10 @@ def load_weights(model: LoraModel, path: str | os.PathLike[str]) -> None:
             + (f"from {named} " if named else "the adapter was trained on ")
             + "before resuming",
         )
-    weights = directory / ADAPTER_WEIGHTS_NAME
-    blob = read_bytes(weights, what="adapter weights")
-    try:
-        tensors = load_safetensors(blob)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise FormatError(
-            f"the adapter weights are not a valid safetensors file ({err})",
-            path=weights,
-            hint="resume from another checkpoint",
-        ) from None
+    tensors = read_adapter_weights(directory, hint="resume from another checkpoint")
     try:
         model.load_adapter_state_dict(tensors)
     except CompatibilityError as err:
         raise CompatibilityError(
-            err.message, path=weights, tensor=err.tensor, hint=err.hint
+            err.message, path=directory / ADAPTER_WEIGHTS_NAME, tensor=err.tensor, hint=err.hint
         ) from None

@@ -38,8 +38,9 @@ from lego.peft.peft_format import (
     ADAPTER_WEIGHTS_NAME,
     PEFT_PREFIX,
     lora_config_from_peft,
+    read_adapter_weights,
 )
-from lego.protocols import CompatibilityError, FormatError, read_bytes, read_json
+from lego.protocols import CompatibilityError, FormatError, read_json
 
 __all__ = ["merge_adapter_files", "read_adapter_dir"]
 
@@ -65,9 +66,6 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> tuple[dict[str, object], d
         ConfigError: The folder or a file is missing.
         FormatError: A damaged file.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
     folder = Path(path)
     data = read_json(folder / ADAPTER_CONFIG_NAME, what="PEFT adapter config")
     if not isinstance(data, dict):
@@ -76,17 +74,7 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> tuple[dict[str, object], d
             path=folder / ADAPTER_CONFIG_NAME,
             hint="write it with PEFT or lego-peft",
         )
-    weights = folder / ADAPTER_WEIGHTS_NAME
-    blob = read_bytes(weights, what="adapter weights")
-    try:
-        tensors = load_safetensors(blob)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise FormatError(
-            f"the adapter weights are not a valid safetensors file ({err})",
-            path=weights,
-            hint="save the adapter again",
-        ) from None
-    return data, tensors
+    return data, read_adapter_weights(folder, hint="save the adapter again")
 
 
 def _module_of(key: str) -> tuple[str, str] | None:

@@ -626,15 +626,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> LoraModel:
             path=directory / "adapter_model.bin",
             hint="save the adapter again with PEFT's save_pretrained(safe_serialization=True)",
         )
-    blob = read_bytes(weights_file, what="adapter weights")
-    try:
-        tensors = load_safetensors(blob)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise FormatError(
-            f"the adapter weights are not a valid safetensors file ({err})",
-            path=weights_file,
-            hint="save the adapter again",
-        ) from None
+    tensors = read_adapter_weights(directory, hint="save the adapter again")
     try:
         adapted = apply_lora(model, config, hf_names=isinstance(model, HFNamedModel))
     except ConfigError as err:
@@ -655,3 +647,29 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> LoraModel:
     base = data.get("base_model_name_or_path")
     adapted.base_model_name_or_path = base if isinstance(base, str) and base else None
     return adapted
+
+
+def read_adapter_weights(directory: str | os.PathLike[str], *, hint: str) -> dict[str, Tensor]:
+    """Read ``adapter_model.safetensors`` of an adapter directory (never a pickle).
+
+    Args:
+        directory: The adapter directory.
+        hint: What to do when the file is damaged (it depends on who reads it).
+
+    Returns:
+        The tensors by PEFT key name.
+
+    Raises:
+        ConfigError: The file is missing or unreadable.
+        FormatError: The file is not a valid safetensors file.
+    """
+    weights_file = Path(directory) / ADAPTER_WEIGHTS_NAME
+    blob = read_bytes(weights_file, what="adapter weights")
+    try:
+        return load_safetensors(blob)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise FormatError(
+            f"the adapter weights are not a valid safetensors file ({err})",
+            path=weights_file,
+            hint=hint,
+        ) from None

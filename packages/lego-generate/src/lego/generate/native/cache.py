@@ -182,7 +182,7 @@ def _remove_leftovers(folder: Path) -> None:
     """Remove the temporaries of builders that died (and old ones of earlier versions)."""
     remove_stale_temporaries(folder)
     now = time.time()
-    for entry in folder.iterdir():  # earlier versions named them .skinny-XXXXXXXX.so
+    for entry in folder.iterdir():  # earlier versions: '.skinny-' + 8 hex digits + '.so'
         if _LEGACY_TEMP.fullmatch(entry.name):
             with contextlib.suppress(OSError):
                 if now - entry.lstat().st_mtime > _LEGACY_AGE_S:
