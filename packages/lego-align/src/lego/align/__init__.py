@@ -1,0 +1,69 @@
+"""lego-align: sequence log-probabilities and the preference losses, equal to TRL's.
+
+With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy::
+
+    from lego.align import build_preference_batch, dpo_loss, sequence_logprobs
+    batch = build_preference_batch(pairs, pad_id=0, eos_id=2, max_length=512)
+    args = (batch.input_ids, batch.attention_mask, batch.completion_mask)
+    chosen, rejected = sequence_logprobs(model, *args).chunk()
+    with torch.no_grad():
+        ref_chosen, ref_rejected = sequence_logprobs(reference, *args).chunk()
+    out = dpo_loss(chosen.sum, rejected.sum, ref_chosen.sum, ref_rejected.sum, beta=0.1)
+    out.loss.backward()
+
+- The batch: [`build_preference_batch()`][lego.align.build_preference_batch] (TRL's
+  ``[chosen; rejected]`` layout, EOS appended, the prompt cut from the left) and
+  [`build_completion_batch()`][lego.align.build_completion_batch] ->
+  [`CompletionBatch`][lego.align.CompletionBatch].
+- Log-probabilities: [`sequence_logprobs()`][lego.align.sequence_logprobs] ->
+  [`SequenceLogprobs`][lego.align.SequenceLogprobs] (sum, mean, count per row), the
+  log-softmax in chunks; [`HeadInputs`][lego.align.HeadInputs] to skip the full logits.
+- Losses (pure functions returning [`LossOutput`][lego.align.LossOutput]):
+  [`dpo_loss()`][lego.align.dpo_loss] (DPO, cDPO, rDPO, SLiC hinge, IPO, EXO, NCA, BCO,
+  SPPO, AOT, APO, DiscoPOP, RPO, f-DPO), [`simpo_loss()`][lego.align.simpo_loss],
+  [`orpo_loss()`][lego.align.orpo_loss], [`kto_loss()`][lego.align.kto_loss],
+  [`reward_loss()`][lego.align.reward_loss] (Bradley-Terry).
+"""
+
+from lego.align.__about__ import __version__
+from lego.align.logprobs import (
+    CompletionBatch,
+    HeadInputs,
+    SequenceLogprobs,
+    build_completion_batch,
+    build_preference_batch,
+    sequence_logprobs,
+    token_logprobs,
+)
+from lego.align.losses import (
+    DPO_LOSS_TYPES,
+    F_DIVERGENCES,
+    LossOutput,
+    dpo_loss,
+    kto_loss,
+    orpo_loss,
+    reward_loss,
+    simpo_loss,
+)
+
+__all__ = [
+    "__version__",
+    # the batch
+    "build_preference_batch",
+    "build_completion_batch",
+    "CompletionBatch",
+    # log-probabilities
+    "sequence_logprobs",
+    "token_logprobs",
+    "SequenceLogprobs",
+    "HeadInputs",
+    # losses
+    "dpo_loss",
+    "simpo_loss",
+    "orpo_loss",
+    "kto_loss",
+    "reward_loss",
+    "LossOutput",
+    "DPO_LOSS_TYPES",
+    "F_DIVERGENCES",
+]
