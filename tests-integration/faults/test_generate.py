@@ -332,10 +332,10 @@ def test_an_index_naming_the_wrong_shard_is_one_clear_error(work: Path) -> None:
 
 
 def _native_build_possible() -> bool:
-    from lego.generate.native.build import _cpu_flags  # the same check the build makes
+    from lego.protocols import cpu_flags  # the same check the build makes
 
     needed = {"avx512f", "avx512bw", "avx512vl", "fma"}
-    return sys.platform == "linux" and needed <= _cpu_flags() and shutil.which("cc") is not None
+    return sys.platform == "linux" and needed <= cpu_flags() and shutil.which("cc") is not None
 
 
 needs_native = pytest.mark.skipif(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lego.generate.native import build, unavailable
+from lego.protocols import native as protocols_native
 
 VOCAB = 40
 
@@ -196,6 +197,7 @@ def _kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Build the native kernels into a temporary folder, not the user's cache."""
     patch = pytest.MonkeyPatch()
     patch.setenv("LEGO_KERNELS_HOME", str(tmp_path_factory.mktemp("kernels")))
+    patch.setattr(protocols_native, "_loaded", {})  # no load of an earlier cache folder
     build._load.cache_clear()
     yield
     patch.undo()

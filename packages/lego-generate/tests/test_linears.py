@@ -21,6 +21,7 @@ from lego.generate.native import (
     prepare_skinny,
 )
 from lego.protocols import ConfigError
+from lego.protocols import native as protocols_native
 
 needs_onednn = pytest.mark.skipif(
     not can_pack(nn.Linear(2, 2).to(torch.bfloat16)), reason="this torch build has no oneDNN bf16"
@@ -246,7 +247,8 @@ def test_a_forward_of_someone_else_is_left_alone() -> None:
 @pytest.fixture
 def no_avx512(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A CPU without AVX-512, as far as the kernels know."""
-    monkeypatch.setattr(build, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    monkeypatch.setattr(protocols_native, "cpu_flags", lambda: frozenset({"sse2", "avx2", "fma"}))
+    monkeypatch.setattr(protocols_native, "_loaded", {})
     build._load.cache_clear()
     yield
     monkeypatch.undo()

@@ -10,7 +10,8 @@ import torch.nn.functional as F  # noqa: N812 - the universal alias
 from torch import Tensor
 
 from lego.generate.native import MAX_ROWS, build, native_status, prepare_skinny, skinny_linear
-from lego.protocols import CompatibilityError, DataError
+from lego.protocols import CompatibilityError, DataError, cpu_flags
+from lego.protocols import native as protocols_native
 
 
 @pytest.fixture
@@ -24,11 +25,12 @@ def kernels() -> None:
 def bf16_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Both bf16 paths of the (N, K) kernel: AVX512-BF16 dot products, and widening to fp32."""
     path = str(request.param)
-    if path == "dot" and build._BF16_DOT_FLAG not in build._cpu_flags():
+    if path == "dot" and build._BF16_DOT_FLAG not in cpu_flags():
         pytest.skip("this CPU has no AVX512-BF16")
     if path == "widened":
-        flags = build._cpu_flags() - {build._BF16_DOT_FLAG}
-        monkeypatch.setattr(build, "_cpu_flags", lambda: flags)
+        flags = cpu_flags() - {build._BF16_DOT_FLAG}
+        monkeypatch.setattr(protocols_native, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(protocols_native, "_loaded", {})
     build._load.cache_clear()
     assert native_status().bf16_dot == (path == "dot")
     yield path
@@ -164,7 +166,7 @@ def test_inputs_that_do_not_fit() -> None:
 
 @pytest.mark.usefixtures("kernels")
 def test_bf16_dot_products_where_the_cpu_has_avx512_bf16() -> None:
-    assert native_status().bf16_dot == (build._BF16_DOT_FLAG in build._cpu_flags())
+    assert native_status().bf16_dot == (build._BF16_DOT_FLAG in cpu_flags())
     # Values below fp32's normal range count as zero on the dot-product path, nowhere else.
     tiny = torch.full((1, 32), 2.0**-130, dtype=torch.bfloat16)  # subnormal in bf16 and fp32
     weight = torch.ones(4, 32, dtype=torch.bfloat16)

@@ -36,6 +36,10 @@ appear only under ``TYPE_CHECKING``). It holds:
 - chat templates ([`lego.protocols.chat`][lego.protocols.chat]) and the on-disk layout of runs,
   checkpoints and model directories ([`lego.protocols.layout`][lego.protocols.layout]), which
   several bricks read and write;
+- native kernels in C ([`lego.protocols.native`][lego.protocols.native]:
+  [`load_native()`][lego.protocols.load_native] compiles a brick's
+  [`NativeSpec`][lego.protocols.NativeSpec] once per machine into a verified cache,
+  [`kernel_cache_dir()`][lego.protocols.kernel_cache_dir], and loads it with ``ctypes``);
 - [`import_optional()`][lego.protocols.import_optional], the one way optional bricks and
   libraries are imported (a missing one is a `ConfigError` with the ``pip install``);
 - the command-line conventions ([`run_cli()`][lego.protocols.run_cli],
@@ -85,6 +89,13 @@ from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
 from lego.protocols.locks import FolderLock
 from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
+from lego.protocols.native import (
+    NativeLibrary,
+    NativeSpec,
+    cpu_flags,
+    kernel_cache_dir,
+    load_native,
+)
 from lego.protocols.optional import import_optional
 from lego.protocols.progress import Progress, Task, make_progress
 from lego.protocols.special_tokens import ENDOFTEXT, SpecialTokens
@@ -160,6 +171,12 @@ __all__ = [
     "remove_stale_temporaries",
     "write_errors",
     "FolderLock",
+    # native kernels
+    "NativeSpec",
+    "NativeLibrary",
+    "load_native",
+    "kernel_cache_dir",
+    "cpu_flags",
     # optional dependencies
     "import_optional",
     # progress

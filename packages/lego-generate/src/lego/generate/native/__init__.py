@@ -18,10 +18,12 @@ instruction. Anywhere else [`native_status()`][lego.generate.native.native_statu
 not, and generation uses PyTorch's kernels: same tokens, nothing else changes.
 
 **The build.** On first use the source is compiled once per machine and compiler into
-[`kernel_cache_dir()`][lego.generate.native.kernel_cache_dir] (``$LEGO_KERNELS_HOME``, else
-``$XDG_CACHE_HOME/lego/kernels``, else ``~/.cache/lego/kernels``) and loaded with ``ctypes``;
-a line on stderr says when that happens and when it fails
-([`lego.generate.native.build`][lego.generate.native.build]).
+[`kernel_cache_dir()`][lego.protocols.kernel_cache_dir] (``$LEGO_KERNELS_HOME``, else
+``$XDG_CACHE_HOME/lego/kernels``, else ``~/.cache/lego/kernels``), verified and loaded with
+``ctypes`` by [`lego.protocols.native`][lego.protocols.native], the build every brick with a
+C kernel shares; a line on stderr says when that happens and when it fails.
+[`lego.generate.native.build`][lego.generate.native.build] holds what is lego-generate's
+own: the kernels' signatures, the CPU they need and the words of those lines.
 
 **Who calls them.** The decode engine only, while it generates: ``generate()`` and
 ``stream()`` enter [`decode_linears()`][lego.generate.linears.decode_linears], which routes
@@ -37,7 +39,7 @@ for the duration of the generation. You can also call
 ([`NativeKernelsUnavailableWarning`][lego.generate.native.NativeKernelsUnavailableWarning],
 once per reason) where they cannot run.
 
-Reading order: ``build.py`` (can they run, the compiler and the cache), ``kernels.py``
+Reading order: ``build.py`` (what is built, and whether they run), ``kernels.py``
 (checking a weight and calling a kernel), ``ops.py`` (the PyTorch operator),
 ``unavailable.py`` (the warning), then ``skinny.c``.
 """

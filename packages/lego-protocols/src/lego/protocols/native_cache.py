@@ -1,13 +1,13 @@
 """The kernel cache: a built library is loaded only after it is verified, else rebuilt.
 
-A cache folder ([`kernel_cache_dir()`][lego.generate.native.kernel_cache_dir]) holds, per
-source, compiler and flags::
+A cache folder ([`kernel_cache_dir()`][lego.protocols.kernel_cache_dir]) holds, per
+kernel source, compiler and flags (see [`lego.protocols.native`][lego.protocols.native])::
 
-    skinny-<key>.so          the built library
-    skinny-<key>.so.sha256   its SHA-256, in ``sha256sum`` format: "<hex>  skinny-<key>.so"
+    <name>-<key>.so          the built library, e.g. skinny-0123456789abcdef.so
+    <name>-<key>.so.sha256   its SHA-256, in ``sha256sum`` format: "<hex>  <name>-<key>.so"
 
-[`verified_library()`][lego.generate.native.cache.verified_library] returns the library only
-when all of these hold, since loading it runs its code in this process:
+[`verified_library()`][lego.protocols.native_cache.verified_library] returns the library
+only when all of these hold, since loading it runs its code in this process:
 
 1. the folder belongs to this user and is not writable by group or others; otherwise
    nothing is loaded from it and nothing is built into it (a
@@ -16,13 +16,30 @@ when all of these hold, since loading it runs its code in this process:
    group or others, and the library's SHA-256 is the one recorded.
 
 A library that fails 2 (truncated, empty, planted, replaced, without a record or with a
-damaged one, of another user, writable by others) is never loaded: it is rebuilt, and a
-line on stderr says why. One process builds at a time (the folder's
+damaged one, of another user, writable by others) is never loaded: it is rebuilt, and the
+caller is told why (``announce``). One process builds at a time (the folder's
 [`FolderLock`][lego.protocols.FolderLock]; the others wait, then use its build). A build
 writes under [`temporary_name()`][lego.protocols.temporary_name]s and renames into place;
-the temporaries of builders that died are removed whenever the cache is used. New files get the
-mode the umask gives (``0o755`` for the library, ``0o644`` for the record, minus the umask),
-never writable by group or others.
+the temporaries of builders that died are removed whenever the cache is used. New files get
+the mode the umask gives (``0o755`` for the library, ``0o644`` for the record, minus the
+umask), never writable by group or others.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp()) / "kernels"
+    >>> said = []
+    >>> library = verified_library(
+    ...     folder / "demo-0123456789abcdef.so",
+    ...     build=lambda output: output.write_bytes(b"not really a library"),
+    ...     announce=said.append,
+    ... )
+    >>> said, library_problem(library)
+    (['is not built yet'], None)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['demo-0123456789abcdef.so', 'demo-0123456789abcdef.so.sha256']
+    >>> import shutil
+    >>> shutil.rmtree(folder.parent)
 """
 
 from __future__ import annotations
@@ -36,19 +53,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lego.protocols import ConfigError, FolderLock, remove_stale_temporaries, temporary_name
+from lego.protocols.errors import ConfigError
+from lego.protocols.files import remove_stale_temporaries, temporary_name
+from lego.protocols.locks import FolderLock
 
 __all__ = ["MISSING", "RECORD_SUFFIX", "check_folder", "library_problem", "verified_library"]
 
 RECORD_SUFFIX = ".sha256"
-"""The record of a library ``skinny-<key>.so`` is ``skinny-<key>.so.sha256``."""
+"""The record of a library ``<name>-<key>.so`` is ``<name>-<key>.so.sha256``."""
 
 MISSING = "is not built yet"
-"""[`library_problem()`][lego.generate.native.cache.library_problem]'s answer for a library
+"""[`library_problem()`][lego.protocols.native_cache.library_problem]'s answer for a library
 that does not exist."""
 
 _RECORD = re.compile(r"(?P<digest>[0-9a-f]{64})  (?P<name>[^\n/]+)\n")
-_LEGACY_TEMP = re.compile(r"\.skinny-[A-Za-z0-9_]{8}\.so")
 _LEGACY_AGE_S = 3600.0
 _LOCK_WAIT_S = 900.0
 _LOCK_POLL_S = 0.05
@@ -112,10 +130,10 @@ def library_problem(library: Path) -> str | None:
     """Why a cached library must not be loaded, or None when it verifies.
 
     Args:
-        library: ``skinny-<key>.so`` in a cache folder that passed the folder check.
+        library: ``<name>-<key>.so`` in a cache folder that passed the folder check.
 
     Returns:
-        None, [`MISSING`][lego.generate.native.cache.MISSING], or what is wrong with the
+        None, [`MISSING`][lego.protocols.native_cache.MISSING], or what is wrong with the
         library or its record.
     """
     try:
@@ -178,12 +196,19 @@ def _one_builder(folder: Path) -> Iterator[None]:
         lock.release()
 
 
-def _remove_leftovers(folder: Path) -> None:
-    """Remove the temporaries of builders that died (and old ones of earlier versions)."""
+def _remove_leftovers(folder: Path, stem: str) -> None:
+    """Remove the temporaries of builders that died (and old ones of earlier versions).
+
+    Before the cache had records, lego-generate built ``skinny-<key>.so`` under
+    ``.skinny-`` + 8 random letters, digits or underscores + ``.so``, a name that does not
+    say whose it is: such a file (``.<name>-`` + 8 of them + ``.so`` for the library
+    ``<name>-<key>.so``) is removed once it is an hour old.
+    """
     remove_stale_temporaries(folder)
+    legacy = re.compile(re.escape("." + stem + "-") + r"[A-Za-z0-9_]{8}\.so")
     now = time.time()
-    for entry in folder.iterdir():  # earlier versions: '.skinny-' + 8 hex digits + '.so'
-        if _LEGACY_TEMP.fullmatch(entry.name):
+    for entry in folder.iterdir():
+        if legacy.fullmatch(entry.name):
             with contextlib.suppress(OSError):
                 if now - entry.lstat().st_mtime > _LEGACY_AGE_S:
                     entry.unlink()
@@ -232,9 +257,9 @@ def verified_library(
     """The cached library, verified; built (or rebuilt) first when missing or bad.
 
     Args:
-        library: Where the library belongs: ``<cache folder>/skinny-<key>.so``.
+        library: Where the library belongs: ``<cache folder>/<name>-<key>.so``.
         build: Compiles the library into the path it is given (a temporary name).
-        announce: Called with [`MISSING`][lego.generate.native.cache.MISSING] or the
+        announce: Called with [`MISSING`][lego.protocols.native_cache.MISSING] or the
             problem of the cached library before a build, to say so on stderr.
 
     Returns:
@@ -242,17 +267,18 @@ def verified_library(
 
     Raises:
         ConfigError: The cache folder is not safe (see
-            [`check_folder()`][lego.generate.native.cache.check_folder]) or another
+            [`check_folder()`][lego.protocols.native_cache.check_folder]) or another
             process holds its lock too long.
         OSError: The build failed, or its result does not verify.
     """
     folder = library.parent
+    stem = library.name.rpartition("-")[0]
     check_folder(folder)
     if library_problem(library) is None:
-        _remove_leftovers(folder)  # a verified cache never builds again: clean it here too
+        _remove_leftovers(folder, stem)  # a verified cache never builds again: clean it here too
         return library
     with _one_builder(folder):
-        _remove_leftovers(folder)
+        _remove_leftovers(folder, stem)
         problem = library_problem(library)  # another process may have built it meanwhile
         if problem is not None:
             announce(problem)
