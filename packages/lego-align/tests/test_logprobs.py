@@ -340,6 +340,33 @@ def test_low_precision_logits_give_float32_logprobs() -> None:
     assert logits.grad.dtype == torch.bfloat16
 
 
+def saved_bytes(fn: Any) -> tuple[Tensor, int]:
+    """Run ``fn()`` and total the bytes autograd saves for the backward pass."""
+    seen: dict[int, int] = {}
+
+    def pack(x: Tensor) -> Tensor:
+        seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_the_logits_path_saves_no_float32_copy() -> None:
+    b, t, v = 2, 64, 1000
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(b, t, v, generator=gen).to(torch.bfloat16).requires_grad_()
+    ids = torch.randint(0, v, (b, t), generator=gen)
+    scored = torch.ones(b, t, dtype=torch.bool)
+    _, ours = saved_bytes(lambda: token_logprobs(logits, ids, scored, chunk_size=8))
+    _, plain = saved_bytes(lambda: naive(logits.float(), ids, scored))
+    logits_bytes = b * t * v * 2  # the bf16 logits themselves
+    small = b * t * 8 * 4  # per-position tensors: targets, mask, log-sum-exp
+    assert ours <= logits_bytes + small
+    assert plain >= b * (t - 1) * v * 4  # a float32 (B, T-1, V) log-softmax at least
+
+
 def test_no_grad_for_the_reference(tiny: Any) -> None:
     batch = build_preference_batch(PAIRS, pad_id=0, eos_id=12)
     with torch.no_grad():

@@ -618,7 +618,7 @@ class _GatherLogprobs(torch.autograd.Function):
             probs = torch.exp(block - lse[:, start:end, None])  # softmax, (B, c, V)
             del block
             probs.mul_(-g).scatter_add_(-1, targets[:, start:end, None], g)
-            grad[:, start:end] = torch.where(keep, probs, 0.0)
+            grad[:, start:end] = probs.masked_fill_(~keep, 0.0)  # NaN logits there: still 0
             del probs
         return grad, None, None, None, None, None
 
