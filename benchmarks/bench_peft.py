@@ -12,8 +12,10 @@ by ``lego.arch.to_hf``; both sides read the same directory):
   the row reports the growth of the peak above the interpreter with its libraries
   imported.
 - **QLoRA step**: the same with the adapted layers' weights in NF4 (block 64, double
-  quantization): ours ``lego.peft.NF4Linear`` (helper functions of lego-peft), the peer
-  bitsandbytes' ``Linear4bit`` (its CPU path) under PEFT.
+  quantization), each side loaded the way its documentation says: ours ``from_hf`` then
+  ``lego.peft.quantize_model``, the peer ``from_pretrained(...,
+  quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))`` (bitsandbytes'
+  ``Linear4bit``, its CPU path) under PEFT.
 - **NF4 quantize / dequantize** throughput against bitsandbytes (``benchmarks/_nf4_bench.py``,
   when present).
 - **KV-cached generation** (``lego.generate.generate``, greedy, 32 new tokens after 16) with
@@ -78,42 +80,28 @@ _STEP_SCRIPT = (
 
     if side == "ours":
         from lego.arch import from_hf
-        from lego.peft import LoraConfig, apply_lora
-        from lego.peft.nf4_linear import NF4Linear
+        from lego.peft import LoraConfig, apply_lora, quantize_model
     else:
-        import bitsandbytes as bnb
         import peft
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     before = peak_kib()
-
-    def swap_linears(model, make):
-        head = model.lm_head
-        for name, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, torch.nn.Linear) and child is not head:
-                    setattr(module, child_name, make(child))
-
-    def bnb_linear(linear):
-        layer = bnb.nn.Linear4bit(
-            linear.in_features, linear.out_features, bias=linear.bias is not None,
-            compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
-        layer.weight = bnb.nn.Params4bit(
-            linear.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4")
-        if linear.bias is not None:
-            layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
-        return layer.to("cpu")
 
     if side == "ours":
         model = from_hf(path)
         if mode == "qlora":
-            swap_linears(model, lambda linear: NF4Linear.from_linear(linear))
+            quantize_model(model)  # every linear layer but the head, NF4 block 64, double quant
         config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear")
         model = apply_lora(model, config)
         forward = lambda ids: model(ids)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        if mode == "qlora":
-            swap_linears(model, bnb_linear)
+        if mode == "qlora":  # transformers' own 4-bit loading (quantized as it loads)
+            nf4 = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, quantization_config=nf4, device_map="cpu")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear",
                                  lora_dropout=0.0, task_type="CAUSAL_LM")
         model = peft.get_peft_model(model, config)
@@ -248,9 +236,8 @@ _INTERLEAVED_SCRIPT = (
     mode, path, seq, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     import torch
     import torch.nn.functional as F
-    import bitsandbytes as bnb
     import peft
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from lego.arch import from_hf
     from lego.peft import LoraConfig, apply_lora, quantize_model
     torch.manual_seed(0)
@@ -258,18 +245,14 @@ _INTERLEAVED_SCRIPT = (
     if mode == "qlora":
         quantize_model(ours)
     ours = apply_lora(ours, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear"))
-    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if mode == "qlora":
-        for module in list(theirs.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, torch.nn.Linear) and child is not theirs.lm_head:
-                    layer = bnb.nn.Linear4bit(
-                        child.in_features, child.out_features, bias=False,
-                        compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
-                    layer.weight = bnb.nn.Params4bit(
-                        child.weight.data, requires_grad=False, compress_statistics=True,
-                        quant_type="nf4")
-                    setattr(module, name, layer.to("cpu"))
+        nf4 = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32)
+        theirs = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, quantization_config=nf4, device_map="cpu")
+    else:
+        theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear",
                              lora_dropout=0.0, task_type="CAUSAL_LM")
     theirs = peft.get_peft_model(theirs, config)

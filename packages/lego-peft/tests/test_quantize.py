@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lego.peft import LoraConfig, NF4Linear, apply_lora, quantize_model
@@ -146,3 +150,36 @@ def test_fused_projection_is_an_ordinary_linear_layer() -> None:
     torch.testing.assert_close(
         layer(x), F.linear(x, fused, model["qkv_proj"].bias), atol=0.5, rtol=0
     )
+
+
+def _mapped(path: str) -> list[tuple[int, int]]:
+    ranges = []
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == path:
+                start, _, end = fields[0].partition("-")
+                ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_tensors_left_on_a_file_map_are_copied_and_the_map_released(
+    make_tiny: Callable[..., TinyLM], ids: Tensor, tmp_path: Path
+) -> None:
+    model = make_tiny(tied=True)
+    in_memory = make_tiny(tied=True)
+    in_memory.load_state_dict(model.state_dict())
+    file = tmp_path / "model.safetensors"
+    save_file(
+        {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}, str(file)
+    )
+    with safe_open(str(file), framework="pt") as handle:  # lazy views, as from_hf loads
+        for name, parameter in model.named_parameters():  # the tied head once
+            parameter.data = handle.get_tensor(name)
+    mapped = _mapped(str(file))
+    assert any(s <= model.token_embedding.weight.data_ptr() < e for s, e in mapped)  # a file view
+    quantize_model(model)
+    assert model.lm_head.weight is model.token_embedding.weight  # the tie holds
+    assert _mapped(str(file)) == []  # nothing views the file any more: the map is gone
+    assert torch.equal(model(ids), quantize_model(in_memory)(ids))

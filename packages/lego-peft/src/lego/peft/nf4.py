@@ -51,6 +51,7 @@ from typing import Final
 import torch
 from torch import Tensor
 
+from lego.peft.native import dequantize_native
 from lego.protocols import (
     CompatibilityError,
     ConfigError,
@@ -169,6 +170,8 @@ def _cached(name: str, device: torch.device) -> Tensor:
             code = nf4_code()
             pairs = torch.stack([code.repeat_interleave(16), code.repeat(16)], dim=1)
             table = pairs.contiguous().view(torch.int64).reshape(256)
+        elif name == "code":
+            table = nf4_code()
         elif name == "bounds":
             code = nf4_code()
             table = (code[:-1] + code[1:]) / 2  # (15,) the midpoints bitsandbytes rounds at
@@ -832,6 +835,26 @@ def _dequantize_into(
     packed: Tensor, scales: Tensor, block_size: int, start: int, out: Tensor
 ) -> None:
     """Write values ``start .. start + out.numel()`` of a packed NF4 tensor into ``out``.
+
+    With lego-peft's C kernel where it runs (`lego.peft.native`: one pass over memory),
+    else with PyTorch (``_dequantize_torch``); both give the same values bit for bit.
+
+    Args:
+        packed: ``(ceil(numel / 2),)`` uint8.
+        scales: ``(n_blocks,)`` float32 absmax.
+        block_size: Values per block.
+        start: The first value, a multiple of ``block_size``.
+        out: ``(m,)`` contiguous float32, float16 or bfloat16.
+    """
+    code = _cached("code", packed.device)
+    if not dequantize_native(packed, scales, code, block_size, start, out):
+        _dequantize_torch(packed, scales, block_size, start, out)
+
+
+def _dequantize_torch(
+    packed: Tensor, scales: Tensor, block_size: int, start: int, out: Tensor
+) -> None:
+    """``_dequantize_into`` in PyTorch (any device; the reference for the C kernel).
 
     Per range of blocks (``_DEQUANT_PIECE_VALUES``, so the temporaries stay in the cache and
     are reused): the bytes become int32 indices, one gather of a 256-entry table turns

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -147,7 +148,10 @@ def quantize_model(
     Each selected ``nn.Linear`` (lego-arch's fused projections are ``nn.Linear`` too)
     becomes an [`NF4Linear`][lego.peft.nf4_linear.NF4Linear] with its weight quantized
     by [`quantize_nf4()`][lego.peft.nf4.quantize_nf4] (bitsandbytes' values) and its
-    bias kept; one layer at a time, so the peak memory is the model plus one layer.
+    bias kept; one layer at a time, so the peak memory is the model plus one layer. The
+    tensors left that still view a memory-mapped checkpoint file (lego-arch's ``from_hf``
+    loads lazily) are then copied into memory, so that the map, and the pages of the float
+    weights just quantized, are released.
 
     Args:
         model: Any ``nn.Module`` without adapters (quantize first, then ``apply_lora``).
@@ -208,7 +212,51 @@ def quantize_model(
             compute_dtype=compute_dtype,
         )
         _set_submodule(model, path, layer)
+    _copy_out_of_files(model)
     return model
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges this process maps from files (Linux; none found elsewhere)."""
+    try:
+        text = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    ranges = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):  # a path: a file mapping
+            start, _, end = fields[0].partition("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+def _copy_out_of_files(model: nn.Module) -> None:
+    """Copy the tensors left that view a memory-mapped file into the process's own memory.
+
+    lego-arch's ``from_hf`` (like transformers) loads lazily: each tensor is a view on the
+    safetensors file's map, and the map lives as long as any view does. Quantizing reads
+    every weight it replaces, so without this the pages of those float weights stay
+    resident behind the few tensors left on the map (the embedding, the norms): about the
+    float size of the quantized layers (measured: 1.0 GiB of a 0.5B model). Copying what
+    is left releases the map and those pages with it (when nothing else holds a view).
+    """
+    ranges = _file_mappings()
+    if not ranges:
+        return
+
+    def on_file(tensor: Tensor | None) -> bool:
+        if tensor is None or tensor.device.type != "cpu" or tensor.numel() == 0:
+            return False
+        return any(start <= tensor.data_ptr() < end for start, end in ranges)
+
+    for module in model.modules():
+        for parameter in module._parameters.values():
+            if parameter is not None and on_file(parameter):
+                parameter.data = parameter.data.clone()  # the same Parameter: ties hold
+        for name, buffer in module._buffers.items():
+            if buffer is not None and on_file(buffer):
+                module._buffers[name] = buffer.clone()
 
 
 def _select(model: nn.Module, target_modules: str | Sequence[str], *, hf_names: bool) -> list[str]:

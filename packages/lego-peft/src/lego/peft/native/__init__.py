@@ -1,0 +1,113 @@
+"""The native NF4 dequantization kernel: an optional accelerator of lego-peft, in C.
+
+**What.** One C kernel (``nf4.c`` in this folder) that turns packed NF4 codes and their
+block scales into float32, bfloat16 or float16 values, reading each code byte once and
+writing each value once (AVX-512 permutes as the 16-entry codebook lookup). Its output
+equals the PyTorch path of [`NF4Tensor.dequantize()`][lego.peft.NF4Tensor] bit for bit
+(the product in float32, rounded once to nearest even), which the tests check.
+
+**Why.** A QLoRA training step dequantizes every NF4 weight twice (forward, and backward
+for the input gradient), so dequantization speed is a large part of the step; the PyTorch
+path needs three passes over memory, bitsandbytes' CPU kernel one. The measured figures
+are in ``benchmarks/results/peft.md``.
+
+**Where it runs.** x86-64 CPUs under Linux with ``avx512f``, ``avx512bw``, ``avx512vl`` and
+``f16c``, and a C compiler. It is compiled once per machine and compiler into
+the kernel cache that lego-generate's kernels use too (`lego.protocols.load_native`);
+elsewhere, or with ``LEGO_PEFT_NATIVE_KERNELS=0`` in the environment, dequantization uses
+the PyTorch path: same values, nothing else changes. ``native_status()`` says which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Final
+
+import torch
+from torch import Tensor
+
+from lego.protocols import NativeLibrary, NativeSpec, load_native
+
+__all__ = ["dequantize_native", "native_status"]
+
+_OUT_CODES: Final[dict[torch.dtype, int]] = {
+    torch.float32: 0,
+    torch.bfloat16: 1,
+    torch.float16: 2,
+}
+_SPEC: Final[NativeSpec] = NativeSpec(
+    name="nf4",
+    source=Path(__file__).with_name("nf4.c"),
+    owner="lego-peft",
+    what="the native NF4 dequantization kernel",
+    fallback="NF4 weights are dequantized by PyTorch",
+    skip_hint="LEGO_PEFT_NATIVE_KERNELS=0 skips it",
+    functions={"nf4_dequantize": [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]},
+    cpu_flags=("avx512f", "avx512bw", "avx512vl", "f16c"),
+    compile_flags=("-O3", "-std=gnu11", "-fPIC", "-shared"),  # one thread: no OpenMP
+)
+_OFF: Final[str] = "LEGO_PEFT_NATIVE_KERNELS"
+
+
+@functools.cache
+def native_status() -> NativeLibrary:
+    """Whether the native kernel runs here (compiled on the first call, if need be).
+
+    Returns:
+        The loaded library; ``available`` is False with a ``reason`` where it cannot run,
+        or where ``LEGO_PEFT_NATIVE_KERNELS=0`` turns it off.
+    """
+    if os.environ.get(_OFF, "").strip() == "0":
+        return NativeLibrary(False, reason=f"turned off by {_OFF}=0")
+    return load_native(_SPEC)
+
+
+def dequantize_native(
+    packed: Tensor, scales: Tensor, code: Tensor, block_size: int, start: int, out: Tensor
+) -> bool:
+    """Dequantize values ``start .. start + out.numel()`` with the C kernel, where it runs.
+
+    Args:
+        packed: ``(ceil(numel / 2),)`` uint8 codes, two per byte (first value high).
+        scales: ``(n_blocks,)`` float32 absmax per block.
+        code: ``(16,)`` float32, the NF4 codebook.
+        block_size: Values per block, a multiple of 32.
+        start: The first value, a multiple of ``block_size``.
+        out: ``(m,)`` float32, bfloat16 or float16.
+
+    Returns:
+        True when ``out`` was written; False when the kernel does not run here or the
+        tensors are not contiguous CPU tensors it takes (the caller uses PyTorch then).
+    """
+    kind = _OUT_CODES.get(out.dtype)
+    tensors = (packed, scales, code, out)
+    if (
+        kind is None
+        or block_size % 32
+        or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
+        or scales.dtype != torch.float32
+        or code.dtype != torch.float32
+        or packed.dtype != torch.uint8
+        or code.numel() != 16
+        or start < 0
+        or packed.numel() < (start + out.numel() + 1) // 2
+        or scales.numel() < -(-(start + out.numel()) // block_size)
+    ):
+        return False
+    status = native_status()
+    if not status.available:
+        return False
+    failed = status.functions["nf4_dequantize"](
+        packed.data_ptr(),
+        scales.data_ptr(),
+        code.data_ptr(),
+        out.data_ptr(),
+        start,
+        out.numel(),
+        block_size,
+        kind,
+    )
+    return failed == 0
