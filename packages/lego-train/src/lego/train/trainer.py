@@ -30,10 +30,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as fn
 
 from lego.protocols import (
-    IGNORE_INDEX,
     BatchSource,
     ConfigError,
     DataError,
@@ -62,6 +60,7 @@ from lego.train.checkpoint import (
 from lego.train.config import TrainConfig
 from lego.train.flops import flops_per_token, measure_peak_flops, mfu
 from lego.train.monitor import MetricsLog, TensorBoardWriter, format_step
+from lego.train.objective import Objective, TokenObjective, as_float, token_loss
 from lego.train.optim import build_optimizer
 from lego.train.precision import (
     MasterWeights,
@@ -74,32 +73,11 @@ from lego.train.rundir import check_run_dir, clear_run, run_lock
 from lego.train.schedule import build_scheduler
 from lego.train.state import RunState
 
-__all__ = ["Trainer", "token_loss"]
+__all__ = ["Trainer", "token_loss"]  # token_loss lives in lego.train.objective
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
 )
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy and the number of trained labels.
-
-    Args:
-        logits: ``(B, T, V)`` (any float dtype; computed in fp32).
-        labels: ``(B, T)``, already shifted; [`IGNORE_INDEX`][lego.protocols.IGNORE_INDEX]
-            is skipped.
-
-    Returns:
-        ``(loss_sum, n_tokens)``: 0-d tensors (float32 and int64).
-    """
-    vocab = logits.shape[-1]
-    loss_sum = fn.cross_entropy(
-        logits.float().reshape(-1, vocab),  # (B*T, V)
-        labels.reshape(-1),  # (B*T,)
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss_sum, (labels != IGNORE_INDEX).sum()
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -119,9 +97,9 @@ class Trainer:
             (``model(input_ids, attention_mask=..., position_ids=...) -> (B, T, V)``), on CPU
             or already on the device; when it has ``aux_loss`` (MoE), that term is added.
         train_data: A [`BatchSource`][lego.protocols.BatchSource] of
-            [`LMBatch`][lego.protocols.LMBatch]; re-iterated when it ends. Under ``torchrun``
-            it must already yield this rank's shard (lego-data's ``TokenLoader(rank=,
-            world_size=)``).
+            [`LMBatch`][lego.protocols.LMBatch] (or of whatever batches ``objective``
+            reads); re-iterated when it ends. Under ``torchrun`` it must already yield this
+            rank's shard (lego-data's ``TokenLoader(rank=, world_size=)``).
         config: The run's [`TrainConfig`][lego.train.config.TrainConfig].
         eval_data: A batch source for evaluation; it is rewound to its initial state before
             each evaluation, so every evaluation sees the same batches.
@@ -134,6 +112,9 @@ class Trainer:
         lock: The lock of ``out_dir`` when the caller already holds it (a recipe locks the
             run before preparing its data); None: ``fit()`` takes it
             ([`run_lock()`][lego.train.rundir.run_lock]) and releases it at the end.
+        objective: What to minimise, an [`Objective`][lego.train.objective.Objective]
+            (a reward model's loss, DPO...); None: the next-token cross-entropy of
+            ``LMBatch`` labels ([`TokenObjective`][lego.train.objective.TokenObjective]).
 
     Attributes:
         state: The [`RunState`][lego.train.state.RunState] (step, tokens, metrics).
@@ -153,16 +134,18 @@ class Trainer:
         self,
         *,
         model: nn.Module,
-        train_data: BatchSource[LMBatch],
+        train_data: BatchSource[LMBatch] | BatchSource[Mapping[str, torch.Tensor]],
         config: TrainConfig,
-        eval_data: BatchSource[LMBatch] | None = None,
+        eval_data: BatchSource[LMBatch] | BatchSource[Mapping[str, torch.Tensor]] | None = None,
         callbacks: Sequence[TrainerCallback] = (),
         tokenizer: object | None = None,
         tokenizer_hash: str | None = None,
         console_stream: Any = None,
         lock: FolderLock | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.config = config
+        self.objective: Objective = objective if objective is not None else TokenObjective()
         self.train_data = train_data
         self.eval_data = eval_data
         self.callbacks = list(callbacks)
@@ -243,7 +226,7 @@ class Trainer:
 
         self._flops_per_token: float | None = None
         self._peak: float | None = config.peak_flops or None
-        self._iterator: Iterator[LMBatch] | None = None
+        self._iterator: Iterator[Mapping[str, Any]] | None = None
         self._log: MetricsLog | None = None
         self._tb: TensorBoardWriter | None = None
         self._progress: Progress | None = None
@@ -296,7 +279,7 @@ class Trainer:
 
     # -- batches -------------------------------------------------------------------------
 
-    def _next_batch(self) -> LMBatch:
+    def _next_batch(self) -> Mapping[str, Any]:
         if self._iterator is None:
             self._iterator = iter(self.train_data)
         try:
@@ -312,12 +295,12 @@ class Trainer:
                     hint="check that the dataset holds at least one batch per rank",
                 ) from None
 
-    def _to_device(self, batch: LMBatch) -> dict[str, torch.Tensor]:
-        if "input_ids" not in batch or "labels" not in batch:
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if "input_ids" not in batch:
             raise DataError(
-                f"a batch must hold input_ids and labels, got keys {sorted(batch)}",
+                f"a batch must hold input_ids, got keys {sorted(batch)}",
                 key="batch",
-                hint="yield LMBatch dictionaries",
+                hint="yield LMBatch dictionaries (or the batches your objective reads)",
             )
         moved: dict[str, torch.Tensor] = {}
         for key, value in batch.items():
@@ -325,31 +308,30 @@ class Trainer:
             moved[key] = value.to(self.device, non_blocking=True)
         return moved
 
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        extra = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
-        logits: torch.Tensor = self.forward_model(batch["input_ids"], **extra)  # (B, T, V)
-        return logits
-
     # -- the step --------------------------------------------------------------------------
 
-    def _train_step(self) -> tuple[float, int, float]:
-        """One optimizer step; returns (mean loss, trained tokens over ranks, grad norm)."""
+    def _train_step(self) -> tuple[float, int, float, dict[str, float]]:
+        """One optimizer step; returns (mean loss, tokens over ranks, grad norm, metrics)."""
         config = self.config
+        objective = self.objective
         micro = []
         for _ in range(config.grad_accum):
             batch = self._to_device(self._next_batch())
             self._batch_rows = int(batch["input_ids"].shape[0])
             micro.append(batch)
-        local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
-        (global_tokens,) = dd.all_reduce_sum([float(local_tokens)], self.device)
-        if global_tokens <= 0:
+        local_units = sum(objective.units(b) for b in micro)
+        (global_units,) = dd.all_reduce_sum([float(local_units)], self.device)
+        if global_units <= 0:
             raise DataError(
-                f"step {self.state.step + 1} has no trained labels (all are IGNORE_INDEX)",
+                f"step {self.state.step + 1} has nothing to train on (no trained labels: all "
+                "are IGNORE_INDEX, or no units for the objective)",
                 key="labels",
                 hint="check the batch source's labels",
             )
-        scale = self.dist.world_size / global_tokens
+        scale = self.dist.world_size / global_units
         loss_total = torch.zeros((), device=self.device, dtype=torch.float32)
+        metric_totals: dict[str, torch.Tensor] = {}
+        tokens = 0.0
         aux_source = self.unwrapped if hasattr(self.unwrapped, "aux_loss") else None
         for i, batch in enumerate(micro):
             last = i == len(micro) - 1
@@ -357,24 +339,35 @@ class Trainer:
                 dd.no_sync(self.wrapped, not last),
                 autocast_context(config.precision, self.device),
             ):
-                logits = self._forward(batch)  # (B, T, V)
-                loss_sum, n_tokens = token_loss(logits, batch["labels"])
-                objective = loss_sum
+                out = objective(self.forward_model, batch)
+                loss_sum = out.loss_sum
+                objective_value = loss_sum
                 if aux_source is not None:
                     aux = aux_source.aux_loss
                     if isinstance(aux, torch.Tensor):
-                        objective = objective + aux.float() * n_tokens
-                objective = objective * scale
+                        units = objective.units(batch)
+                        objective_value = objective_value + aux.float() * units
+                objective_value = objective_value * scale
             if self.scaler is not None:
-                self.scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+                self.scaler.scale(objective_value).backward()  # type: ignore[no-untyped-call]
             else:
-                objective.backward()  # type: ignore[no-untyped-call]
-            loss_total += loss_sum.detach()
-        (loss_sum_global,) = dd.all_reduce_sum([float(loss_total)], self.device)
-        loss = loss_sum_global / global_tokens
+                objective_value.backward()  # type: ignore[no-untyped-call]
+            loss_total += loss_sum.detach().float()
+            tokens += as_float(out.tokens)
+            for name, value in out.metrics.items():
+                value = value.detach().double()
+                known = metric_totals.get(name)
+                metric_totals[name] = value if known is None else known + value
+        names = sorted(metric_totals)
+        summed = dd.all_reduce_sum(
+            [float(loss_total), tokens, *(float(metric_totals[n]) for n in names)], self.device
+        )
+        loss = summed[0] / global_units
+        metrics = {name: v / global_units for name, v in zip(names, summed[2:], strict=True)}
+        global_tokens = int(summed[1])
         if not math.isfinite(loss):
-            return loss, int(global_tokens), float("nan")
-        return loss, int(global_tokens), self._optimizer_step()
+            return loss, global_tokens, float("nan"), metrics
+        return loss, global_tokens, self._optimizer_step(), metrics
 
     def train_step(self) -> dict[str, float]:
         """Take one optimizer step (the body of the training loop, without the rest).
@@ -383,16 +376,17 @@ class Trainer:
         evaluation, callbacks and checkpoints.
 
         Returns:
-            ``{"loss", "lr", "tokens", "grad_norm"}``: the step's token-weighted loss, the
-            learning rate it used, its trained tokens over all ranks and the gradient norm
-            before clipping (NaN when the update was skipped).
+            ``{"loss", "lr", "tokens", "grad_norm"}``: the step's loss (the mean per unit
+            of the objective: per trained token by default), the learning rate it used, its
+            tokens over all ranks and the gradient norm before clipping (NaN when the
+            update was skipped); then the objective's metrics (means per unit).
 
         Raises:
             TrainingError: On a non-finite loss with ``on_nan: stop``, or out of memory.
         """
         lr = float(self.optimizer.param_groups[0]["lr"])
         try:
-            loss, tokens, grad_norm = self._train_step()
+            loss, tokens, grad_norm, metrics = self._train_step()
         except Exception as error:
             if _is_oom(error):
                 raise self._oom_error(error) from error
@@ -404,7 +398,8 @@ class Trainer:
         self.state.step += 1
         self.scheduler.step()
         self.state.tokens_seen += tokens
-        return {"loss": loss, "lr": lr, "tokens": float(tokens), "grad_norm": grad_norm}
+        result = {"loss": loss, "lr": lr, "tokens": float(tokens), "grad_norm": grad_norm}
+        return {**result, **{k: v for k, v in metrics.items() if k not in result}}
 
     def _optimizer_step(self) -> float:
         if self.masters is not None:
@@ -445,43 +440,57 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Token-weighted loss and perplexity over the evaluation source.
+        """The objective's loss (and metrics) over the evaluation source.
 
         Returns:
-            ``{"val_loss": ..., "val_ppl": ..., "val_tokens": ...}`` (empty without
-            ``eval_data``); identical on every rank.
+            ``{"val_loss": ..., "val_ppl": ..., "val_tokens": ...}`` for the default
+            objective (``val_ppl`` only when the objective's ``perplexity`` is true), plus
+            ``val_<name>`` for each metric of the objective (means per unit); empty
+            without ``eval_data``; identical on every rank.
         """
         if self.eval_data is None or self._eval_start is None:
             return {}
         self.eval_data.load_state_dict(self._eval_start)
         self.forward_model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = 0
+        totals: dict[str, torch.Tensor] = {}
+        units = 0
+        tokens = 0.0
         try:
             for index, raw in enumerate(self.eval_data):
                 if self.config.eval_batches and index >= self.config.eval_batches:
                     break
                 batch = self._to_device(raw)
+                units += self.objective.units(batch)
                 with autocast_context(self.config.precision, self.device):
-                    logits = self._forward(batch)  # (B, T, V)
-                part, n = token_loss(logits, batch["labels"])
-                loss_sum += part.double()
-                tokens += int(n)
+                    out = self.objective(self.forward_model, batch)
+                loss_sum += out.loss_sum.double()
+                tokens += as_float(out.tokens)
+                for name, value in out.metrics.items():
+                    value = value.detach().double()
+                    known = totals.get(name)
+                    totals[name] = value if known is None else known + value
         finally:
             self.forward_model.train()
-        total, count = dd.all_reduce_sum([float(loss_sum), float(tokens)], self.device)
+        names = sorted(totals)
+        total, count, token_count, *sums = dd.all_reduce_sum(
+            [float(loss_sum), float(units), tokens, *(float(totals[n]) for n in names)],
+            self.device,
+        )
         if count <= 0:
             raise DataError(
-                "the evaluation source yielded no trained labels",
+                "the evaluation source yielded no trained labels (no units for the objective)",
                 key="eval_data",
                 hint="give a non-empty validation set or set eval_every: 0",
             )
         val_loss = total / count
-        return {
-            "val_loss": val_loss,
-            "val_ppl": math.exp(min(val_loss, 700.0)),
-            "val_tokens": count,
-        }
+        result = {"val_loss": val_loss}
+        if self.objective.perplexity:
+            result["val_ppl"] = math.exp(min(val_loss, 700.0))
+        result["val_tokens"] = token_count
+        for name, metric_sum in zip(names, sums, strict=True):
+            result.setdefault(f"val_{name}", metric_sum / count)
+        return result
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -730,6 +739,9 @@ class Trainer:
             loss, lr, grad_norm = result["loss"], result["lr"], result["grad_norm"]
             window_tokens += int(result["tokens"])
             state.metrics.update({"loss": loss, "lr": lr})
+            state.metrics.update(
+                {k: v for k, v in result.items() if k not in ("tokens", "grad_norm", "loss", "lr")}
+            )
             if math.isfinite(grad_norm):
                 state.metrics["grad_norm"] = grad_norm
             last = state.step >= config.max_steps
@@ -751,10 +763,10 @@ class Trainer:
                 if metrics:
                     state.metrics.update(metrics)
                     self.log_record({"step": state.step, "split": "val", **metrics})
-                    self.message(
-                        f"step {state.step}: val_loss {metrics['val_loss']:.4f}  "
-                        f"val_ppl {metrics['val_ppl']:.2f}"
-                    )
+                    line = f"step {state.step}: val_loss {metrics['val_loss']:.4f}"
+                    if "val_ppl" in metrics:
+                        line += f"  val_ppl {metrics['val_ppl']:.2f}"
+                    self.message(line)
                     self._call("on_evaluate", metrics)
                 window_start = time.perf_counter()
             self._call("on_step_end")
