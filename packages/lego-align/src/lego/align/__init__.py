@@ -1,4 +1,4 @@
-"""lego-align: sequence log-probabilities and the preference losses, equal to TRL's.
+"""lego-align: supervised fine-tuning, reward models, log-probabilities and the preference losses.
 
 With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy::
 
@@ -18,6 +18,13 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 - Log-probabilities: [`sequence_logprobs()`][lego.align.sequence_logprobs] ->
   [`SequenceLogprobs`][lego.align.SequenceLogprobs] (sum, mean, count per row), the
   log-softmax in chunks; [`HeadInputs`][lego.align.HeadInputs] to skip the full logits.
+- Supervised fine-tuning on lego-train's Trainer: [`SFTTrainer`][lego.align.SFTTrainer] with
+  [`SFTConfig`][lego.align.SFTConfig] (completions trained, prompts cut from the left,
+  packing, full / LoRA / QLoRA), [`SFTDataset`][lego.align.SFTDataset],
+  [`check_stop_tokens()`][lego.align.check_stop_tokens] (the model will stop).
+- Reward models: [`RewardModel`][lego.align.RewardModel] (a ``score`` head on any
+  ``CausalLM``, saved for transformers' ``AutoModelForSequenceClassification``),
+  [`RewardTrainer`][lego.align.RewardTrainer], [`evaluate_rewards()`][lego.align.evaluate_rewards].
 - Losses (pure functions returning [`LossOutput`][lego.align.LossOutput]):
   [`dpo_loss()`][lego.align.dpo_loss] (DPO, cDPO, rDPO, SLiC hinge, IPO, EXO, NCA, BCO,
   SPPO, AOT, APO, DiscoPOP, RPO, f-DPO), [`simpo_loss()`][lego.align.simpo_loss],
@@ -26,6 +33,7 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 """
 
 from lego.align.__about__ import __version__
+from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.logprobs import (
     CompletionBatch,
     HeadInputs,
@@ -45,6 +53,25 @@ from lego.align.losses import (
     reward_loss,
     simpo_loss,
 )
+from lego.align.reward import (
+    RewardCollator,
+    RewardConfig,
+    RewardModel,
+    RewardObjective,
+    RewardPair,
+    RewardTrainer,
+    evaluate_rewards,
+    reward_pairs,
+)
+from lego.align.sft import (
+    SFTConfig,
+    SFTDataset,
+    SFTObjective,
+    SFTTrainer,
+    accepts_document_ids,
+    truncate_left,
+)
+from lego.align.tokens import StopTokens, check_stop_tokens, generation_stop_ids, resolve_pad_id
 
 __all__ = [
     "__version__",
@@ -66,4 +93,26 @@ __all__ = [
     "LossOutput",
     "DPO_LOSS_TYPES",
     "F_DIVERGENCES",
+    # supervised fine-tuning
+    "SFTTrainer",
+    "SFTConfig",
+    "SFTDataset",
+    "SFTObjective",
+    "accepts_document_ids",
+    "truncate_left",
+    "FinetuneSettings",
+    "prepare_model",
+    "StopTokens",
+    "check_stop_tokens",
+    "resolve_pad_id",
+    "generation_stop_ids",
+    # reward models
+    "RewardModel",
+    "RewardTrainer",
+    "RewardConfig",
+    "RewardObjective",
+    "RewardCollator",
+    "RewardPair",
+    "reward_pairs",
+    "evaluate_rewards",
 ]
