@@ -25,6 +25,9 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 - Reward models: [`RewardModel`][lego.align.RewardModel] (a ``score`` head on any
   ``CausalLM``, saved for transformers' ``AutoModelForSequenceClassification``),
   [`RewardTrainer`][lego.align.RewardTrainer], [`evaluate_rewards()`][lego.align.evaluate_rewards].
+- Preference optimisation: [`DPOTrainer`][lego.align.DPOTrainer] with
+  [`DPOConfig`][lego.align.DPOConfig] (every ``dpo_loss`` loss type; the reference as the
+  disabled adapter, a frozen copy, or precomputed and cached on disk).
 - Losses (pure functions returning [`LossOutput`][lego.align.LossOutput]):
   [`dpo_loss()`][lego.align.dpo_loss] (DPO, cDPO, rDPO, SLiC hinge, IPO, EXO, NCA, BCO,
   SPPO, AOT, APO, DiscoPOP, RPO, f-DPO), [`simpo_loss()`][lego.align.simpo_loss],
@@ -33,6 +36,16 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 """
 
 from lego.align.__about__ import __version__
+from lego.align.dpo import (
+    DPOCollator,
+    DPOConfig,
+    DPOObjective,
+    DPOTrainer,
+    ReferenceCache,
+    dpo_pairs,
+    precompute_reference_logps,
+    reference_fingerprint,
+)
 from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.logprobs import (
     CompletionBatch,
@@ -71,7 +84,13 @@ from lego.align.sft import (
     accepts_document_ids,
     truncate_left,
 )
-from lego.align.tokens import StopTokens, check_stop_tokens, generation_stop_ids, resolve_pad_id
+from lego.align.tokens import (
+    StopTokens,
+    check_stop_tokens,
+    generation_stop_ids,
+    preference_pad_id,
+    resolve_pad_id,
+)
 
 __all__ = [
     "__version__",
@@ -105,6 +124,7 @@ __all__ = [
     "StopTokens",
     "check_stop_tokens",
     "resolve_pad_id",
+    "preference_pad_id",
     "generation_stop_ids",
     # reward models
     "RewardModel",
@@ -115,4 +135,13 @@ __all__ = [
     "RewardPair",
     "reward_pairs",
     "evaluate_rewards",
+    # preference optimisation
+    "DPOTrainer",
+    "DPOConfig",
+    "DPOObjective",
+    "DPOCollator",
+    "ReferenceCache",
+    "dpo_pairs",
+    "precompute_reference_logps",
+    "reference_fingerprint",
 ]

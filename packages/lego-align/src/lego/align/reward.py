@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from lego.align.losses import reward_loss
 from lego.align.sft import _DataReport, truncate_left
-from lego.align.tokens import resolve_pad_id
+from lego.align.tokens import preference_pad_id
 from lego.data.encode import TokenizedExample
 from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset, PreferenceExample
@@ -871,12 +871,10 @@ class RewardTrainer:
     ) -> None:
         self.config = config
         template = config.template
-        specials = tokenizer.special_tokens
         chat = None if template.lower() == "alpaca" else get_chat_template(template)
-        ends = [specials[t] for t in (config.eos_token,) if t in specials]
-        if chat is not None and chat.end_of_turn in specials:
-            ends.append(specials[chat.end_of_turn])
-        self.pad_id = resolve_pad_id(tokenizer, config.pad_token, avoid=ends)
+        self.pad_id = preference_pad_id(
+            tokenizer, chat, eos_token=config.eos_token, pad_token=config.pad_token
+        )
 
         def pairs(
             source: RecordSource, split: SplitName

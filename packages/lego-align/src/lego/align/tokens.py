@@ -28,7 +28,13 @@ from pathlib import Path
 from lego.protocols import ConfigError, Tokenizer, read_json
 from lego.protocols.chat import ChatTemplate
 
-__all__ = ["StopTokens", "check_stop_tokens", "resolve_pad_id", "generation_stop_ids"]
+__all__ = [
+    "StopTokens",
+    "check_stop_tokens",
+    "resolve_pad_id",
+    "preference_pad_id",
+    "generation_stop_ids",
+]
 
 _PAD_NAMES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|padding|>")
 
@@ -222,6 +228,31 @@ def resolve_pad_id(
         key="pad_token",
         hint=_pad_hint(specials, taken),
     )
+
+
+def preference_pad_id(
+    tokenizer: Tokenizer, template: ChatTemplate | None, *, eos_token: str, pad_token: str | None
+) -> int:
+    """The pad id for preference data: neither the EOS nor the template's end-of-turn id.
+
+    Args:
+        tokenizer: Any tokenizer.
+        template: The chat template, or None (Alpaca records end with ``eos_token``).
+        eos_token: The end token of Alpaca responses.
+        pad_token: As in [`resolve_pad_id()`][lego.align.tokens.resolve_pad_id].
+
+    Returns:
+        The pad id.
+
+    Raises:
+        ConfigError: As [`resolve_pad_id()`][lego.align.tokens.resolve_pad_id].
+    """
+    specials = tokenizer.special_tokens
+    ends = [specials[eos_token]] if eos_token in specials else []
+    end_of_turn = getattr(template, "end_of_turn", None)
+    if isinstance(end_of_turn, str) and end_of_turn in specials:
+        ends.append(specials[end_of_turn])
+    return resolve_pad_id(tokenizer, pad_token, avoid=ends)
 
 
 def _pad_hint(specials: Mapping[str, int], taken: set[int]) -> str:

@@ -1,4 +1,4 @@
-"""lego-align's SFT and reward-model trainers against TRL 1.x and transformers (CPU, fp32).
+"""lego-align's SFT, reward-model and DPO trainers against TRL 1.x and transformers (CPU, fp32).
 
 - SFT: TRL's ``SFTTrainer.compute_loss`` on its own collated batch (completion-only loss)
   equals the first step's loss of our ``SFTTrainer`` on the same examples, with a tiny
@@ -17,6 +17,7 @@ adapter) produce the same ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from tiny_hf import VOCAB, tiny_llama, tiny_qwen3  # noqa: E402
 
 import lego.arch  # noqa: E402
 from lego.align import (  # noqa: E402
+    DPOConfig,
+    DPOTrainer,
     RewardCollator,
     RewardConfig,
     RewardModel,
@@ -109,9 +112,10 @@ class LegoTokenizer:
         return str(self.hf.decode(list(ids)))
 
 
-def saved_llama(tmp: Path, name: str, **overrides: Any) -> Path:
-    torch.manual_seed(0)
-    model = tiny_llama(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, **overrides)
+def saved_llama(tmp: Path, name: str, seed: int = 0, **overrides: Any) -> Path:
+    torch.manual_seed(seed)
+    settings = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, **overrides}
+    model = tiny_llama(**settings)
     folder = tmp / name
     model.save_pretrained(folder)
     return folder
@@ -359,3 +363,70 @@ def test_reward_loss_equals_trl(tmp_path: Path, center: float | None) -> None:
     finally:
         ours_trainer.close()
     assert ours == pytest.approx(float(theirs.detach()), rel=1e-5, abs=1e-6)
+
+
+# -- DPO ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_trainer_loss_equals_trl(tmp_path: Path, loss_type: str) -> None:
+    hf_tok = hf_tokenizer("<|eot_id|>")
+    folder = saved_llama(tmp_path, "llama", eos_token_id=EOT)
+    reference = saved_llama(tmp_path, "reference", seed=1, eos_token_id=EOT)  # other weights
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=len(REWARD_ROWS),
+        beta=0.3,
+        loss_type=[loss_type],
+    )
+    trainer = trl.DPOTrainer(
+        model=transformers.AutoModelForCausalLM.from_pretrained(folder),
+        ref_model=transformers.AutoModelForCausalLM.from_pretrained(reference),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(REWARD_ROWS),
+        processing_class=hf_tok,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    theirs = trainer._compute_loss(trainer.model, dict(batch), return_outputs=False)
+
+    ours_trainer = DPOTrainer(
+        model=lego.arch.from_hf(folder),
+        tokenizer=LegoTokenizer(hf_tok),
+        train_data=REWARD_ROWS,
+        config=DPOConfig(
+            template="llama3",
+            eos_token="<|eot_id|>",
+            pad_token="<pad>",
+            batch_size=len(REWARD_ROWS),
+            loss_type=loss_type,
+            beta=0.3,
+        ),
+        train=train_config(tmp_path, "ours"),
+        reference_model=lego.arch.from_hf(reference),
+    )
+    # the same rows (prompt + response) and completion tokens as TRL's
+    their_rows = {
+        tuple(ids[mask.bool()].tolist())
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    }
+    their_completions = {
+        tuple(ids[mask.bool()].tolist())
+        for ids, mask in zip(batch["input_ids"], batch["completion_mask"], strict=True)
+    }
+    pairs = ours_trainer.train_pairs
+    our_rows = {
+        tuple(p["prompt_ids"] + p[k]) for p in pairs for k in ("chosen_ids", "rejected_ids")
+    }
+    our_completions = {tuple(p[k]) for p in pairs for k in ("chosen_ids", "rejected_ids")}
+    assert our_rows == their_rows
+    assert our_completions == their_completions
+    try:
+        ours = ours_trainer.trainer.train_step()["loss"]
+    finally:
+        ours_trainer.close()
+    assert ours == pytest.approx(float(theirs.detach()), rel=1e-5, abs=1e-6)
+    trivial = {"sigmoid": math.log(2), "ipo": (1 / 0.6) ** 2, "hinge": 1.0}[loss_type]
+    assert abs(ours - trivial) > 1e-3  # the reference differs from the policy
