@@ -66,6 +66,7 @@ from lego.protocols import (
     CompatibilityError,
     ConfigError,
     DataError,
+    FolderLock,
     Tokenizer,
     TrainerCallback,
     check_choice,
@@ -668,6 +669,8 @@ class DPOTrainer:
         callbacks: More lego-train callbacks.
         tokenizer_hash: Identifies the tokenizer for resume checks.
         console_stream: Where progress lines go.
+        lock: The lock of ``train.out_dir`` when the caller holds it (a recipe locks the
+            run before it reads the data); None: ``fit()`` takes it.
 
     Attributes:
         model: The policy being trained (a ``LoraModel`` for LoRA / QLoRA).
@@ -695,6 +698,7 @@ class DPOTrainer:
         callbacks: Sequence[TrainerCallback] = (),
         tokenizer_hash: str | None = None,
         console_stream: Any = None,
+        lock: FolderLock | None = None,
     ) -> None:
         self.config = config
         chat = None if config.template.lower() == "alpaca" else get_chat_template(config.template)
@@ -817,6 +821,7 @@ class DPOTrainer:
             tokenizer=tokenizer,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
+            lock=lock,
             objective=self.objective,
         )
         self.trainer.callbacks.insert(0, _DataReport(self.trainer, report))

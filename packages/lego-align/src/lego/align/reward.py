@@ -62,6 +62,7 @@ from lego.protocols import (
     Config,
     ConfigError,
     DataError,
+    FolderLock,
     FormatError,
     Tokenizer,
     TrainerCallback,
@@ -843,6 +844,8 @@ class RewardTrainer:
         callbacks: More lego-train callbacks.
         tokenizer_hash: Identifies the tokenizer for resume checks.
         console_stream: Where progress lines go.
+        lock: The lock of ``train.out_dir`` when the caller holds it (a recipe locks the
+            run before it reads the data); None: ``fit()`` takes it.
 
     Attributes:
         model: The ``RewardModel``.
@@ -868,6 +871,7 @@ class RewardTrainer:
         callbacks: Sequence[TrainerCallback] = (),
         tokenizer_hash: str | None = None,
         console_stream: Any = None,
+        lock: FolderLock | None = None,
     ) -> None:
         self.config = config
         template = config.template
@@ -944,6 +948,7 @@ class RewardTrainer:
             tokenizer=tokenizer,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
+            lock=lock,
             objective=RewardObjective(center_rewards_coefficient=config.center_rewards_coefficient),
         )
         self.trainer.callbacks.insert(0, _DataReport(self.trainer, report))

@@ -64,6 +64,7 @@ from lego.protocols import (
     IGNORE_INDEX,
     ConfigError,
     DataError,
+    FolderLock,
     Tokenizer,
     TrainerCallback,
     TrainerState,
@@ -518,6 +519,8 @@ class SFTTrainer:
         callbacks: More lego-train callbacks.
         tokenizer_hash: Identifies the tokenizer for resume checks.
         console_stream: Where progress lines go (default: stderr).
+        lock: The lock of ``train.out_dir`` when the caller holds it (a recipe locks the
+            run before it reads the data); None: ``fit()`` takes it.
 
     Attributes:
         model: The model being trained (a ``LoraModel`` for LoRA / QLoRA).
@@ -546,6 +549,7 @@ class SFTTrainer:
         callbacks: Sequence[TrainerCallback] = (),
         tokenizer_hash: str | None = None,
         console_stream: Any = None,
+        lock: FolderLock | None = None,
     ) -> None:
         self.config = config
         template = config.chat_template()
@@ -613,6 +617,7 @@ class SFTTrainer:
             tokenizer=tokenizer,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
+            lock=lock,
             objective=SFTObjective(document_ids=document_ids),
         )
         counts = {f"train_{k}": v for k, v in self.train_set.report().items()}
