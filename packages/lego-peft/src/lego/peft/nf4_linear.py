@@ -47,10 +47,13 @@ from lego.protocols import CompatibilityError, ConfigError, check_bool, check_in
 
 __all__ = ["NF4Linear", "DEFAULT_CHUNK_VALUES"]
 
-DEFAULT_CHUNK_VALUES = 1 << 20
-"""Weights up to this many values are dequantized in one piece per call (4 MiB in float32);
-larger ones in slices of about this size (the scratch stays small and is reused, which on
-the CPU is faster than one large temporary)."""
+DEFAULT_CHUNK_VALUES = 1 << 22
+"""Weights up to this many values are dequantized in one piece per call (16 MiB in
+float32: every layer of a model of width 1024 and MLP width 4096); larger ones in slices
+of about this size, so the scratch stays bounded. Fewer, larger products are faster on a
+busy CPU (each product is a parallel region whose threads wait for each other): on 2 shared
+cores a (512 x 1024) @ (1024 x 4096) forward and backward took 200 ms in one piece against
+260 ms in four slices (medians of 21, interleaved)."""
 
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
