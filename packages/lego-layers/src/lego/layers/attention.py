@@ -542,7 +542,10 @@ class CausalSelfAttention(nn.Module):
             k = self.k_norm(k)  # (B, H_kv, T, hd)
 
         if self.rotary is not None:
-            if position_ids is None:
+            # Without a cached prefix the positions are 0..T-1, the rotary's own default:
+            # RotaryEmbedding then slices its tables instead of gathering copies of them
+            # (which the backward pass would keep, per layer).
+            if position_ids is None and past > 0:
                 position_ids = torch.arange(past, past + t, device=x.device)  # (T,)
             q = self.rotary(q, position_ids=position_ids)  # (B, H, T, hd)
             k = self.rotary(k, position_ids=position_ids)  # (B, H_kv, T, hd)

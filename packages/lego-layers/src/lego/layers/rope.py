@@ -36,7 +36,12 @@ def apply_rotary(
     """Rotate the first ``2 * cos.shape[-1]`` dimensions of ``x``; keep the rest.
 
     The rotation runs in fp32 (float64 for float64 input) and the result is cast back to
-    the dtype of ``x``.
+    the dtype of ``x``. When every dimension rotates, the result has the memory layout of
+    ``x``: queries and keys arrive as the ``(B, T, heads, head_dim)`` output of a
+    projection seen as ``(B, heads, T, head_dim)``, scaled-dot-product attention returns
+    its output in the layout of the queries, and merging the heads back to
+    ``(B, T, heads * head_dim)`` is then a view, not a copy that the output projection
+    would keep for its backward pass.
 
     Args:
         x: Queries or keys, shape ``(..., head_dim)``, e.g. ``(B, n_heads, T, head_dim)``.
@@ -47,20 +52,34 @@ def apply_rotary(
 
     Returns:
         The rotated tensor, same shape and dtype as ``x``.
+
+    Example:
+        >>> q = torch.randn(2, 5, 4, 8).transpose(1, 2)  # (B, heads, T, hd) of (B, T, heads, hd)
+        >>> cos, sin = torch.ones(5, 4), torch.zeros(5, 4)  # position 0 everywhere
+        >>> out = apply_rotary(q, cos, sin)
+        >>> torch.equal(out, q), out.stride() == q.stride()
+        (True, True)
     """
     half = cos.shape[-1]
     rotary_dim = 2 * half
     compute = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 input
-    rot = x[..., :rotary_dim].to(compute)  # (..., r)
-    cos, sin = cos.to(compute), sin.to(compute)
-    if interleaved:
-        a, b = rot[..., 0::2], rot[..., 1::2]  # (..., r/2) each
-        out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1)  # (..., r/2, 2)
-        out = out.flatten(-2)  # (..., r)
-    else:
-        a, b = rot[..., :half], rot[..., half:]  # (..., r/2) each
-        out = torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)  # (..., r)
-    out = out.to(x.dtype)  # (..., r)
+    rot = x[..., :rotary_dim].to(compute)  # (..., r), the layout of x
+    cos, sin = cos.to(compute), sin.to(compute)  # (..., r/2)
+    # Each pair (a, b) becomes (a, b) cos + (-b, a) sin. pairs, a view of rot laid out
+    # like x, is the first operand of the product and of the sum, and an elementwise
+    # op's result takes its first operand's memory layout; cos and sin broadcast as they
+    # are (no per-call copies for the backward pass to keep).
+    if interleaved:  # pairs (x[2i], x[2i + 1])
+        pairs = torch.unflatten(rot, -1, (half, 2))  # (..., r/2, 2)
+        a, b = pairs[..., 0], pairs[..., 1]  # (..., r/2) each
+        turned = torch.stack((-b, a), dim=-1)  # (..., r/2, 2)
+        cos, sin = cos.unsqueeze(-1), sin.unsqueeze(-1)  # (..., r/2, 1)
+    else:  # pairs (x[i], x[i + r/2])
+        pairs = torch.unflatten(rot, -1, (2, half))  # (..., 2, r/2)
+        a, b = pairs[..., 0, :], pairs[..., 1, :]  # (..., r/2) each
+        turned = torch.stack((-b, a), dim=-2)  # (..., 2, r/2)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (..., 1, r/2)
+    out = (pairs * cos + turned * sin).flatten(-2).to(x.dtype)  # (..., r)
     if rotary_dim == x.shape[-1]:
         return out
     return torch.cat((out, x[..., rotary_dim:]), dim=-1)  # (..., head_dim)
