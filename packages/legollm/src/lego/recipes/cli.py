@@ -2,6 +2,9 @@
 
     legollm pipeline --config examples/pipelines/tiny.yaml     # raw text -> model + report
     legollm pretrain --config tiny max_steps=300 optim.lr=1e-3  # pretrain from a YAML config
+    legollm finetune --config examples/align/sft-tiny.yaml      # SFT: full, LoRA or QLoRA
+    legollm align dpo --config examples/align/dpo-tiny.yaml     # preference tuning (DPO...)
+    legollm align reward --config examples/align/reward-tiny.yaml  # a reward model
     legollm generate --model runs/tiny --prompt "def "          # continue a prompt
     legollm chat --model runs/sft --template chatml              # talk to a model
     legollm configs                                              # the shipped configs
@@ -10,7 +13,8 @@ Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted f
 and converted by each field's type ([`lego.protocols.load_config()`][lego.protocols.load_config]).
 Exit codes: 0 done, 2 bad input (one message, no traceback; ``--debug`` shows it), 130 / 143
 interrupted by SIGINT / SIGTERM (a checkpoint was saved: the message says how to continue,
-``resume=auto`` for ``pretrain``, the same command for ``pipeline``), 1 a bug.
+``resume=auto`` for ``pretrain``, ``finetune`` and ``align``, the same command for
+``pipeline``), 1 a bug.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from lego.protocols import Interrupted, make_parser, run_cli
+from lego.recipes.align import DPORecipeConfig, RewardRecipeConfig, run_dpo, run_reward
 from lego.recipes.configs import read_recipe_config, shipped_configs
+from lego.recipes.finetune import FinetuneConfig, run_finetune
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
 from lego.recipes.pipeline import PipelineConfig, run_pipeline
 from lego.recipes.pretrain import PretrainConfig, run_pretrain
+from lego.recipes.tuning import TuningConfig, TuningResult, summary
 
 __all__ = ["build_parser", "main", "PROG"]
 
@@ -36,6 +43,10 @@ _EXAMPLES = """\
 legollm pipeline --config examples/pipelines/tiny.yaml
 legollm pretrain --config tiny max_steps=300 optim.lr=1e-3
 legollm pretrain --config tiny resume=latest
+python examples/align/make_tiny.py runs/align-tiny   # a tiny model and records
+legollm finetune --config examples/align/sft-tiny.yaml
+legollm align dpo --config examples/align/dpo-tiny.yaml resume=auto
+legollm align reward --config examples/align/reward-tiny.yaml
 legollm generate --model runs/tiny --prompt "def " --top-k 40
 legollm chat --model runs/sft --template chatml
 legollm configs"""
@@ -48,7 +59,7 @@ def _config_command(
     help_text: str,
     description: str,
     example: str,
-) -> None:
+) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         name,
         help=help_text,
@@ -60,6 +71,15 @@ def _config_command(
     parser.add_argument(
         "overrides", nargs="*", help="key=value overrides, dotted for sections (optim.lr=3e-4)"
     )
+    return parser
+
+
+_TUNING = (
+    "The model is a model directory, a checkpoint or a run (legollm pipeline / pretrain); "
+    "the records are local JSON Lines files. Ctrl-C or SIGTERM saves a checkpoint (exit "
+    "130 / 143) and resume=auto continues; at the end out_dir/model holds the model (output: "
+    "merged | adapter) and out_dir/curves.png the curves."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
         + "); key=value overrides follow.",
         example="legollm pretrain --config tiny out_dir=runs/a optim.lr=3e-4",
     )
+    _config_command(
+        commands,
+        "finetune",
+        help_text="supervised fine-tuning (full, LoRA or QLoRA) of a model on JSONL records",
+        description="Fine-tune on messages or prompt/completion records, the completions "
+        "trained. " + _TUNING,
+        example="legollm finetune --config examples/align/sft-tiny.yaml sft.finetune=lora",
+    )
+    align = commands.add_parser(
+        "align",
+        help="preference tuning: dpo (DPO and its loss types) or reward (a reward model)",
+        description="Tune on prompt/chosen/rejected records. " + _TUNING,
+        epilog="examples:\n  legollm align dpo --config examples/align/dpo-tiny.yaml\n"
+        "  legollm align reward --config examples/align/reward-tiny.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    methods = align.add_subparsers(dest="method", required=True, metavar="METHOD")
+    _config_command(
+        methods,
+        "dpo",
+        help_text="DPO (or dpo.loss_type: ipo, hinge, robust...) on preference pairs",
+        description="Preference optimisation with lego-align's DPOTrainer; the reference is "
+        "the disabled LoRA adapter, a frozen copy or precomputed. " + _TUNING,
+        example="legollm align dpo --config examples/align/dpo-tiny.yaml dpo.beta=0.2",
+    )
+    _config_command(
+        methods,
+        "reward",
+        help_text="a reward model (a score head, Bradley-Terry) on preference pairs",
+        description="Train a reward model with lego-align's RewardTrainer; out_dir/model "
+        "loads in transformers' AutoModelForSequenceClassification. " + _TUNING,
+        example="legollm align reward --config examples/align/reward-tiny.yaml",
+    )
     add_generate_command(commands)
     add_chat_command(commands)
     commands.add_parser(
@@ -109,6 +162,15 @@ def _main(argv: list[str]) -> int:
         return run_generate(args, sys.stdout)
     if args.command == "chat":
         return run_chat(args, sys.stdout, sys.stdin)
+    if args.command == "finetune":
+        finetune = read_recipe_config(FinetuneConfig, args.config, args.overrides)
+        return _tuned(run_finetune(finetune), finetune, ["finetune"], args, _SFT_KEYS)
+    if args.command == "align" and args.method == "dpo":
+        dpo = read_recipe_config(DPORecipeConfig, args.config, args.overrides)
+        return _tuned(run_dpo(dpo), dpo, ["align", "dpo"], args, _DPO_KEYS)
+    if args.command == "align":
+        reward = read_recipe_config(RewardRecipeConfig, args.config, args.overrides)
+        return _tuned(run_reward(reward), reward, ["align", "reward"], args, _REWARD_KEYS)
     if args.command == "pipeline":
         result = run_pipeline(read_recipe_config(PipelineConfig, args.config, args.overrides))
         if not result.finished:
@@ -136,6 +198,47 @@ def _main(argv: list[str]) -> int:
         + (f", val_loss {state.metrics['val_loss']:.4f}" if "val_loss" in state.metrics else "")
         + f"; run in {config.out_dir}"
     )
+    return 0
+
+
+_SFT_KEYS = {"loss": "loss", "val_loss": "val_loss"}
+_DPO_KEYS = {
+    "loss": "loss",
+    "val_loss": "val_loss",
+    "val_rewards/margins": "val_rewards/margins",
+    "val_rewards/accuracies": "val_rewards/accuracies",
+}
+_REWARD_KEYS = {
+    "loss": "loss",
+    "val_loss": "val_loss",
+    "val_margin": "val_margin",
+    "val_accuracy": "val_accuracy",
+}
+
+
+def _continue_command(words: list[str], args: argparse.Namespace) -> str:
+    again = [a for a in args.overrides if not a.startswith(("resume=", "overwrite="))]
+    return shlex.join(["legollm", *words, "--config", args.config, *again, "resume=auto"])
+
+
+def _tuned(
+    result: TuningResult,
+    config: TuningConfig,
+    words: list[str],
+    args: argparse.Namespace,
+    keys: dict[str, str],
+) -> int:
+    """Exit 130 / 143 with the command that continues, or print the outcome."""
+    state = result.state
+    if not result.finished:
+        raise Interrupted(
+            f"stopped at step {state.step} of {state.max_steps}: checkpoint saved in "
+            f"{config.out_dir}",
+            signum=state.stop_signal or signal.SIGINT,
+            hint=f"continue with: {_continue_command(words, args)}",
+        )
+    where = f"; model in {result.model_dir}" if result.model_dir is not None else ""
+    print(f"done: {summary(state, keys)}{where}")
     return 0
 
 

@@ -7,22 +7,29 @@ top-k and top-p, seeded), draws the loss curves (lego-train's
 heatmaps of one sample (every head of every layer, from ``DecoderLM.attention_weights``: the
 explicit math attention), and writes ``report.md`` beside them. matplotlib comes from the
 ``plot`` extra (``pip install "legollm[plot]"``).
+
+The fine-tuning and alignment recipes draw their curves with the same machinery:
+[`plot_curves()`][lego.recipes.report.plot_curves] puts one panel per metric (training and
+validation, e.g. the loss, DPO's reward margin and preference accuracy) above the learning
+rate, from the run's ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lego.generate import generate
-from lego.protocols import atomic_write_text
+from lego.protocols import ConfigError, atomic_write_text, temporary_name, write_errors
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
 from lego.recipes.loading import load_model
 from lego.tokenize import load as load_tokenizer_file
+from lego.train.monitor import read_metrics
 from lego.train.plot import matplotlib_modules, plot_run
 from lego.train.state import RunState
 
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
     from lego.recipes.pipeline import PipelineConfig
 
 __all__ = [
+    "Curve",
+    "plot_curves",
     "Sample",
     "generate_samples",
     "draw_attention",
@@ -38,6 +47,7 @@ __all__ = [
 ]
 
 _NEEDED_BY = "the pipeline report's pictures"
+_INSTALL = '"legollm[plot]"'
 
 
 def check_report_dependencies() -> None:
@@ -246,3 +256,98 @@ def write_report(
     atomic_write_text(report, "\n".join(lines), what="run report")
     echo(f"wrote {loss_png.name}, {attention_png.name} and {report.name}")
     return report
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One panel of [`plot_curves()`][lego.recipes.report.plot_curves]: a metric over the steps.
+
+    Attributes:
+        title: The panel's y label (``"loss"``, ``"reward margin"``).
+        train: The metric's key in the training records (``"rewards/margins"``).
+        val: Its key in the validation records (``"val_rewards/margins"``), or None.
+    """
+
+    title: str
+    train: str
+    val: str | None = None
+
+
+def _series(
+    records: Sequence[dict[str, Any]], split: str, key: str
+) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for record in records:
+        value = record.get(key)
+        if record.get("split") == split and isinstance(value, (int, float)):
+            steps.append(int(record["step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def plot_curves(
+    run_dir: str | os.PathLike[str], output: str | os.PathLike[str], curves: Sequence[Curve]
+) -> Path:
+    """Draw metrics of a run (training and validation) and its learning rate into one image.
+
+    Each [`Curve`][lego.recipes.report.Curve] is a panel with the training values as a line
+    and the validation values as points; the last panel is the learning rate. A metric the
+    log does not hold leaves its panel empty (titled so).
+
+    Args:
+        run_dir: The run directory (holds ``metrics.jsonl``).
+        output: The image file (``.png``); written atomically.
+        curves: The panels, top to bottom.
+
+    Returns:
+        The image path.
+
+    Raises:
+        ConfigError: matplotlib is missing, the run has no training record, or the image
+            cannot be written (the disk is full or read-only).
+
+    Example:
+        >>> curves = [Curve("loss", "loss", "val_loss"), Curve("accuracy", "accuracy")]
+        >>> [c.train for c in curves]
+        ['loss', 'accuracy']
+    """
+    agg, figure_module = matplotlib_modules(_NEEDED_BY, install=_INSTALL)
+    folder = Path(run_dir)
+    records = read_metrics(folder)
+    if not any(r.get("split") == "train" for r in records):
+        raise ConfigError(
+            "the run has no training records to plot",
+            path=folder / "metrics.jsonl",
+            hint="train for at least one logged step",
+        )
+    figure = figure_module.Figure(figsize=(8, 2.4 * (len(curves) + 1)))
+    agg.FigureCanvasAgg(figure)
+    axes = figure.subplots(len(curves) + 1, 1, sharex=True, squeeze=False)[:, 0]
+    for ax, curve in zip(axes, curves, strict=False):
+        steps, values = _series(records, "train", curve.train)
+        if steps:
+            ax.plot(steps, values, label=f"train {curve.title}")
+        if curve.val is not None:
+            val_steps, val_values = _series(records, "val", curve.val)
+            if val_steps:
+                ax.plot(val_steps, val_values, "o-", label=f"validation {curve.title}")
+        ax.set_ylabel(curve.title if steps else f"{curve.title} (not logged)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    steps, rates = _series(records, "train", "lr")
+    axes[-1].plot(steps, rates, color="C2")
+    axes[-1].set_ylabel("learning rate")
+    axes[-1].set_xlabel("optimizer step")
+    axes[-1].grid(alpha=0.3)
+    figure.suptitle(str(folder))
+    figure.tight_layout()
+    target = Path(output)
+    staging = temporary_name(target)
+    try:
+        with write_errors(target, what="image file", hint="free some space, then run again"):
+            figure.savefig(staging, format=target.suffix.lstrip(".").lower() or "png")
+            os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
