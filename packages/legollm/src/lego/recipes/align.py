@@ -57,6 +57,7 @@ from lego.recipes.tuning import (
     save_tokenizer,
 )
 from lego.train import TrainConfig
+from lego.train.checkpoint import save_model_dir
 
 __all__ = [
     "DPORecipeConfig",
@@ -231,7 +232,7 @@ def _make_reward(config: RewardRecipeConfig) -> Any:
         report.trainer = trainer.trainer
 
         def export(folder: Path) -> None:
-            trainer.model.save_pretrained(folder)
+            save_model_dir(trainer.model, folder)  # transformers' sequence-classification layout
             save_tokenizer(source.tokenizer, folder)
 
         return trainer, export

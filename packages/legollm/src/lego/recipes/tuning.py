@@ -50,7 +50,6 @@ import lego.arch
 from lego.arch.loading import empty_model
 from lego.peft import LoraModel
 from lego.protocols import (
-    CompatibilityError,
     Config,
     ConfigError,
     FolderLock,
@@ -71,6 +70,7 @@ from lego.recipes.report import Curve, plot_curves
 from lego.tokenize import RegexBPETokenizer
 from lego.tokenize.fingerprint import tokenizer_fingerprint
 from lego.train import TrainConfig, Trainer
+from lego.train.checkpoint import save_model_dir
 from lego.train.distributed import DistInfo, init_distributed, pick_device, raise_together
 from lego.train.plot import matplotlib_modules
 from lego.train.rundir import check_run_dir, run_lock
@@ -461,6 +461,9 @@ def export_causal_lm(
 ) -> None:
     """Write a tuned causal LM into ``folder``: merged, adapter or the whole model.
 
+    The weights go through lego-train's ``save_model_dir`` (the model's
+    ``save_pretrained``; a disk that cannot take them is an ``OSError``).
+
     Args:
         model: The trained model: a lego-peft ``LoraModel`` or the full model.
         folder: The directory to create.
@@ -474,26 +477,16 @@ def export_causal_lm(
     adapter = isinstance(model, LoraModel) and output == "adapter"
     if isinstance(model, LoraModel):
         if adapter:
-            model.save_pretrained(folder)
+            save_model_dir(model, folder)
         else:
             merged = model.merge_and_unload()
-            _save_pretrained(merged, folder)
+            save_model_dir(merged, folder)
     else:
-        _save_pretrained(model, folder)
+        save_model_dir(model, folder)
     save_tokenizer(source.tokenizer, folder)
     write_stop_tokens(
         folder, eos_ids=eos_ids, pad_id=pad_id, source_dir=source.model_dir, config_json=not adapter
     )
-
-
-def _save_pretrained(model: nn.Module, folder: Path) -> None:
-    saver = getattr(model, "save_pretrained", None)
-    if not callable(saver):
-        raise CompatibilityError(
-            f"{type(model).__name__} cannot write a model directory (no save_pretrained)",
-            hint="tune a lego-arch model",
-        )
-    saver(folder)
 
 
 def _write_model_directory(out_dir: Path, fill: Callable[[Path], None]) -> Path:
