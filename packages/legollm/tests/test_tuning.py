@@ -29,6 +29,7 @@ from lego.recipes.align import (
 from lego.recipes.cli import main
 from lego.recipes.configs import read_recipe_config
 from lego.recipes.finetune import FinetuneConfig, run_finetune
+from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 from lego.recipes.tuning import CURVES_FILE, add_special_tokens, grow_vocabulary
 from lego.tokenize import CharTokenizer, RegexBPETokenizer, load
 
@@ -267,6 +268,32 @@ def test_an_adapter_output_references_its_base(base: Path, tmp_path: Path) -> No
     assert reference["base_model_name_or_path"] == str((base / "model").resolve())
     adapter = json.loads((out / "model" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str((base / "model").resolve())
+
+    # legollm generate / chat open it: the base checked, the adapter merged in
+    model, model_dir = load_model(out)
+    assert model_dir == out / "model"
+    assert isinstance(model, lego.arch.DecoderLM)
+    tokenizer = load_tokenizer(None, model_dir)
+    assert default_eos_ids(model_dir, tokenizer, vocab_size=260) == [256, 258]
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert not torch.equal(model(ids), lego.arch.from_hf(base / "model")(ids))
+
+    # another base at the recorded path, or none there: one clear error each
+    moved = json.loads((out / "model" / "base_model.json").read_text())
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    lego.arch.build(
+        "llama-tiny", vocab_size=260, context_length=64, rope_scaling=None
+    ).save_pretrained(other)
+    moved["base_model_name_or_path"] = str(other)
+    (out / "model" / "base_model.json").write_text(json.dumps(moved))
+    with pytest.raises(CompatibilityError, match="not the one the adapter was trained on"):
+        load_model(out)
+    moved["base_model_name_or_path"] = str(tmp_path / "gone")
+    (out / "model" / "base_model.json").write_text(json.dumps(moved))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(out / "model")
 
 
 def test_a_reward_model_is_saved_for_sequence_classification(base: Path, tmp_path: Path) -> None:

@@ -3,8 +3,13 @@
 The one way the application opens what training wrote (``legollm generate``, ``chat``).
 ``--model`` accepts a model directory (HF or lego: ``config.json`` + ``model.safetensors``),
 a lego-train checkpoint or a run directory
-([`find_model_dir()`][lego.protocols.layout.find_model_dir]). The tokenizer comes from an
-explicit spec, or from the model directory
+([`find_model_dir()`][lego.protocols.layout.find_model_dir]), or an adapter directory that
+``legollm finetune`` / ``align dpo`` wrote with ``output: adapter`` (``adapter_config.json``,
+``adapter_model.safetensors`` and ``base_model.json``; or the run that holds it as
+``model/``): its base model is opened from the path ``base_model.json`` records, checked
+against the SHA-256 recorded there, and the adapter merged in
+([`load_adapter_dir()`][lego.recipes.loading.load_adapter_dir]). The tokenizer comes from
+an explicit spec, or from the model directory
 ([`find_tokenizer_file()`][lego.protocols.layout.find_tokenizer_file]).
 
 Everything is checked before the first token:
@@ -25,7 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lego.arch
+from lego.arch import parse_dtype
 from lego.generate.streaming import check_tokenizer as check_model_tokenizer
+from lego.peft.checkpoint import BASE_REFERENCE_NAME
+from lego.peft.peft_format import ADAPTER_CONFIG_NAME
 from lego.protocols import (
     CompatibilityError,
     ConfigError,
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "adapter_dir",
+    "load_adapter_dir",
     "check_tokenizer",
     "default_eos_ids",
     "load_model",
@@ -76,7 +86,8 @@ def load_model(
             MPS, then the CPU); None is the CPU.
 
     Returns:
-        ``(model, model_dir)``, the model in eval mode.
+        ``(model, model_dir)``, the model in eval mode; for an adapter directory its base
+        with the adapter merged in, and the adapter directory.
 
     Raises:
         ConfigError: No model found at ``path`` (a file where a folder belongs is named as
@@ -100,6 +111,9 @@ def load_model(
             hint=f"pass the folder that holds it ({folder.parent}), a checkpoint or a run "
             "directory",
         )
+    adapter = adapter_dir(folder)
+    if adapter is not None:
+        return load_adapter_dir(adapter, dtype=dtype, device=device)
     model_dir = find_model_dir(folder)
     verify_checkpoint(model_dir, named=folder)
     if isinstance(device, str):
@@ -107,6 +121,95 @@ def load_model(
     model = lego.arch.from_hf(model_dir, dtype=dtype, device=device, check_finite=True)
     model.train(False)
     return model, model_dir
+
+
+def adapter_dir(folder: Path) -> Path | None:
+    """The adapter directory ``folder`` is (or holds as ``model/``), if it is one.
+
+    An adapter directory holds ``adapter_config.json`` and ``base_model.json`` (lego-peft's
+    reference to the base model), and no ``config.json``.
+
+    Args:
+        folder: What ``--model`` named.
+
+    Returns:
+        The adapter directory, or None.
+
+    Example:
+        >>> adapter_dir(Path("no/such/folder")) is None
+        True
+    """
+    for candidate in (folder, folder / MODEL_DIR):
+        if (
+            (candidate / ADAPTER_CONFIG_NAME).is_file()
+            and (candidate / BASE_REFERENCE_NAME).is_file()
+            and not (candidate / "config.json").exists()
+        ):
+            return candidate
+    return None
+
+
+def load_adapter_dir(
+    folder: Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[lego.arch.DecoderLM, Path]:
+    """Open an adapter directory: its base model, checked, with the adapter merged in.
+
+    Args:
+        folder: A directory with ``adapter_config.json``, ``adapter_model.safetensors`` and
+            ``base_model.json`` (``legollm finetune ... output=adapter``).
+        dtype: Parameter dtype of the merged model; None keeps the base's.
+        device: As for [`load_model()`][lego.recipes.loading.load_model].
+
+    Returns:
+        ``(model, folder)``: the merged model in eval mode, and the adapter directory
+        (which holds the tokenizer and ``generation_config.json``).
+
+    Raises:
+        ConfigError: ``base_model.json`` names no base, or one that does not exist.
+        CompatibilityError: The base's weights are not the ones the adapter was trained on
+            (another SHA-256), or the adapter does not fit the base.
+        FormatError: A damaged file.
+    """
+    from lego.peft import load_adapter
+    from lego.peft.checkpoint import base_weights_sha256, read_base_reference
+
+    reference = read_base_reference(folder)
+    named = reference["base_model_name_or_path"]
+    if not named:
+        raise ConfigError(
+            "the adapter's base_model.json names no base model",
+            path=str(folder / BASE_REFERENCE_NAME),
+            hint="write the base model's directory into base_model_name_or_path",
+        )
+    base = Path(named)
+    if not base.exists():
+        raise ConfigError(
+            f"the adapter's base model {base} does not exist (base_model.json)",
+            path=str(folder / BASE_REFERENCE_NAME),
+            hint="put the base model back at that path, or write its new path into "
+            "base_model_name_or_path",
+        )
+    model, _ = load_model(base)  # as stored: the weights the adapter's SHA-256 was taken on
+    adapted = load_adapter(model, folder)
+    found = base_weights_sha256(adapted)
+    if found != reference["sha256"]:
+        raise CompatibilityError(
+            f"the base model at {base} is not the one the adapter was trained on (weights "
+            f"SHA-256 {found[:12]}..., recorded {reference['sha256'][:12]}...)",
+            path=str(folder / BASE_REFERENCE_NAME),
+            hint="load the adapter on its own base model (an adapter trained with QLoRA "
+            "records its NF4 base: write such runs with output: merged)",
+        )
+    merged = adapted.merge_and_unload()
+    assert isinstance(merged, lego.arch.DecoderLM)
+    if isinstance(device, str):
+        device = pick_device(device)
+    merged.to(device=device, dtype=parse_dtype(dtype) if isinstance(dtype, str) else dtype)
+    merged.train(False)
+    return merged, folder
 
 
 def verify_checkpoint(model_dir: Path, *, named: Path) -> None:
@@ -236,7 +339,8 @@ def default_eos_ids(
 ) -> list[int]:
     """The end-of-sequence ids for plain generation.
 
-    ``eos_token_id`` of the model's ``config.json`` (an int or a list) when set, else the
+    ``eos_token_id`` of the model's ``config.json`` (an int or a list; for an adapter
+    directory, which has none, its ``generation_config.json``) when set, else the
     tokenizer's ``<|endoftext|>`` when it has one, else none.
 
     Args:
@@ -251,6 +355,8 @@ def default_eos_ids(
         ConfigError: ``config.json``'s ``eos_token_id`` is not one of the model's ids.
     """
     file = model_dir / "config.json"
+    if not file.is_file() and (model_dir / "generation_config.json").is_file():
+        file = model_dir / "generation_config.json"  # an adapter directory's stop tokens
     config = read_json(file, what="a model configuration")
     value = config.get("eos_token_id") if isinstance(config, dict) else None
     ids: list[int] = []
