@@ -4,9 +4,10 @@ Offline and deterministic: nothing is downloaded, the same files come out on eve
 
 - ``FOLDER/model/``: a Llama-shaped lego-arch model with random weights (2 layers, 64 wide,
   about 0.1M parameters; initialized 5x wider than the preset, so that a LoRA run, whose
-  embeddings stay frozen, can still move the logits far), its byte-level tokenizer (``lego-tokenizer.json``: the 256 bytes
-  plus ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` and ``<|pad|>``) and a
-  ``generation_config.json`` that stops on ``<|im_end|>`` and ``<|endoftext|>``;
+  embeddings stay frozen, can still move the logits far), its byte-level tokenizer
+  (``lego-tokenizer.json``: the 256 bytes plus ``<|endoftext|>``, ``<|im_start|>``,
+  ``<|im_end|>`` and ``<|pad|>``) and a ``generation_config.json`` that stops on
+  ``<|im_end|>`` and ``<|endoftext|>``;
 - ``FOLDER/sft.jsonl`` / ``sft-eval.jsonl``: instruction records in TRL's forms, ``messages``
   and ``prompt`` / ``completion`` (small tasks: repeat, reverse, shout a word);
   ``sft-plain.jsonl``: the same tasks as plain strings only (for ``template: none``);
