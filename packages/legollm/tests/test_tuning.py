@@ -28,10 +28,11 @@ from lego.recipes.align import (
 )
 from lego.recipes.cli import main
 from lego.recipes.configs import read_recipe_config
-from lego.recipes.finetune import FinetuneConfig, run_finetune
+from lego.recipes.finetune import FinetuneConfig, build_finetune, run_finetune
 from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 from lego.recipes.tuning import CURVES_FILE, add_special_tokens, grow_vocabulary
 from lego.tokenize import CharTokenizer, RegexBPETokenizer, load
+from lego.train.state import RunState
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "align"
 SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258, "<|pad|>": 259}
@@ -345,6 +346,25 @@ def test_added_tokens_grow_the_model_and_refuse_an_adapter_output(
     assert lego.arch.from_hf(tmp_path / "m" / "model").config.vocab_size == 261
     tokenizer = load(tmp_path / "m" / "model" / LEGO_TOKENIZER_FILE)
     assert tokenizer.special_tokens["<|sep|>"] == 260
+
+
+def test_overwrite_removes_the_replaced_runs_results(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sft"
+    settings = _settings(
+        base, out, data={"train": str(base / "sft.jsonl")}, sft={"max_length": 32}, plots=True
+    )
+    run_finetune(FinetuneConfig.from_dict(settings))
+    assert (out / "model").is_dir()
+    assert (out / CURVES_FILE).is_file()
+    tuning = build_finetune(FinetuneConfig.from_dict({**settings, "overwrite": True}))
+    stopped = RunState(max_steps=2, step=1, stop_signal=2)
+    tuning.trainer.fit = lambda: stopped  # interrupted after the first step
+    result = tuning.run()
+    tuning.trainer.close()  # the loaders fit() would have closed
+    assert not result.finished
+    assert not (out / "model").exists()  # no model of the replaced run beside the new one
+    assert not (out / CURVES_FILE).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_a_bad_record_names_file_and_line_and_leaves_nothing(base: Path, tmp_path: Path) -> None:

@@ -612,6 +612,10 @@ class Tuning:
     def run(self) -> TuningResult:
         """Train (or continue), then write ``out_dir/model`` and ``curves.png``.
 
+        With ``overwrite=true`` (and no checkpoint to resume) the ``model/`` and
+        ``curves.png`` of the run being replaced are deleted when training starts, with its
+        checkpoints and metrics.
+
         Returns:
             The [`TuningResult`][lego.recipes.tuning.TuningResult]; not ``finished`` when
             a signal stopped training (a checkpoint was saved: ``resume=auto``
@@ -624,6 +628,10 @@ class Tuning:
         """
         out = Path(self.config.out_dir)
         try:
+            inner = getattr(self.trainer, "trainer", None)
+            fresh = getattr(inner, "resumed_from", None) is None
+            if self.info.is_main and self.config.overwrite and fresh:
+                _remove_results(out)  # they belong to the run that overwrite=true replaces
             state: RunState = self.trainer.fit()
             if state.stop_signal is not None or state.step < state.max_steps:
                 return TuningResult(state=state, out_dir=out, finished=False)
@@ -654,6 +662,16 @@ class Tuning:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _remove_results(out: Path) -> None:
+    """Delete ``out/model`` and ``out/curves.png`` of a run that ``overwrite=true`` replaces."""
+    model = out / MODEL_DIR
+    if model.is_dir() and not model.is_symlink():
+        shutil.rmtree(model)
+    elif os.path.lexists(model):
+        model.unlink()
+    (out / CURVES_FILE).unlink(missing_ok=True)
 
 
 def _echo_to(progress: str) -> Callable[[str], None]:
