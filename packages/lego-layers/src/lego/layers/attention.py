@@ -8,16 +8,22 @@ another rotary embedding is a different argument, not a different class.
 
 Backends (identical results, see [`CausalSelfAttention`][lego.layers.CausalSelfAttention]):
 
-- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. Without padding, window
-  or cached prefix it passes ``is_causal=True`` and no mask, so the fused kernels (flash,
-  memory-efficient, CPU flash) are eligible; otherwise an explicit boolean mask. One
-  exception: a single new token on the CPU under ``torch.compile`` (a compiled decode step)
-  takes the math path, which inductor fuses into one loop over the cache (why: the README's
-  benchmark notes).
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. Without padding, window,
+  packed documents or cached prefix it passes ``is_causal=True`` and no mask, so the fused
+  kernels (flash, memory-efficient, CPU flash) are eligible; otherwise an explicit boolean
+  mask. One exception: a single new token on the CPU under ``torch.compile`` (a compiled
+  decode step) takes the math path, which inductor fuses into one loop over the cache (why:
+  the README's benchmark notes).
 - ``"math"``: ``softmax(Q K^T * scale + mask) V`` written out, softmax in fp32. Slower and
   memory-hungry (it materializes the ``(B, n_heads, T, S)`` scores) but transparent, and it
   can return the attention weights:
   [`forward_with_weights()`][lego.layers.attention.CausalSelfAttention.forward_with_weights].
+
+Packed sequences: ``document_ids`` ``(B, T)`` numbers the documents packed into each row
+(``0, 1, ...``; negative on padding). A query then sees only the keys of its own document at
+or before it, never padding, on both backends (one boolean mask ``(B, 1, T, T)``), so a
+packed row computes what its documents would compute run one by one (with positions
+restarting per document: pass ``position_ids``).
 """
 
 from __future__ import annotations
@@ -121,6 +127,12 @@ class CausalSelfAttention(nn.Module):
     Padding. ``attention_mask`` ``(B, S)`` marks real tokens (1) and padding (0) over the
     cached plus new positions. A padding query with no real key before it attends to
     itself (finite output; see [`lego.layers.mask`][lego.layers.mask]).
+
+    Packed documents. ``document_ids`` ``(B, T)`` keeps the documents of a packed row
+    apart: a query attends only to keys of the same document at or before it, within the
+    window and ``attention_mask``; keys with a negative id (padding) are never attended. A
+    query left with no key (a padding query) attends to its own slot, as with padding.
+    Decoding does not pack, so ``document_ids`` with a ``kv_cache`` is refused.
 
     Args:
         out_proj: Output projection, ``n_heads * head_dim -> d_model`` (``o_proj``,
@@ -410,6 +422,7 @@ class CausalSelfAttention(nn.Module):
         position_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Attend causally over the sequence (and the cached positions, if any).
 
@@ -422,12 +435,18 @@ class CausalSelfAttention(nn.Module):
                 the cached length plus ``T``; None means no padding.
             kv_cache: This layer's cache; the new keys and values are appended to it and
                 attention covers every cached position.
+            document_ids: The document of each token of packed rows, ``(B, T)`` integers
+                (``0, 1, ...`` per row, negative on padding): a query attends only to keys
+                of its own document. None means one sequence per row. Positions do not
+                follow it: pass ``position_ids`` restarting at 0 for every document.
 
         Returns:
             Output, shape ``(B, T, d_model)``.
 
         Raises:
-            DataError: ``x``, ``position_ids`` or ``attention_mask`` has the wrong shape.
+            DataError: ``x``, ``position_ids``, ``attention_mask`` or ``document_ids`` has
+                the wrong shape (or ``document_ids`` is not an integer tensor).
+            ConfigError: ``document_ids`` given with a ``kv_cache``.
             CompatibilityError: The cache does not fit (batch size, heads, device).
         """
         out, _ = self._attend(
@@ -435,6 +454,7 @@ class CausalSelfAttention(nn.Module):
             position_ids=position_ids,
             attention_mask=attention_mask,
             kv_cache=kv_cache,
+            document_ids=document_ids,
             backend=self.backend,
             need_weights=False,
         )
@@ -448,6 +468,7 @@ class CausalSelfAttention(nn.Module):
         position_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Like ``forward``, through the math backend, also returning the attention weights.
 
@@ -460,14 +481,17 @@ class CausalSelfAttention(nn.Module):
             position_ids: As in ``forward``.
             attention_mask: As in ``forward``.
             kv_cache: As in ``forward`` (the cache is updated).
+            document_ids: As in ``forward``.
 
         Returns:
             ``(output, weights)``: output ``(B, T, d_model)``, and the softmax
             probabilities before dropout, ``(B, n_heads, T, S)`` in ``x``'s dtype. Each row
-            sums to 1 and is 0 on masked keys (future, outside the window, padding).
+            sums to 1 and is 0 on masked keys (future, outside the window, padding, other
+            documents).
 
         Raises:
             DataError: As ``forward``.
+            ConfigError: As ``forward``.
             CompatibilityError: As ``forward``.
         """
         out, weights = self._attend(
@@ -475,6 +499,7 @@ class CausalSelfAttention(nn.Module):
             position_ids=position_ids,
             attention_mask=attention_mask,
             kv_cache=kv_cache,
+            document_ids=document_ids,
             backend="math",
             need_weights=True,
         )
@@ -495,8 +520,14 @@ class CausalSelfAttention(nn.Module):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _check_inputs(
-        self, x: Tensor, position_ids: Tensor | None, attention_mask: Tensor | None, past: int
+        self,
+        x: Tensor,
+        position_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        document_ids: Tensor | None,
+        kv_cache: LayerKVCache | None,
     ) -> None:
+        past = kv_cache.seq_len if kv_cache is not None else 0
         owner = type(self).__name__
         check_dim(x, name="x", ndims=(3,), last=self.d_model, owner=owner, layout="(B, T, d_model)")
         b, t = int(x.shape[0]), int(x.shape[1])
@@ -515,6 +546,23 @@ class CausalSelfAttention(nn.Module):
                 hint="the mask covers the cached positions and the new ones: append a 1 "
                 "per generated token",
             )
+        if document_ids is None:
+            return
+        if kv_cache is not None:
+            raise ConfigError(
+                f"{owner}: document_ids cannot be combined with a kv_cache (packed documents "
+                "are a training layout; cached decoding keeps one sequence per row)",
+                key="document_ids",
+                hint="decode each document in its own row (left padding and attention_mask), "
+                "or run the packed rows without a cache",
+            )
+        if tuple(document_ids.shape) != (b, t) or document_ids.dtype.is_floating_point:
+            raise DataError(
+                f"{owner}: document_ids must be a ({b}, {t}) integer tensor, got shape "
+                f"{tuple(document_ids.shape)} dtype {document_ids.dtype}",
+                tensor="document_ids",
+                hint="give one document number per token (0, 1, ... per row, -1 on padding)",
+            )
 
     def _attend(
         self,
@@ -523,11 +571,12 @@ class CausalSelfAttention(nn.Module):
         position_ids: Tensor | None,
         attention_mask: Tensor | None,
         kv_cache: LayerKVCache | None,
+        document_ids: Tensor | None,
         backend: AttentionBackend,
         need_weights: bool,
     ) -> tuple[Tensor, Tensor | None]:
+        self._check_inputs(x, position_ids, attention_mask, document_ids, kv_cache)
         past = kv_cache.seq_len if kv_cache is not None else 0
-        self._check_inputs(x, position_ids, attention_mask, past)
         b, t, _ = x.shape
         hd = self.head_dim
 
@@ -557,10 +606,12 @@ class CausalSelfAttention(nn.Module):
 
         dropout_p = self.dropout if self.training else 0.0
         if backend == "sdpa" and not _fused_by_inductor(q):
-            out = self._sdpa(q, k, v, attention_mask, dropout_p)  # (B, H, T, hd)
+            out = self._sdpa(q, k, v, attention_mask, document_ids, dropout_p)  # (B, H, T, hd)
             weights = None
         else:
-            out, weights = self._math(q, k, v, attention_mask, dropout_p)  # (B, H, T, hd)
+            out, weights = self._math(
+                q, k, v, attention_mask, document_ids, dropout_p
+            )  # (B, H, T, hd), (B, H, T, S)
             if not need_weights:
                 weights = None
 
@@ -568,29 +619,57 @@ class CausalSelfAttention(nn.Module):
         out = self.out_proj(out)  # (B, T, d_model)
         return out, weights  # (B, T, d_model), (B, H, T, S) or None
 
-    def _mask(self, t: int, s: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:
+    def _mask(
+        self,
+        t: int,
+        s: int,
+        attention_mask: Tensor | None,
+        document_ids: Tensor | None,
+        device: torch.device,
+    ) -> Tensor:
         """The boolean mask ``(B or 1, 1, T, S)`` for ``T`` queries over ``S`` keys."""
         window = self.sliding_window
         if window is not None and window >= s:
             window = None  # a window as long as the keys changes nothing
-        return build_attention_mask(
-            q_len=t, kv_len=s, padding_mask=attention_mask, sliding_window=window, device=device
-        )
+        if document_ids is None:
+            return build_attention_mask(
+                q_len=t, kv_len=s, padding_mask=attention_mask, sliding_window=window, device=device
+            )
+        # Packed documents (no cache, so S == T): same document, at or before the query,
+        # never a padding key (negative id), within the window and the padding mask.
+        docs = document_ids.to(device)  # (B, T)
+        keys = docs >= 0  # (B, S)
+        if attention_mask is not None:
+            keys = keys & attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
+        same = docs[:, :, None] == docs[:, None, :]  # (B, T, S)
+        mask = same & keys[:, None, :] & causal_mask(t, s, sliding_window=window, device=device)
+        # A query with no key left (padding) attends to its own slot: finite, never read.
+        empty = ~mask.any(dim=-1, keepdim=True)  # (B, T, 1)
+        own = torch.eye(t, s, dtype=torch.bool, device=device)  # (T, S)
+        return (mask | (empty & own))[:, None]  # (B, 1, T, S)
 
-    def _needs_mask(self, t: int, s: int, attention_mask: Tensor | None) -> bool:
+    def _needs_mask(
+        self, t: int, s: int, attention_mask: Tensor | None, document_ids: Tensor | None
+    ) -> bool:
         """Whether plain causal attention (or no mask at all) is not enough."""
         window_bites = self.sliding_window is not None and self.sliding_window < s
-        return attention_mask is not None or window_bites
+        return attention_mask is not None or document_ids is not None or window_bites
 
     def _sdpa(
-        self, q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None, dropout_p: float
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attention_mask: Tensor | None,
+        document_ids: Tensor | None,
+        dropout_p: float,
     ) -> Tensor:
         """``scaled_dot_product_attention``; is_causal without mask, else a boolean mask."""
         t, s = int(q.shape[2]), int(k.shape[2])
         mask: Tensor | None = None
         is_causal = False
-        if self._needs_mask(t, s, attention_mask):
-            mask = self._mask(t, s, attention_mask, q.device)  # (B or 1, 1, T, S)
+        if self._needs_mask(t, s, attention_mask, document_ids):
+            mask = self._mask(t, s, attention_mask, document_ids, q.device)  # (B|1, 1, T, S)
         elif t == s:
             is_causal = True  # no cached prefix: the fused kernels' own causal mask
         elif t != 1:
@@ -607,7 +686,13 @@ class CausalSelfAttention(nn.Module):
         )  # (B, H, T, hd)
 
     def _math(
-        self, q: Tensor, k: Tensor, v: Tensor, attention_mask: Tensor | None, dropout_p: float
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        attention_mask: Tensor | None,
+        document_ids: Tensor | None,
+        dropout_p: float,
     ) -> tuple[Tensor, Tensor]:
         """Explicit attention; returns the output and the pre-dropout weights.
 
@@ -622,8 +707,8 @@ class CausalSelfAttention(nn.Module):
         scores = scores.reshape(b, h, t, s) * self.scale  # (B, H, T, S)
         # softmax in fp32 at least (bf16/fp16 upcast; float64 stays float64)
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # (B, H, T, S)
-        if self._needs_mask(t, s, attention_mask) or t > 1:
-            mask = self._mask(t, s, attention_mask, q.device)  # (B or 1, 1, T, S)
+        if self._needs_mask(t, s, attention_mask, document_ids) or t > 1:
+            mask = self._mask(t, s, attention_mask, document_ids, q.device)  # (B|1, 1, T, S)
             scores = scores.masked_fill(~mask, float("-inf"))  # (B, H, T, S)
         weights = torch.softmax(scores, dim=-1).to(q.dtype)  # (B, H, T, S)
         probs = F.dropout(weights, p=dropout_p, training=dropout_p > 0)  # (B, H, T, S)

@@ -15,6 +15,9 @@ orders:
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -24,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lego.protocols import (
     Attention,
+    CompatibilityError,
     ConfigError,
     FeedForward,
     LayerKVCache,
@@ -33,6 +37,17 @@ from lego.protocols import (
 from lego.protocols import did_you_mean as _did_you_mean
 
 __all__ = ["NormPosition", "TransformerBlock"]
+
+
+@functools.cache
+def _takes_document_ids(attention_type: type[Attention]) -> bool:
+    """Whether ``attention_type.forward`` takes a ``document_ids`` keyword (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(attention_type.forward).parameters.values()
+    except (TypeError, ValueError):  # a signature Python cannot read: let the call decide
+        return True
+    return any(p.name == "document_ids" or p.kind is p.VAR_KEYWORD for p in parameters)
+
 
 NormPosition = Literal["pre", "post"]
 """Where the norms sit: before each sub-layer (``"pre"``) or after each residual add."""
@@ -134,6 +149,7 @@ class TransformerBlock(nn.Module):
         position_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Apply the block.
 
@@ -144,10 +160,20 @@ class TransformerBlock(nn.Module):
             attention_mask: 1 for real tokens, 0 for padding, ``(B, S)``; passed to the
                 attention.
             kv_cache: This block's layer cache; passed to the attention.
+            document_ids: The document of each token of packed rows, ``(B, T)`` (negative
+                on padding); passed to the attention, which keeps the documents apart (see
+                [`CausalSelfAttention`][lego.layers.CausalSelfAttention]). None means one
+                sequence per row.
 
         Returns:
             The new residual stream, shape ``(B, T, d_model)``.
+
+        Raises:
+            CompatibilityError: ``document_ids`` given but the attention's ``forward``
+                takes no ``document_ids`` keyword.
         """
+        if document_ids is not None and not torch.compiler.is_compiling():
+            self._check_document_ids_accepted()  # eager only: a signature breaks a graph
         if (
             self.activation_checkpointing
             and self.training
@@ -160,11 +186,25 @@ class TransformerBlock(nn.Module):
                 position_ids,
                 attention_mask,
                 None,
+                document_ids,
                 use_reentrant=False,
             )  # (B, T, d_model)
             assert isinstance(out, Tensor)
             return out
-        return self._forward(x, position_ids, attention_mask, kv_cache)  # (B, T, d_model)
+        return self._forward(
+            x, position_ids, attention_mask, kv_cache, document_ids
+        )  # (B, T, d_model)
+
+    def _check_document_ids_accepted(self) -> None:
+        """Refuse ``document_ids`` for an attention whose forward cannot take them."""
+        if not _takes_document_ids(type(self.attention)):
+            raise CompatibilityError(
+                f"{type(self).__name__}: document_ids were given, but the attention "
+                f"{type(self.attention).__name__}.forward takes no document_ids keyword, so "
+                "it cannot keep packed documents apart",
+                hint="use lego.layers.CausalSelfAttention (or an attention whose forward "
+                "takes document_ids), or do not pass document_ids",
+            )
 
     def _drop(self, x: Tensor) -> Tensor:
         """Residual dropout (identity in eval mode or with ``dropout=0``)."""
@@ -178,11 +218,23 @@ class TransformerBlock(nn.Module):
         position_ids: Tensor | None,
         attention_mask: Tensor | None,
         kv_cache: LayerKVCache | None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         def attend(h: Tensor) -> Tensor:
-            out = self.attention(
-                h, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache
-            )  # (B, T, d_model)
+            if document_ids is None:
+                out = self.attention(
+                    h, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache
+                )  # (B, T, d_model)
+            else:
+                # An optional keyword the Attention protocol does not name (checked above).
+                packed: Callable[..., Tensor] = self.attention
+                out = packed(
+                    h,
+                    position_ids=position_ids,
+                    attention_mask=attention_mask,
+                    kv_cache=kv_cache,
+                    document_ids=document_ids,
+                )  # (B, T, d_model)
             return self._drop(out)
 
         if self.parallel_residual:
