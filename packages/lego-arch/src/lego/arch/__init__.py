@@ -34,7 +34,7 @@ from lego.arch.components import (
     register_positions,
 )
 from lego.arch.config import DTYPES, DecoderConfig, parse_dtype
-from lego.arch.decoder import DecoderLM, DecoderOutput
+from lego.arch.decoder import DecoderLM, DecoderOutput, document_positions
 from lego.arch.hf import read_hf_config, to_hf
 from lego.arch.loading import from_hf
 from lego.arch.lora_size import LORA_BASES, LoraSizeEstimate, estimate_lora_size
@@ -64,6 +64,7 @@ __all__ = [
     # the model
     "DecoderLM",
     "DecoderOutput",
+    "document_positions",
     # HuggingFace model directories in and out
     "from_hf",
     "to_hf",

@@ -55,7 +55,32 @@ if TYPE_CHECKING:
 
     from lego.protocols import KVCache
 
-__all__ = ["DecoderLM", "DecoderOutput"]
+__all__ = ["DecoderLM", "DecoderOutput", "document_positions"]
+
+
+def document_positions(document_ids: Tensor) -> Tensor:
+    """Positions restarting at 0 at every document of packed rows.
+
+    A document starts wherever the id differs from the previous token's (and at the first
+    token of a row); a padding run (``-1``) counts as one more document, as lego-data's
+    packing numbers it.
+
+    Args:
+        document_ids: ``(B, T)`` integer document numbers, each document one contiguous run.
+
+    Returns:
+        Long tensor ``(B, T)``: each token's offset from the start of its run.
+
+    Example:
+        >>> document_positions(torch.tensor([[0, 0, 0, 1, 1, -1, -1]]))
+        tensor([[0, 1, 2, 0, 1, 0, 1]])
+    """
+    b, t = document_ids.shape
+    index = torch.arange(t, device=document_ids.device).expand(b, t)  # (B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)  # (B, T)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]  # (B, T - 1)
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values  # (B, T)
+    return index - first  # (B, T)
 
 
 class DecoderOutput(NamedTuple):
@@ -268,6 +293,7 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
         output_hidden_states: Literal[False] = False,
     ) -> Tensor: ...
 
@@ -280,6 +306,7 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
         output_hidden_states: Literal[True],
     ) -> DecoderOutput: ...
 
@@ -291,6 +318,7 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> Tensor | DecoderOutput:
         """Compute next-token logits for every position.
@@ -305,6 +333,13 @@ class DecoderLM(nn.Module):
                 transformers.
             kv_cache: A cache from ``new_kv_cache``; the new keys and values are appended
                 to it.
+            document_ids: For packed rows, the document of each token, ``(B, T)``
+                integers (``0, 1, ...`` per row, ``-1`` on padding; each document one
+                contiguous run): every token attends only to the tokens of its own document
+                before it, so a packed row gives the logits of its documents run one by
+                one. With ``position_ids`` None the positions restart at 0 at every
+                document (and at the padding run). None means one sequence per row. Not
+                with a ``kv_cache``.
             output_hidden_states: Also return the hidden states.
 
         Returns:
@@ -313,14 +348,17 @@ class DecoderLM(nn.Module):
 
         Raises:
             DataError: ``input_ids`` is not a ``(B, T)`` integer tensor, or a mask / position
-                shape is wrong.
+                / document shape is wrong.
+            ConfigError: ``document_ids`` given with a ``kv_cache``.
             CompatibilityError: The cache does not match the model (layers, heads, batch).
         """
-        self._check_inputs(input_ids, kv_cache)
+        self._check_inputs(input_ids, kv_cache, document_ids)
         past = kv_cache.seq_len if kv_cache is not None else 0
         if position_ids is None and past > 0:
             t = int(input_ids.shape[1])
             position_ids = torch.arange(past, past + t, device=input_ids.device)  # (T,)
+        if position_ids is None and document_ids is not None:
+            position_ids = document_positions(document_ids)  # (B, T)
 
         x = self.token_embedding(input_ids)  # (B, T, d_model)
         if self.position_embedding is not None:
@@ -332,7 +370,11 @@ class DecoderLM(nn.Module):
         for i, block in enumerate(self.blocks):
             layer_cache = kv_cache[i] if kv_cache is not None else None
             x = block(
-                x, position_ids=position_ids, attention_mask=attention_mask, kv_cache=layer_cache
+                x,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                kv_cache=layer_cache,
+                document_ids=document_ids,
             )  # (B, T, d_model)
             if output_hidden_states:
                 hidden.append(x)
@@ -352,6 +394,7 @@ class DecoderLM(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """The attention probabilities of every layer, for visualization.
 
@@ -363,10 +406,12 @@ class DecoderLM(nn.Module):
             input_ids: Token ids, shape ``(B, T)``.
             attention_mask: As in ``forward``.
             position_ids: As in ``forward``.
+            document_ids: As in ``forward``.
 
         Returns:
             One tensor per layer, each ``(B, n_heads, T, T)``: row ``t`` is how query ``t``
-            spreads its attention over the keys (sums to 1; 0 on future and padded keys).
+            spreads its attention over the keys (sums to 1; 0 on future and padded keys and
+            on other documents).
 
         Raises:
             CompatibilityError: A block's attention has no ``forward_with_weights``.
@@ -383,6 +428,7 @@ class DecoderLM(nn.Module):
                 x,
                 position_ids=kwargs.get("position_ids"),
                 attention_mask=kwargs.get("attention_mask"),
+                document_ids=kwargs.get("document_ids"),
             )  # (B, n_heads, T, T)
             maps.append(weights)
 
@@ -397,13 +443,20 @@ class DecoderLM(nn.Module):
         attentions = [a for a in found if isinstance(a, CausalSelfAttention)]
         handles = [a.register_forward_hook(record, with_kwargs=True) for a in attentions]
         try:
-            self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            self(
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                document_ids=document_ids,
+            )
         finally:
             for handle in handles:
                 handle.remove()
         return tuple(maps)
 
-    def _check_inputs(self, input_ids: Tensor, kv_cache: KVCache | None) -> None:
+    def _check_inputs(
+        self, input_ids: Tensor, kv_cache: KVCache | None, document_ids: Tensor | None
+    ) -> None:
         if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.is_complex():
             raise DataError(
                 f"DecoderLM: input_ids must be a (B, T) integer tensor, got shape "
@@ -411,6 +464,27 @@ class DecoderLM(nn.Module):
                 tensor="input_ids",
                 hint="add a batch dimension with ids.unsqueeze(0)",
             )
+        if document_ids is not None:
+            if kv_cache is not None:
+                raise ConfigError(
+                    "DecoderLM: document_ids cannot be combined with a kv_cache (packed "
+                    "documents are a training layout; cached decoding keeps one sequence "
+                    "per row)",
+                    key="document_ids",
+                    hint="decode each document in its own row, or run packed rows without a cache",
+                )
+            if (
+                document_ids.shape != input_ids.shape
+                or document_ids.dtype.is_floating_point
+                or document_ids.is_complex()
+            ):
+                raise DataError(
+                    f"DecoderLM: document_ids must be a {tuple(input_ids.shape)} integer "
+                    f"tensor like input_ids, got shape {tuple(document_ids.shape)} dtype "
+                    f"{document_ids.dtype}",
+                    tensor="document_ids",
+                    hint="give one document number per token (0, 1, ... per row, -1 on padding)",
+                )
         if kv_cache is not None and len(kv_cache) != len(self.blocks):
             raise CompatibilityError(
                 f"DecoderLM: the KV cache has {len(kv_cache)} layers, the model {len(self.blocks)}",
