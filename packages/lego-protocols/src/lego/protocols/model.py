@@ -47,7 +47,16 @@ class ModelConfigLike(Protocol):
 
 @runtime_checkable
 class CausalLM(Protocol):
-    """A decoder-only language model: token ids in, next-token logits out."""
+    """A decoder-only language model: token ids in, next-token logits out.
+
+    Packed sequences. The ``(B, S)`` ``attention_mask`` marks padding only; it cannot say
+    where the documents packed into one row meet. A model that can keep them apart may
+    accept one more optional keyword, ``document_ids``: ``(B, T)`` integers, ``0, 1, ...``
+    per document of a row and ``-1`` on padding, after which every token attends only to
+    the tokens of its own document before it (lego-arch's ``DecoderLM`` does). It is not
+    part of this contract: callers check the model's ``forward`` for it (lego-align's
+    ``accepts_document_ids``) and never pass it with a ``kv_cache``.
+    """
 
     @property
     def config(self) -> ModelConfigLike:
