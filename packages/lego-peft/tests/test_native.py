@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lego.peft import quantize_nf4
-from lego.peft.native import dequantize_native, native_status
+from lego.peft.native import dequantize_native, native_status, scales_native
 from lego.peft.nf4 import _dequantize_torch, nf4_code
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -129,3 +129,23 @@ def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = torch.empty(512)
     _dequantize_torch(q.packed.reshape(-1), q.scales(), 64, 0, reference)
     assert torch.equal(q.dequantize().reshape(-1), reference)  # the PyTorch path served it
+
+
+@pytest.mark.usefixtures("native")
+@pytest.mark.parametrize("n_blocks", [1, 255, 256, 257, 4099])
+def test_double_quantization_scales_equal_the_pytorch_path(n_blocks: int) -> None:
+    torch.manual_seed(n_blocks)
+    q = quantize_nf4(torch.randn(n_blocks, 64) * torch.rand(n_blocks, 1) * 5, 64)
+    assert q.offset is not None
+    assert q.nested_absmax is not None
+    assert q.nested_code is not None
+    fast = scales_native(q.absmax, q.nested_code, q.nested_absmax, q.offset, q.nested_block_size)
+    assert fast is not None
+    values = q.nested_code[q.absmax.long()]
+    scale = q.nested_absmax.repeat_interleave(q.nested_block_size)[:n_blocks]
+    reference = values * scale + q.offset  # two roundings
+    assert torch.equal(fast, reference)
+    assert torch.equal(q.scales(), reference)
+    # what it does not take: declined, never read past the end
+    assert scales_native(q.absmax, q.nested_code, q.nested_absmax[:0], q.offset, 256) is None
+    assert scales_native(q.absmax.long(), q.nested_code, q.nested_absmax, q.offset, 256) is None

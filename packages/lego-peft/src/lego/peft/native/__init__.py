@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lego.protocols import NativeLibrary, NativeSpec, load_native
 
-__all__ = ["dequantize_native", "native_status"]
+__all__ = ["dequantize_native", "native_status", "scales_native"]
 
 _OUT_CODES: Final[dict[torch.dtype, int]] = {
     torch.float32: 0,
@@ -45,9 +45,13 @@ _SPEC: Final[NativeSpec] = NativeSpec(
     what="the native NF4 dequantization kernel",
     fallback="NF4 weights are dequantized by PyTorch",
     skip_hint="LEGO_PEFT_NATIVE_KERNELS=0 skips it",
-    functions={"nf4_dequantize": [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]},
+    functions={
+        "nf4_dequantize": [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int],
+        "nf4_scales": [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2,
+    },
     cpu_flags=("avx512f", "avx512bw", "avx512vl", "f16c"),
-    compile_flags=("-O3", "-std=gnu11", "-fPIC", "-shared"),  # one thread: no OpenMP
+    # one thread (no OpenMP); no fused multiply-adds, so each rounding is bitsandbytes'
+    compile_flags=("-O3", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off"),
 )
 _OFF: Final[str] = "LEGO_PEFT_NATIVE_KERNELS"
 
@@ -111,3 +115,48 @@ def dequantize_native(
         kind,
     )
     return failed == 0
+
+
+def scales_native(
+    codes: Tensor, nested_code: Tensor, nested_absmax: Tensor, offset: Tensor, nested_block: int
+) -> Tensor | None:
+    """Undo double quantization with the C kernel, where it runs.
+
+    Args:
+        codes: ``(n_blocks,)`` uint8, each block's absmax code.
+        nested_code: ``(256,)`` float32, the dynamic map.
+        nested_absmax: ``(ceil(n_blocks / nested_block),)`` float32.
+        offset: A one-value float32 tensor, the mean subtracted before quantizing.
+        nested_block: Blocks per nested block (256).
+
+    Returns:
+        ``(n_blocks,)`` float32 ``nested_code[codes] * nested_absmax[i // nested_block] +
+        offset`` (two roundings, as bitsandbytes), or None where the kernel does not run or
+        the tensors are not the contiguous CPU tensors it takes.
+    """
+    n = codes.numel()
+    tensors = (codes, nested_code, nested_absmax, offset)
+    if (
+        codes.dtype != torch.uint8
+        or any(t.dtype != torch.float32 for t in tensors[1:])
+        or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors)
+        or nested_code.numel() != 256
+        or offset.numel() != 1
+        or nested_block < 1
+        or nested_absmax.numel() < -(-n // nested_block)
+    ):
+        return None
+    status = native_status()
+    if not status.available:
+        return None
+    out = torch.empty(n, dtype=torch.float32)
+    failed = status.functions["nf4_scales"](
+        codes.data_ptr(),
+        nested_code.data_ptr(),
+        nested_absmax.data_ptr(),
+        offset.data_ptr(),
+        out.data_ptr(),
+        n,
+        nested_block,
+    )
+    return None if failed else out

@@ -97,3 +97,21 @@ TARGET int nf4_dequantize(const uint8_t *packed, const float *scales, const floa
     }
     return 0;
 }
+
+/* Double quantization undone: the float32 absmax of each block from its 8-bit code,
+ *
+ * out[i] = nested_code[codes[i]] * nested_absmax[i / nested_block] + offset
+ *
+ * with two roundings (a product, then a sum; compiled without contraction into a fused
+ * multiply-add), as bitsandbytes computes it. Returns 0, or 1 for a bad nested_block.
+ */
+TARGET int nf4_scales(const uint8_t *codes, const float *nested_code, const float *nested_absmax,
+                      const float *offset, float *out, int64_t n, int64_t nested_block) {
+    if (n < 0 || nested_block < 1) return 1;
+    const float shift = *offset;
+    for (int64_t i = 0; i < n; i++) {
+        const float scaled = nested_code[codes[i]] * nested_absmax[i / nested_block];
+        out[i] = scaled + shift;
+    }
+    return 0;
+}
