@@ -149,3 +149,16 @@ def test_double_quantization_scales_equal_the_pytorch_path(n_blocks: int) -> Non
     # what it does not take: declined, never read past the end
     assert scales_native(q.absmax, q.nested_code, q.nested_absmax[:0], q.offset, 256) is None
     assert scales_native(q.absmax.long(), q.nested_code, q.nested_absmax, q.offset, 256) is None
+
+
+@pytest.mark.usefixtures("native")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_outputs_split_among_threads_equal_the_pytorch_path(dtype: torch.dtype) -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # 3 parts of whole blocks, the last one shorter
+        torch.manual_seed(3)
+        native, reference = _both((1543, 4096), 64, dtype, trim=37)  # 6.3M values
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(native, reference)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -104,17 +105,42 @@ def dequantize_native(
     status = native_status()
     if not status.available:
         return False
-    failed = status.functions["nf4_dequantize"](
-        packed.data_ptr(),
-        scales.data_ptr(),
-        code.data_ptr(),
-        out.data_ptr(),
-        start,
-        out.numel(),
-        block_size,
-        kind,
-    )
-    return failed == 0
+    kernel = status.functions["nf4_dequantize"]
+    size = out.itemsize
+    pointers = (packed.data_ptr(), scales.data_ptr(), code.data_ptr(), out.data_ptr())
+
+    def part(first: int, count: int) -> int:  # values first .. first + count of out
+        p, s, c, o = pointers
+        return int(kernel(p, s, c, o + first * size, start + first, count, block_size, kind))
+
+    bounds = _parts(out.numel(), block_size)
+    if len(bounds) == 1:
+        return part(*bounds[0]) == 0
+    # ctypes releases the GIL during the call: the parts run on separate cores (and a fresh
+    # output's pages are first touched, and zeroed by the system, on all of them).
+    rest = [_pool().submit(part, first, count) for first, count in bounds[1:]]
+    failed = part(*bounds[0])
+    return failed == 0 and all(future.result() == 0 for future in rest)
+
+
+_PART_VALUES: Final[int] = 1 << 21
+"""Outputs of at least twice this many values are split among ``torch.get_num_threads()``
+threads (fewer, larger parts are not worth a thread's start)."""
+
+
+def _parts(count: int, block_size: int) -> list[tuple[int, int]]:
+    """``(first, count)`` pieces of ``count`` values, each starting on a block."""
+    n = max(1, min(torch.get_num_threads(), count // _PART_VALUES))
+    if n == 1:
+        return [(0, count)]
+    step = -(-count // n // block_size) * block_size  # values per part, whole blocks
+    return [(first, min(step, count - first)) for first in range(0, count, step)]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the parts of large outputs (created on first use; the caller does one)."""
+    return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="nf4")
 
 
 def scales_native(

@@ -11,9 +11,9 @@
  * The codes are read once and each output value written once: per 16 bytes, the bytes are
  * widened to 16 lanes, split into high and low nibbles, looked up in the 16-entry codebook
  * with one permute each, interleaved back into value order with two two-source permutes,
- * scaled and stored. One thread: the caller's (no OpenMP team of its own, whose waiting
- * threads would compete with PyTorch's for the cores; at about 2 G values/s on one core the
- * kernel outruns the matrix products it feeds).
+ * scaled and stored. One call runs on the calling thread (no OpenMP team of its own, whose
+ * waiting threads would compete with PyTorch's for the cores); the Python side splits large
+ * outputs into block-aligned ranges and calls it from several threads.
  *
  * Returns 0, or 1 when the arguments are out of range (nothing is written then).
  */
