@@ -12,19 +12,23 @@ checkpointing, TRL with ``bf16=False`` and ``precompute_ref_log_probs=False``:
   the policy's and the reference's forward passes, the sigmoid loss, the backward pass and
   ``AdamW.step``. Both sides start from the same weights and the same adapter (``B`` is
   not zero, so the first loss already compares policy and reference), and their collated
-  batches are equal token for token. Step time: both in one process, steps alternated ABBA;
-  peak RSS: each side in a fresh process.
+  batches are equal token for token.
 - **DPO against TRL's default**: ``trl.DPOTrainer`` given a plain transformers model (no
   ``peft_config``, no ``ref_model``) trains every weight and loads a second, frozen copy of
   the model from its directory as the reference. Our LoRA step and our full-parameter step
-  (``reference="copy"``: a frozen deep copy) against it, each side in fresh processes
-  started in ABBA order (a full-parameter run needs the weights four times over plus the
-  copy, so those rows use a shallower model of the same width; the note says which).
+  (``reference="copy"``: a frozen deep copy) against it (a full-parameter run holds the
+  weights five times over: policy, copy, gradients, two AdamW moments; those rows use a
+  shallower model of the same width, the row says which).
 - **SFT with packing, LoRA r=16**: ours is ``lego.align.SFTObjective`` on rows packed by
   lego-data's ``pack_examples`` (what ``SFTTrainer(packing=True)`` feeds it); TRL is
   ``trl.SFTTrainer(packing=True)`` (best-fit decreasing, padding-free), both from the same
   prompt / completion records with the completion-only loss, the same sequence length and
   rows per step. Tokens per second counts real (non-padding) positions.
+
+Step time: the two sides in one process, steps alternated ABBA after a warm-up each, the
+best step per side (the medians are in the note): on a shared machine the load changes
+within a run, and the fastest step is the least disturbed. Peak RSS: each side alone in a
+fresh process.
 
 TRL's steps are ``trainer.training_step(model, inputs)`` (its ``compute_loss``, which runs
 the policy and the reference, and ``backward``) followed by the AdamW step, on the batch
@@ -78,19 +82,17 @@ QUICK: dict[str, int] = {
     "seq": 64,
     "pairs": 1,
     "sft_rows": 1,
-    "rounds": 1,  # ABBA rounds in one process (each: 2 steps per side)
-    "steps": 2,  # steps per fresh process (the first is the warm-up)
-    "process_rounds": 1,  # fresh processes per side for the TRL-default rows (A B C, C B A)
+    "rounds": 1,  # ABBA rounds in one process (each: 2 timed steps per side)
+    "steps": 2,  # steps per fresh (memory) process
 }
 FULL: dict[str, int] = {
     "layers": 24,
     "full_layers": 4,
     "seq": 512,
     "pairs": 1,
-    "sft_rows": 1,
+    "sft_rows": 2,
     "rounds": 2,
     "steps": 2,
-    "process_rounds": 2,
 }
 
 _LIVE_MEMORY_ENV = {"MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -308,8 +310,18 @@ def check_same_steps(
             raise RuntimeError(f"{what}: first step {key} {a} here, {b} in TRL")
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def _best(side: Mapping[str, Any]) -> float:
+    """A side's fastest timed step: the least noisy estimate on a shared machine."""
+    return min(_timed(side))
+
+
+def _timing(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """How the step times were taken, with both medians."""
+    a, b = _timed(ours), _timed(theirs)
+    return (
+        f"best of {len(a)} steps per side, interleaved ABBA in one process after 1 warm-up "
+        f"each (medians: ours {statistics.median(a):.3g} s, TRL {statistics.median(b):.3g} s)"
+    )
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -376,18 +388,17 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
         if _close(ours_lora["losses"][0], math.log(2), 1e-6):
             raise RuntimeError("DPO LoRA: the first loss is log 2: the adapter was not loaded")
         what = f"DPO LoRA r={RANK}, {big_label}, {pairs} pair(s) x {seq} tokens"
-        timed = 2 * rounds
         rows.append(
             Row(
                 what=f"{what}: training step (policy + reference fwd, bwd, AdamW)",
-                ours=_median(_timed(ours_lora)),
+                ours=_best(ours_lora),
                 peer=f"{TRL} (peft_config: reference = disabled adapter)",
-                peer_value=_median(_timed(trl_peft)),
+                peer_value=_best(trl_peft),
                 unit="s",
                 higher_is_better=False,
-                note=f"{ours_lora['trainable']:,} trainable parameters; median of {timed} steps "
-                "per side, interleaved ABBA in one process after 1 warm-up each; same losses "
-                f"each step (first {ours_lora['losses'][0]:.4f})",
+                note=f"{ours_lora['trainable']:,} trainable parameters; "
+                f"{_timing(ours_lora, trl_peft)}; same losses each step (first "
+                f"{ours_lora['losses'][0]:.4f})",
             )
         )
         rows.append(
@@ -406,86 +417,83 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
 
         # -- DPO against TRL's default, and full-parameter DPO (frozen copy on both sides)
         log(f"DPO vs TRL's default and full-parameter DPO on {small_label}")
-        order = ["ours-lora", "trl-default", "ours-full"]
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
-        sequence = [*order, *order[::-1]] * sizes["process_rounds"]  # A B C C B A ...
-        for name in sequence[: 3 * sizes["process_rounds"]]:
-            result = worker(
+        alone = {
+            name: worker(
                 {**small_dpo, "role": "dpo", "sides": [name], "steps": steps}, live_memory=True
             )
-            runs[name].append(result)
-        for i in range(sizes["process_rounds"]):
-            check_same_steps(
-                "full-parameter DPO",
-                runs["ours-full"][i]["sides"]["ours-full"],
-                runs["trl-default"][i]["sides"]["trl-default"],
+            for name in ("ours-lora", "trl-default", "ours-full")
+        }
+        check_same_steps(
+            "full-parameter DPO (separate processes)",
+            alone["ours-full"]["sides"]["ours-full"],
+            alone["trl-default"]["sides"]["trl-default"],
+        )
+        full = worker(
+            {**small_dpo, "role": "dpo", "sides": ["ours-full", "trl-default"], "rounds": rounds},
+            live_memory=False,
+        )
+        ours_full, trl_full = full["sides"]["ours-full"], full["sides"]["trl-default"]
+        check_same_steps("full-parameter DPO (one process)", ours_full, trl_full)
+        if not _close(ours_full["losses"][0], math.log(2), 1e-5):
+            raise RuntimeError(
+                f"full-parameter DPO: first loss {ours_full['losses'][0]}, not log 2"
             )
-        full_first = runs["ours-full"][0]["sides"]["ours-full"]["losses"][0]
-        if not _close(full_first, math.log(2), 1e-5):
-            raise RuntimeError(f"full-parameter DPO: first loss {full_first}, not log 2")
-
-        def times_of(name: str) -> list[float]:
-            return [t for run in runs[name] for t in _timed(run["sides"][name])]
-
-        def peak_of(name: str) -> float:
-            return max(_grown_mib(run) for run in runs[name])
-
-        default_facts = runs["trl-default"][0]["sides"]["trl-default"]["facts"]
+        versus = worker(
+            {**small_dpo, "role": "dpo", "sides": ["ours-lora", "trl-default"], "rounds": rounds},
+            live_memory=False,
+        )
+        ours_small, trl_small = versus["sides"]["ours-lora"], versus["sides"]["trl-default"]
+        default_facts = trl_full["facts"]
         if default_facts["ref_model"] == "NoneType" or default_facts["ref_shares_weights"]:
             raise RuntimeError(f"TRL's default reference is not a separate model: {default_facts}")
         trl_default = (
             f"{TRL_PLAIN} (default: all weights trained, reference = a 2nd copy from the directory)"
         )
-        runs_per_side = sizes["process_rounds"]
-        per_side = f"median of {runs_per_side * (steps - 1)} steps per side"
-        processes = (
-            f"{runs_per_side} fresh process(es) per side started "
-            f"{' '.join('ABCCBA'[: 3 * runs_per_side])}, 1 warm-up step each"
-        )
         small_what = f"{small_label}, {pairs} pair(s) x {seq} tokens"
         rows += [
             Row(
                 what=f"DPO, ours LoRA r={RANK} vs TRL's default, {small_what}: training step",
-                ours=_median(times_of("ours-lora")),
+                ours=_best(ours_small),
                 peer=trl_default,
-                peer_value=_median(times_of("trl-default")),
+                peer_value=_best(trl_small),
                 unit="s",
                 higher_is_better=False,
-                note=f"{per_side}; {processes}",
+                note=f"{_timing(ours_small, trl_small)}; TRL trains "
+                f"{trl_small['trainable']:,} parameters, ours {ours_small['trainable']:,}",
             ),
             Row(
                 what=f"DPO, ours LoRA r={RANK} vs TRL's default, {small_what}: peak RSS while "
                 "training, above the imports",
-                ours=peak_of("ours-lora"),
+                ours=_grown_mib(alone["ours-lora"]),
                 peer=trl_default,
-                peer_value=peak_of("trl-default"),
+                peer_value=_grown_mib(alone["trl-default"]),
                 unit="MiB",
                 higher_is_better=False,
                 better="smaller",
                 worse="larger",
-                note=f"the larger of each side's {runs_per_side} process(es)",
+                note=f"each side alone in a fresh process, {steps} steps",
             ),
             Row(
                 what=f"DPO, full parameters, {small_what}: training step",
-                ours=_median(times_of("ours-full")),
+                ours=_best(ours_full),
                 peer=f"{TRL_PLAIN} (reference = a frozen copy)",
-                peer_value=_median(times_of("trl-default")),
+                peer_value=_best(trl_full),
                 unit="s",
                 higher_is_better=False,
-                note=f"ours: reference = a frozen deep copy; {per_side}; {processes}; same "
+                note=f"ours: reference = a frozen deep copy; {_timing(ours_full, trl_full)}; same "
                 "losses each step",
             ),
             Row(
                 what=f"DPO, full parameters, {small_what}: peak RSS while training, above the "
                 "imports",
-                ours=peak_of("ours-full"),
+                ours=_grown_mib(alone["ours-full"]),
                 peer=f"{TRL_PLAIN} (reference = a frozen copy)",
-                peer_value=peak_of("trl-default"),
+                peer_value=_grown_mib(alone["trl-default"]),
                 unit="MiB",
                 higher_is_better=False,
                 better="smaller",
                 worse="larger",
-                note=f"the larger of each side's {runs_per_side} process(es)",
+                note=f"each side alone in a fresh process, {steps} steps",
             ),
         ]
 
@@ -520,8 +528,8 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
             )
         if sft_tokens != ours_sft["tokens"]:
             raise RuntimeError("SFT: the worker's batch is not the one written")
-        ours_tps = ours_sft["tokens"] / _median(_timed(ours_sft))
-        trl_tps = trl_sft["tokens"] / _median(_timed(trl_sft))
+        ours_tps = ours_sft["tokens"] / _best(ours_sft)
+        trl_tps = trl_sft["tokens"] / _best(trl_sft)
         rows.append(
             Row(
                 what=f"SFT LoRA r={RANK} with packing, {big_label}, {rows_per_step} row(s) x "
@@ -532,9 +540,8 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
                 unit="tokens/s",
                 note=f"real tokens per step: ours {ours_sft['tokens']}, TRL "
                 f"{trl_sft['tokens']} ({trl_sft['facts']['documents']} documents, padding-free "
-                f"{trl_sft['facts']['batch_shape']}); median of {timed} steps per side, ABBA in "
-                f"one process; first loss {ours_sft['losses'][0]:.4f} here = TRL's model on our "
-                f"batch {on_ours:.4f}",
+                f"{trl_sft['facts']['batch_shape']}); {_timing(ours_sft, trl_sft)}; first loss "
+                f"{ours_sft['losses'][0]:.4f} here = TRL's model on our batch {on_ours:.4f}",
             )
         )
         if apart:
