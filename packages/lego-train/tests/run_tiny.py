@@ -63,6 +63,10 @@ def main() -> None:
             Path(out_dir) / "final.pt",
         )
     if torch.distributed.is_initialized():
+        # Every rank done (rank 0 saves above) before any tears the group down: once, on a
+        # loaded machine, rank 1 aborted in gloo ("terminate called without an active
+        # exception") tearing down while rank 0 was still saving.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
