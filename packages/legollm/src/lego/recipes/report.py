@@ -308,8 +308,8 @@ def plot_curves(
 
     Example:
         >>> curves = [Curve("loss", "loss", "val_loss"), Curve("accuracy", "accuracy")]
-        >>> [c.train for c in curves]
-        ['loss', 'accuracy']
+        >>> tuple(c.train for c in curves)
+        ('loss', 'accuracy')
     """
     agg, figure_module = matplotlib_modules(_NEEDED_BY, install=_INSTALL)
     folder = Path(run_dir)
