@@ -82,6 +82,7 @@ class Side:
         times: Seconds per step, in order.
         losses: Loss per step, in order.
         metrics: The metrics of each step, in order.
+        module: The trained model (for profiles: its parameters are not activations).
     """
 
     name: str
@@ -92,6 +93,7 @@ class Side:
     times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
+    module: torch.nn.Module | None = None
 
     def run(self) -> None:
         """One timed step."""
@@ -161,7 +163,8 @@ def ours_dpo(settings: dict[str, Any], name: str) -> Side:
         return float(loss.detach()), {k: float(v) / pairs for k, v in out.metrics.items()}
 
     tokens = int(batch["attention_mask"].sum())
-    return Side(name, step, trainable, tokens, {"reference": "adapter" if lora else "copy"})
+    facts = {"reference": "adapter" if lora else "copy"}
+    return Side(name, step, trainable, tokens, facts, module=model)
 
 
 def ours_sft(settings: dict[str, Any]) -> Side:
@@ -187,7 +190,7 @@ def ours_sft(settings: dict[str, Any]) -> Side:
         return float(loss.detach()), {"trained_tokens": float(out.tokens)}
 
     tokens = int(batch["attention_mask"].sum())
-    return Side("ours", step, trainable, tokens, {"documents_apart": apart})
+    return Side("ours", step, trainable, tokens, {"documents_apart": apart}, module=model)
 
 
 # -- TRL ----------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def trl_dpo(settings: dict[str, Any], name: str) -> Side:
         return float(loss), {k: float(v[-1]) for k, v in logged.items() if v}
 
     tokens = int(inputs["attention_mask"].sum())
-    return Side(name, step, trainable, tokens, facts)
+    return Side(name, step, trainable, tokens, facts, module=model)
 
 
 def trl_sft(settings: dict[str, Any]) -> Side:
@@ -360,7 +363,7 @@ def trl_sft(settings: dict[str, Any]) -> Side:
         return float(loss), {"trained_tokens": trained}
 
     tokens = int(inputs["input_ids"].numel())  # padding-free: every position is a real token
-    return Side("trl", step, trainable, tokens, facts)
+    return Side("trl", step, trainable, tokens, facts, module=model)
 
 
 def trl_reference_facts(settings: dict[str, Any]) -> dict[str, Any]:

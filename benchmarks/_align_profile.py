@@ -39,8 +39,15 @@ from benchmarks._align_bench import BUILDERS, Side  # noqa: E402
 
 
 def saved_tensors(side: Side) -> dict[str, Any]:
-    """Bytes autograd saves during one step of ``side`` (each storage once), by shape."""
-    seen: set[int] = set()
+    """Bytes autograd saves during one step of ``side`` (each storage once), by shape.
+
+    Parameters (the frozen weights a matrix product keeps for its backward) are left out:
+    they are in memory anyway; what is counted is what the step adds.
+    """
+    module = side.module
+    seen: set[int] = (
+        {p.untyped_storage().data_ptr() for p in module.parameters()} if module else set()
+    )
     groups: dict[str, int] = defaultdict(int)
     total = 0
 
@@ -72,9 +79,14 @@ def operators(side: Side, top: int = 14) -> dict[str, Any]:
     averages = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in averages)
     rows = sorted(averages, key=lambda e: -e.self_cpu_time_total)[:top]
+    # The log-probability functions with everything they call (forward and backward).
+    regions = {
+        e.key: e.cpu_time_total / 1e6 for e in averages if "LogProb" in e.key or "Gather" in e.key
+    }
     return {
         "step_s": side.times[-1],
         "self_cpu_s": total / 1e6,
+        "logprob_regions_s": regions,
         "top": [
             {
                 "op": e.key,
