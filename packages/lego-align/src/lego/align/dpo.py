@@ -55,7 +55,7 @@ from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.logprobs import build_preference_batch, sequence_logprobs
 from lego.align.losses import DPO_LOSS_TYPES, dpo_loss
 from lego.align.sft import _DataReport
-from lego.align.tokens import preference_pad_id
+from lego.align.tokens import pair_count, preference_pad_id
 from lego.data.encode import TokenizedExample
 from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset, PreferenceExample
@@ -301,14 +301,7 @@ class DPOObjective:
         Raises:
             DataError: An odd number of rows.
         """
-        rows = int(batch["input_ids"].shape[0])
-        if rows % 2:
-            raise DataError(
-                f"a DPO batch needs [chosen; rejected] rows, got {rows} rows",
-                key="input_ids",
-                hint="collate pairs with DPOCollator",
-            )
-        return rows // 2
+        return pair_count(batch, what="DPO", collator="DPOCollator")
 
     def _reference(self, model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         if "ref_chosen" in batch and "ref_rejected" in batch:

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from lego.align.losses import reward_loss
 from lego.align.sft import _DataReport, truncate_left
-from lego.align.tokens import preference_pad_id
+from lego.align.tokens import pair_count, preference_pad_id
 from lego.data.encode import TokenizedExample
 from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset, PreferenceExample
@@ -614,14 +614,7 @@ class RewardObjective:
         Raises:
             DataError: An odd number of rows.
         """
-        rows = int(batch["input_ids"].shape[0])
-        if rows % 2:
-            raise DataError(
-                f"a reward batch needs [chosen; rejected] rows, got {rows} rows",
-                key="input_ids",
-                hint="collate pairs with RewardCollator",
-            )
-        return rows // 2
+        return pair_count(batch, what="reward", collator="RewardCollator")
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], /) -> ObjectiveOutput:
         """Score both halves and sum the Bradley-Terry loss over the pairs.

@@ -25,7 +25,9 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from lego.protocols import ConfigError, Tokenizer, read_json
+from torch import Tensor
+
+from lego.protocols import ConfigError, DataError, Tokenizer, read_json
 from lego.protocols.chat import ChatTemplate
 
 __all__ = [
@@ -297,3 +299,27 @@ def generation_stop_ids(model_dir: str | os.PathLike[str]) -> tuple[int, ...] | 
             key="eos_token_id",
         )
     return tuple(values)
+
+
+def pair_count(batch: Mapping[str, Tensor], *, what: str, collator: str) -> int:
+    """The pairs of a ``[chosen; rejected]`` batch: half its rows.
+
+    Args:
+        batch: ``input_ids`` ``(2P, L)``.
+        what: The batch's kind for the message (``"DPO"``, ``"reward"``).
+        collator: The collator that builds such batches, named in the hint.
+
+    Returns:
+        ``P``.
+
+    Raises:
+        DataError: An odd number of rows.
+    """
+    rows = int(batch["input_ids"].shape[0])
+    if rows % 2:
+        raise DataError(
+            f"a {what} batch needs [chosen; rejected] rows, got {rows} rows",
+            key="input_ids",
+            hint=f"collate pairs with {collator}",
+        )
+    return rows // 2
