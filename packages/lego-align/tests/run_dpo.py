@@ -65,9 +65,19 @@ def main() -> None:
         ),
         callbacks=[Announce(delay)],  # type: ignore[list-item]
     )
+    reference = trainer.objective.reference
+    if reference is not None:
+        print(f"REFERENCE {type(reference).__name__}", flush=True)
     trainer.fit()
+    model = trainer.trainer.unwrapped
+    if strategy == "fsdp":  # every rank takes part in gathering the full weights
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = dict(get_model_state_dict(model, options=options))
+    else:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if trainer.trainer.dist.is_main:
-        state = {k: v.detach().clone() for k, v in trainer.trainer.unwrapped.state_dict().items()}
         torch.save(state, Path(out_dir) / "final.pt")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

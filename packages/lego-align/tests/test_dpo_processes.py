@@ -1,4 +1,4 @@
-"""DPO in real processes: SIGKILL then resume equals an unbroken run; 2 ranks = 1 x 2B."""
+"""DPO in real processes: SIGKILL then resume = an unbroken run; 2 ranks (DDP, FSDP2) = 1 x 2B."""
 
 from __future__ import annotations
 
@@ -73,9 +73,15 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path: Path, reference: 
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "reference"),
+    [("ddp", "precomputed"), ("fsdp", "copy")],  # FSDP2: full fine-tuning, a frozen reference copy
+)
+def test_two_ranks_match_one_process_with_double_batch(
+    tmp_path: Path, strategy: str, reference: str
+) -> None:
     single = tmp_path / "single"
-    _run(single, "3", "8", "-", "single", "precomputed")
+    _run(single, "3", "8", "-", "single", reference)
     multi = tmp_path / "multi"
     cmd = [
         sys.executable,
@@ -90,11 +96,13 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path) -> None:
         "3",
         "4",
         "-",
-        "ddp",
-        "precomputed",
+        strategy,
+        reference,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    if strategy == "fsdp":  # the frozen copy is sharded like the policy (FSDP2 class prefix)
+        assert result.stdout.count("REFERENCE FSDPWideLM") == 2, result.stdout
     a = torch.load(single / "final.pt", weights_only=True)
     b = torch.load(multi / "final.pt", weights_only=True)
     for name in a:

@@ -75,7 +75,7 @@ from lego.protocols import (
 from lego.protocols.chat import get_chat_template
 from lego.train import ObjectiveOutput, TrainConfig, Trainer
 from lego.train.checkpoint import model_signature
-from lego.train.distributed import init_distributed, pick_device
+from lego.train.distributed import init_distributed, pick_device, resolve_strategy, wrap_model
 from lego.train.state import RunState
 
 __all__ = [
@@ -751,6 +751,9 @@ class DPOTrainer:
             reference = copy.deepcopy(self.model)
         if reference is not None:
             reference.requires_grad_(False).eval().to(device)
+            if mode == "copy" and resolve_strategy(train.strategy, info) == "fsdp":
+                # Sharded like the policy: each rank holds 1/world of the frozen copy.
+                reference = wrap_model(reference, "fsdp", device)
 
         self.cache_file: Path | None = None
         train_reference: tuple[Tensor, Tensor] | None = None
