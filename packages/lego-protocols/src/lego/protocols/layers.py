@@ -89,7 +89,14 @@ class PositionalEncoding(Protocol):
 
 @runtime_checkable
 class Attention(Protocol):
-    """Causal self-attention (multi-head, grouped-query or multi-query)."""
+    """Causal self-attention (multi-head, grouped-query or multi-query).
+
+    Packed sequences. As with [`CausalLM`][lego.protocols.CausalLM], an implementation may
+    accept one more optional keyword, ``document_ids`` ``(B, T)`` (``0, 1, ...`` per document
+    of a row, ``-1`` on padding), after which a query attends only to the keys of its own
+    document at or before it. It is not part of this contract, and never comes with a
+    ``kv_cache``.
+    """
 
     def __call__(
         self,
