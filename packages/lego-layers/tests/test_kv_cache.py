@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from lego.layers import StaticKVCache, StaticLayerKVCache
 from lego.protocols import CompatibilityError, ConfigError, DataError, KVCache, LayerKVCache
@@ -236,3 +237,184 @@ def test_errors_pickle() -> None:
         _layer(length=1).update(*_kv(2, 2))
     again = pickle.loads(pickle.dumps(info.value))
     assert again.tensor == "k"
+
+
+# -- copy_rows / trim_front ------------------------------------------------------------
+
+
+def _filled(layers: int, batch: int, length: int, t: int) -> tuple[StaticKVCache, list[Tensor]]:
+    """A model cache with ``t`` random positions written in every layer; returns the keys."""
+    cache = _model(layers=layers, batch=batch, length=length)
+    keys = []
+    for i in range(layers):
+        k, v = _kv(batch, t)
+        cache[i].update(k, v)
+        keys.append(k)
+    return cache, keys
+
+
+def test_copy_rows_shares_a_prefill_prompt_major() -> None:
+    source, keys = _filled(layers=2, batch=2, length=6, t=3)
+    target = _model(layers=2, batch=6, length=10)
+    target.copy_rows(source, rows=torch.arange(6), source_rows=torch.arange(2).repeat_interleave(3))
+    assert target.seq_len == 3
+    assert [target[i].seq_len for i in range(2)] == [3, 3]
+    for i in range(2):
+        for row in range(6):
+            torch.testing.assert_close(
+                target[i].k_cache[row, :, :3], keys[i][row // 3], rtol=0, atol=0
+            )
+            torch.testing.assert_close(
+                target[i].v_cache[row, :, :3], source[i].v_cache[row // 3, :, :3], rtol=0, atol=0
+            )
+    # decoding continues from there: the next update lands at position 3
+    k, v = _kv(6, 1)
+    keys_now, _ = target[0].update(k, v)
+    assert keys_now.shape[2] == 4
+    torch.testing.assert_close(keys_now[:, :, 3:], k, rtol=0, atol=0)
+
+
+def test_copy_rows_right_aligned_into_a_running_batch() -> None:
+    batch, old = _filled(layers=2, batch=3, length=10, t=5)
+    single, new = _filled(layers=2, batch=1, length=10, t=2)
+    batch.copy_rows(single, rows=torch.tensor([1]), source_rows=torch.tensor([0]), start=3)
+    assert batch.seq_len == 5  # max(5, 3 + 2)
+    for i in range(2):
+        torch.testing.assert_close(batch[i].k_cache[1, :, 3:5], new[i][0], rtol=0, atol=0)
+        # positions not written keep their old values; the other rows are untouched
+        torch.testing.assert_close(batch[i].k_cache[1, :, :3], old[i][1, :, :3], rtol=0, atol=0)
+        torch.testing.assert_close(batch[i].k_cache[[0, 2], :, :5], old[i][[0, 2]], rtol=0, atol=0)
+
+
+def test_copy_rows_can_grow_seq_len_and_copy_within_one_cache() -> None:
+    cache, keys = _filled(layers=1, batch=2, length=8, t=2)
+    cache.copy_rows(cache, rows=torch.tensor([1, 0]), source_rows=torch.tensor([0, 1]), start=3)
+    assert cache.seq_len == 5
+    torch.testing.assert_close(cache[0].k_cache[1, :, 3:5], keys[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(cache[0].k_cache[0, :, 3:5], keys[0][1], rtol=0, atol=0)
+
+
+def test_copy_rows_of_an_empty_source_or_no_rows() -> None:
+    cache, keys = _filled(layers=1, batch=2, length=8, t=3)
+    empty = _model(layers=1, batch=1, length=8)
+    cache.copy_rows(empty, rows=torch.tensor([0]), source_rows=torch.tensor([0]))
+    assert cache.seq_len == 3
+    other, _ = _filled(layers=1, batch=1, length=8, t=4)
+    cache.copy_rows(
+        other,
+        rows=torch.tensor([], dtype=torch.long),
+        source_rows=torch.tensor([], dtype=torch.long),
+    )
+    assert cache.seq_len == 4  # max(3, 0 + 4), nothing written
+    torch.testing.assert_close(cache[0].k_cache[:, :, :3], keys[0], rtol=0, atol=0)
+
+
+def test_layer_copy_rows() -> None:
+    source = _layer(batch=1, length=4)
+    k, v = _kv(1, 2)
+    source.update(k, v)
+    target = _layer(batch=3, length=8)
+    target.copy_rows(source, rows=torch.tensor([2, 0]), source_rows=torch.tensor([0, 0]), start=1)
+    assert target.seq_len == 3
+    for row in (0, 2):
+        torch.testing.assert_close(target.k_cache[row, :, 1:3], k[0], rtol=0, atol=0)
+        torch.testing.assert_close(target.v_cache[row, :, 1:3], v[0], rtol=0, atol=0)
+    assert bool((target.k_cache[1] == 0).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"rows": [0], "source_rows": torch.tensor([0])}, "rows"),  # not a tensor
+        ({"rows": torch.tensor([[0]]), "source_rows": torch.tensor([0])}, "rows"),  # 2-D
+        ({"rows": torch.tensor([0.0]), "source_rows": torch.tensor([0])}, "rows"),  # float
+        ({"rows": torch.tensor([3]), "source_rows": torch.tensor([0])}, "rows"),  # range
+        ({"rows": torch.tensor([-1]), "source_rows": torch.tensor([0])}, "rows"),  # negative
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([2])}, "source_rows"),
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([True])}, "source_rows"),
+        ({"rows": torch.tensor([0, 1]), "source_rows": torch.tensor([0])}, "source_rows"),
+        ({"rows": torch.tensor([1, 1]), "source_rows": torch.tensor([0, 1])}, "rows"),  # twice
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": -1}, "start"),
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": 7}, "start"),
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": 1.0}, "start"),
+    ],
+)
+def test_copy_rows_bad_arguments(kwargs: dict[str, object], key: str) -> None:
+    target, keys = _filled(layers=2, batch=3, length=8, t=1)
+    source, _ = _filled(layers=2, batch=2, length=8, t=2)
+    with pytest.raises(ConfigError) as info:
+        target.copy_rows(source, **kwargs)  # type: ignore[arg-type]
+    assert info.value.key == key
+    assert target.seq_len == 1  # nothing changed
+    torch.testing.assert_close(target[0].k_cache[:, :, :1], keys[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        StaticKVCache(n_layers=3, batch_size=1, max_seq_len=4, n_kv_heads=3, head_dim=4),
+        StaticKVCache(n_layers=2, batch_size=1, max_seq_len=4, n_kv_heads=2, head_dim=4),
+        StaticKVCache(n_layers=2, batch_size=1, max_seq_len=4, n_kv_heads=3, head_dim=5),
+        StaticKVCache(
+            n_layers=2, batch_size=1, max_seq_len=4, n_kv_heads=3, head_dim=4, dtype=torch.float64
+        ),
+        "a cache",
+    ],
+    ids=["layers", "heads", "head_dim", "dtype", "kind"],
+)
+def test_copy_rows_incompatible_source(source: object) -> None:
+    target = _model(layers=2, batch=2, length=8)
+    with pytest.raises(CompatibilityError) as info:
+        target.copy_rows(source, rows=torch.tensor([0]), source_rows=torch.tensor([0]))  # type: ignore[arg-type]
+    assert info.value.tensor == "source"
+    assert target.seq_len == 0
+
+
+def test_layer_copy_rows_incompatible_source() -> None:
+    with pytest.raises(CompatibilityError, match="head_dim"):
+        _layer().copy_rows(_layer(dim=5), rows=torch.tensor([0]), source_rows=torch.tensor([0]))
+
+
+def test_trim_front_moves_every_row_and_layer() -> None:
+    cache, keys = _filled(layers=2, batch=2, length=8, t=6)
+    values = [cache[i].v_cache[:, :, :6].clone() for i in range(2)]
+    cache.trim_front(4)  # overlapping ranges are not an issue
+    assert cache.seq_len == 2
+    for i in range(2):
+        torch.testing.assert_close(cache[i].k_cache[:, :, :2], keys[i][:, :, 4:], rtol=0, atol=0)
+        torch.testing.assert_close(cache[i].v_cache[:, :, :2], values[i][:, :, 4:], rtol=0, atol=0)
+    cache.trim_front(0)
+    assert cache.seq_len == 2
+    cache.trim_front(2)
+    assert cache.seq_len == 0
+
+
+def test_trim_front_overlapping_and_layer_level() -> None:
+    layer = _layer(batch=1, length=8)
+    k, v = _kv(1, 5)
+    layer.update(k, v)
+    layer.trim_front(1)  # kept (4) > count (1): the source and destination overlap
+    assert layer.seq_len == 4
+    torch.testing.assert_close(layer.k_cache[:, :, :4], k[:, :, 1:], rtol=0, atol=0)
+    k2, _ = _kv(1, 1)
+    keys, _ = layer.update(k2, k2)
+    torch.testing.assert_close(keys, torch.cat([k[:, :, 1:], k2], dim=2), rtol=0, atol=0)
+
+
+def test_trim_front_realigns_uneven_layers() -> None:
+    cache, keys = _filled(layers=2, batch=1, length=8, t=3)
+    cache[0].update(*_kv(1, 1))  # an interrupted forward
+    cache.trim_front(1)
+    assert [cache[i].seq_len for i in range(2)] == [2, 2]
+    torch.testing.assert_close(cache[0].k_cache[:, :, :2], keys[0][:, :, 1:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("count", [-1, 4, 1.0, True])
+def test_trim_front_bad_count(count: object) -> None:
+    cache, _ = _filled(layers=1, batch=1, length=8, t=3)
+    with pytest.raises(ConfigError) as info:
+        cache.trim_front(count)  # type: ignore[arg-type]
+    assert info.value.key == "count"
+    assert cache.seq_len == 3
+    with pytest.raises(ConfigError):
+        cache[0].trim_front(count)  # type: ignore[arg-type]

@@ -99,10 +99,16 @@ class FakeCache:
     def reset(self) -> None: ...
     def crop(self, length: int) -> None: ...
     def reorder(self, indices: Any) -> None: ...
+    def copy_rows(self, source: Any, *, rows: Any, source_rows: Any, start: int = 0) -> None: ...
+    def trim_front(self, count: int) -> None: ...
 
 
 class CacheWithoutReorder(FakeCache):
     reorder = None  # type: ignore[assignment]
+
+
+class CacheWithoutRowCopies(FakeCache):
+    copy_rows = None  # type: ignore[assignment]
 
 
 class FakeLM(Module):
@@ -184,6 +190,7 @@ CASES: list[tuple[type, object, object]] = [
     (Attention, Module(), CallOnly()),
     (LayerKVCache, FakeLayerCache(), FakeCache()),
     (KVCache, FakeCache(), CacheWithoutReorder()),
+    (KVCache, FakeCache(), CacheWithoutRowCopies()),
     (CausalLM, FakeLM(), Module()),
     (CachedCausalLM, FakeCachedLM(), FakeLM()),
     (ModelConfigLike, ModelConfig(vocab_size=3, context_length=2), FakeState()),

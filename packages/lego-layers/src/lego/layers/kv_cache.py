@@ -8,7 +8,10 @@ and returns views of the filled part.
 
 [`StaticKVCache`][lego.layers.StaticKVCache] holds one layer cache per transformer block and
 does the bookkeeping of all of them at once: ``reset()``, ``crop(length)`` (speculative
-decoding), ``reorder(indices)`` (beam search).
+decoding), ``reorder(indices)`` (beam search), ``copy_rows(source, rows=..., source_rows=...,
+start=...)`` (``n`` completions sharing one prefill; a request prefilled alone joining a
+running batch) and ``trim_front(count)`` (dropping leading columns that every row has as
+padding).
 
 How the lengths advance. Every layer cache counts its own positions: one ``update`` with
 ``T`` new keys advances that layer, and only that layer, by ``T``. During one model forward
@@ -30,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lego.protocols import CompatibilityError, ConfigError, DataError, check_int
+from lego.protocols import CompatibilityError, ConfigError, DataError, KVCache, check_int
 
 __all__ = ["StaticLayerKVCache", "StaticKVCache"]
 
@@ -77,6 +80,131 @@ def _check_indices(indices: Tensor, batch_size: int, device: torch.device) -> No
             tensor="indices",
             hint="indices name rows of the current batch",
         )
+
+
+def _check_rows(name: str, rows: object, batch_size: int, device: torch.device) -> Tensor:
+    """Validate the ``rows`` / ``source_rows`` of ``copy_rows``; return them as long on ``device``.
+
+    Raises:
+        ConfigError: Not a 1-D integer tensor, or an index out of ``[0, batch_size)``.
+    """
+    if not isinstance(rows, Tensor):
+        raise ConfigError(
+            f"copy_rows() takes a tensor of row indices as {name}, got {type(rows).__name__}",
+            key=name,
+            hint="pass torch.tensor([...], dtype=torch.long)",
+        )
+    if rows.ndim != 1:
+        raise ConfigError(
+            f"copy_rows() needs {name} of shape (R,), got {tuple(rows.shape)}",
+            key=name,
+            hint="give one row index per copied row",
+        )
+    if rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+        raise ConfigError(
+            f"copy_rows() needs integer {name}, got dtype {rows.dtype}",
+            key=name,
+            hint="convert them with .long()",
+        )
+    index = rows.to(device=device, dtype=torch.long)
+    if index.numel() and bool(((index < 0) | (index >= batch_size)).any()):
+        raise ConfigError(
+            f"copy_rows() {name} must lie in [0, {batch_size}), got {rows.tolist()}",
+            key=name,
+            hint=f"{name} name rows of a cache of {batch_size} rows",
+        )
+    return index
+
+
+def _check_copy(
+    rows: object,
+    source_rows: object,
+    start: object,
+    *,
+    batch_size: int,
+    source_batch_size: int,
+    length: int,
+    max_seq_len: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Validate every argument of ``copy_rows`` but the source; return the indices as long.
+
+    Raises:
+        ConfigError: Bad ``rows`` / ``source_rows`` (see ``_check_rows``), different lengths,
+            repeated destination rows, or ``start`` out of range.
+    """
+    index = _check_rows("rows", rows, batch_size, device)
+    source_index = _check_rows("source_rows", source_rows, source_batch_size, device)
+    if index.shape != source_index.shape:
+        raise ConfigError(
+            f"copy_rows() got {index.shape[0]} rows but {source_index.shape[0]} source_rows",
+            key="source_rows",
+            hint="give one source row for every destination row",
+        )
+    ordered = index.sort().values
+    if bool((ordered[1:] == ordered[:-1]).any()):
+        raise ConfigError(
+            f"copy_rows() rows must be distinct, got {index.tolist()}",
+            key="rows",
+            hint="write each destination row once (source_rows may repeat)",
+        )
+    check_int("start", start, minimum=0, owner="copy_rows()")
+    assert isinstance(start, int)  # for mypy: check_int raised otherwise
+    if start + length > max_seq_len:
+        raise ConfigError(
+            f"copy_rows() cannot write {length} positions from position {start}: the cache "
+            f"has room for {max_seq_len}",
+            key="start",
+            hint=f"use start <= {max_seq_len - length}, or allocate a larger max_seq_len",
+        )
+    return index, source_index
+
+
+def _check_source_layer(
+    target: StaticLayerKVCache, source: object, where: str
+) -> StaticLayerKVCache:
+    """Check that ``source`` is a static layer cache whose heads, size, dtype, device fit.
+
+    Raises:
+        CompatibilityError: naming ``source`` (and ``where``, the layer) on any mismatch.
+    """
+    if not isinstance(source, StaticLayerKVCache):
+        raise CompatibilityError(
+            f"copy_rows() copies from a {type(target).__name__}, got {type(source).__name__}",
+            tensor="source",
+            hint="allocate the source cache with the same model's new_kv_cache()",
+        )
+    for what, mine, theirs in (
+        ("n_kv_heads", target.n_kv_heads, source.n_kv_heads),
+        ("head_dim", target.head_dim, source.head_dim),
+        ("dtype", target.k_cache.dtype, source.k_cache.dtype),
+        ("device", target.k_cache.device, source.k_cache.device),
+    ):
+        if mine != theirs:
+            raise CompatibilityError(
+                f"copy_rows(): the source cache{where} has {what} {theirs}, this cache {mine}",
+                tensor="source",
+                hint="copy between caches allocated by the same model with the same dtype "
+                "and device",
+            )
+    return source
+
+
+def _check_count(count: object, seq_len: int) -> int:
+    """Validate ``trim_front``'s ``count``: an int in ``[0, seq_len]``.
+
+    Raises:
+        ConfigError: naming ``count``.
+    """
+    check_int("count", count, minimum=0, owner="trim_front()")
+    assert isinstance(count, int)  # for mypy: check_int raised otherwise
+    if count > seq_len:
+        raise ConfigError(
+            f"trim_front() cannot drop {count} positions: the KV cache holds {seq_len}",
+            key="count",
+            hint=f"pass a count in [0, {seq_len}]",
+        )
+    return count
 
 
 class StaticLayerKVCache(nn.Module):
@@ -287,6 +415,91 @@ class StaticLayerKVCache(nn.Module):
         self.k_cache[:, :, :end] = self.k_cache[:, :, :end].index_select(0, index)
         self.v_cache[:, :, :end] = self.v_cache[:, :, :end].index_select(0, index)
 
+    def copy_rows(
+        self,
+        source: StaticLayerKVCache,
+        *,
+        rows: Tensor,
+        source_rows: Tensor,
+        start: int = 0,
+    ) -> None:
+        """Copy rows of ``source`` into rows of this layer cache at ``[start, start + L)``.
+
+        ``L`` is ``source.seq_len``. Row ``rows[i]`` receives the first ``L`` positions of
+        source row ``source_rows[i]``; afterwards ``seq_len == max(seq_len, start + L)``.
+        Positions of a row that were not written keep their old values.
+
+        Args:
+            source: A layer cache with the same ``n_kv_heads``, ``head_dim``, dtype and device
+                (any number of rows and positions; it may be this cache).
+            rows: Destination rows ``(R,)``, integer, distinct, in ``[0, batch_size)``.
+            source_rows: Source rows ``(R,)``, integer, in ``[0, source.batch_size)``.
+            start: First destination position.
+
+        Raises:
+            CompatibilityError: ``source`` does not fit.
+            ConfigError: Bad ``rows``, ``source_rows`` or ``start``.
+
+        Example:
+            >>> prompt = StaticLayerKVCache(batch_size=1, max_seq_len=8, n_kv_heads=1, head_dim=2)
+            >>> _ = prompt.update(torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2))
+            >>> rows = StaticLayerKVCache(batch_size=4, max_seq_len=8, n_kv_heads=1, head_dim=2)
+            >>> rows.copy_rows(prompt, rows=torch.arange(4), source_rows=torch.zeros(4).long())
+            >>> rows.seq_len, rows.k_cache[:, 0, :3].sum().item()
+            (3, 24.0)
+        """
+        source = _check_source_layer(self, source, "")
+        index, source_index = _check_copy(
+            rows,
+            source_rows,
+            start,
+            batch_size=self.batch_size,
+            source_batch_size=source.batch_size,
+            length=source.seq_len,
+            max_seq_len=self.max_seq_len,
+            device=self.k_cache.device,
+        )
+        self._copy_rows(source, index, source_index, start, source.seq_len)
+        self._seq_len = max(self._seq_len, start + source.seq_len)
+
+    def _copy_rows(
+        self,
+        source: StaticLayerKVCache,
+        index: Tensor,
+        source_index: Tensor,
+        start: int,
+        length: int,
+    ) -> None:
+        """``copy_rows`` without the checks or the length update (the model cache's part)."""
+        if length == 0 or index.numel() == 0:
+            return
+        end = start + length
+        # index_select gathers into a new tensor first, so copying within one cache is safe.
+        keys = source.k_cache[:, :, :length].index_select(0, source_index)  # (R, H, L, hd)
+        values = source.v_cache[:, :, :length].index_select(0, source_index)  # (R, H, L, hd)
+        self.k_cache[:, :, start:end].index_copy_(0, index, keys)
+        self.v_cache[:, :, start:end].index_copy_(0, index, values)
+
+    def trim_front(self, count: int) -> None:
+        """Drop the first ``count`` positions of every row, moving the rest to the front.
+
+        Args:
+            count: Positions to drop, ``0 <= count <= seq_len``; ``seq_len`` decreases by it.
+
+        Raises:
+            ConfigError: ``count`` is not an int in ``[0, seq_len]``.
+        """
+        self._trim_front(_check_count(count, self._seq_len), self._seq_len)
+
+    def _trim_front(self, count: int, length: int) -> None:
+        """Move positions ``[count, length)`` to ``[0, length - count)``; set ``seq_len``."""
+        kept = length - count
+        if count and kept:
+            # The ranges overlap when kept > count: copy out first.
+            self.k_cache[:, :, :kept] = self.k_cache[:, :, count:length].clone()
+            self.v_cache[:, :, :kept] = self.v_cache[:, :, count:length].clone()
+        self._seq_len = kept
+
 
 class StaticKVCache(nn.Module):
     """The static caches of all layers of a model, moved and trimmed as one.
@@ -433,6 +646,104 @@ class StaticKVCache(nn.Module):
         _check_indices(indices, self.batch_size, self.device)
         for layer in self._caches:
             layer._reorder(indices)
+
+    def copy_rows(
+        self, source: KVCache, *, rows: Tensor, source_rows: Tensor, start: int = 0
+    ) -> None:
+        """Copy cached rows of ``source`` into rows of this cache, in every layer.
+
+        For each ``i``, row ``source_rows[i]`` of ``source`` (its first ``source.seq_len``
+        positions, every layer) is written into row ``rows[i]`` at positions
+        ``[start, start + source.seq_len)``; afterwards every layer's ``seq_len`` is
+        ``max(seq_len, start + source.seq_len)``. Positions of a row that were not written
+        keep their old values: mask them with ``attention_mask``. Uses: ``n`` completions
+        sharing one prefill (``source`` of ``B`` rows copied to ``B * n`` rows), and a request
+        prefilled alone joining a running batch right-aligned (``start = seq_len - L``).
+
+        Args:
+            source: A [`StaticKVCache`][lego.layers.StaticKVCache] with the same number of
+                layers, ``n_kv_heads``, ``head_dim``, dtype and device (any number of rows and
+                positions; it may be this cache).
+            rows: Destination rows ``(R,)``, integer, distinct, in ``[0, batch_size)``.
+            source_rows: Source rows ``(R,)``, integer, in ``[0, source.batch_size)``;
+                repeats are allowed.
+            start: First destination position, ``start + source.seq_len <= max_seq_len``.
+
+        Raises:
+            CompatibilityError: ``source`` does not fit (kind, layers, heads, head size,
+                dtype, device).
+            ConfigError: Bad ``rows``, ``source_rows`` or ``start``.
+
+        Example:
+            >>> prompts = StaticKVCache(
+            ...     n_layers=2, batch_size=2, max_seq_len=8, n_kv_heads=1, head_dim=2
+            ... )
+            >>> for i in range(2):  # what a prefill of 3 tokens writes
+            ...     _ = prompts[i].update(torch.randn(2, 1, 3, 2), torch.randn(2, 1, 3, 2))
+            >>> rows = StaticKVCache(
+            ...     n_layers=2, batch_size=6, max_seq_len=8, n_kv_heads=1, head_dim=2
+            ... )
+            >>> pairs = torch.arange(2).repeat_interleave(3)  # prompt-major: 0, 0, 0, 1, 1, 1
+            >>> rows.copy_rows(prompts, rows=torch.arange(6), source_rows=pairs)
+            >>> rows.seq_len, torch.equal(rows[1].k_cache[4, :, :3], prompts[1].k_cache[1, :, :3])
+            (3, True)
+        """
+        if not isinstance(source, StaticKVCache):
+            raise CompatibilityError(
+                f"copy_rows() copies from a StaticKVCache, got {type(source).__name__}",
+                tensor="source",
+                hint="allocate the source cache with the same model's new_kv_cache()",
+            )
+        if len(source) != len(self):
+            raise CompatibilityError(
+                f"copy_rows(): the source cache has {len(source)} layers, this cache {len(self)}",
+                tensor="source",
+                hint="copy between caches allocated by the same model",
+            )
+        for i, (mine, theirs) in enumerate(zip(self._caches, source._caches, strict=True)):
+            _check_source_layer(mine, theirs, f" (layer {i})")
+        length = source.seq_len
+        index, source_index = _check_copy(
+            rows,
+            source_rows,
+            start,
+            batch_size=self.batch_size,
+            source_batch_size=source.batch_size,
+            length=length,
+            max_seq_len=self.max_seq_len,
+            device=self.device,
+        )
+        new_len = max(self.seq_len, start + length)
+        for mine, theirs in zip(self._caches, source._caches, strict=True):
+            mine._copy_rows(theirs, index, source_index, start, length)
+            mine._seq_len = new_len
+
+    def trim_front(self, count: int) -> None:
+        """Drop the first ``count`` positions of every row in every layer.
+
+        The remaining positions move to the front and ``seq_len`` decreases by ``count``
+        (layers left uneven by an interrupted forward are realigned to the common length).
+
+        Args:
+            count: Positions to drop, ``0 <= count <= seq_len``.
+
+        Raises:
+            ConfigError: ``count`` is not an int in ``[0, seq_len]``.
+
+        Example:
+            >>> cache = StaticKVCache(
+            ...     n_layers=1, batch_size=1, max_seq_len=8, n_kv_heads=1, head_dim=1
+            ... )
+            >>> keys = torch.arange(5.0).view(1, 1, 5, 1)
+            >>> _ = cache[0].update(keys, keys)
+            >>> cache.trim_front(2)
+            >>> cache.seq_len, cache[0].k_cache[0, 0, :3, 0].tolist()
+            (3, [2.0, 3.0, 4.0])
+        """
+        length = self.seq_len
+        count = _check_count(count, length)
+        for layer in self._caches:
+            layer._trim_front(count, length)
 
     def extra_repr(self) -> str:
         """Sizes and fill level, for ``print(cache)``."""

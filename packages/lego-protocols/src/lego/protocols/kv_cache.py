@@ -5,6 +5,11 @@ A model-level [`KVCache`][lego.protocols.KVCache] holds one
 so the cache has one ``seq_len``: the number of positions written so far (padding included for
 left-padded batches). Decoders pass the cache to ``CausalLM.forward``; each attention layer calls
 ``update`` on its own layer cache.
+
+Two row operations serve batched serving and rollouts: ``copy_rows`` copies the cached
+positions of some rows of another cache into rows of this one (``n`` completions sharing one
+prefill; a request prefilled alone joining a running batch), and ``trim_front`` drops leading
+positions of every row (reclaiming columns that every live row has as padding).
 """
 
 from __future__ import annotations
@@ -92,5 +97,45 @@ class KVCache(Protocol):
 
         Args:
             indices: Row indices, shape ``(batch_size,)``, dtype long.
+        """
+        ...
+
+    def copy_rows(
+        self, source: KVCache, *, rows: Tensor, source_rows: Tensor, start: int = 0
+    ) -> None:
+        """Copy cached rows of ``source`` into rows of this cache, every layer at once.
+
+        For each ``i``, row ``source_rows[i]`` of ``source`` (its first ``source.seq_len``
+        positions) is written into row ``rows[i]`` of this cache at positions
+        ``[start, start + source.seq_len)``. Afterwards
+        ``seq_len == max(old seq_len, start + source.seq_len)``. Positions of a row that were
+        not written keep their old values: the caller masks them with ``attention_mask``.
+
+        Args:
+            source: A cache of the same kind, layer count, heads, head size, dtype and device
+                (it may hold another number of rows and positions; it may be this cache).
+            rows: Destination rows, shape ``(R,)``, integer dtype, distinct, each in
+                ``[0, batch_size)``.
+            source_rows: Source rows, shape ``(R,)``, integer dtype, each in
+                ``[0, source.batch_size)``; repeats are allowed (one prompt, ``n`` rows).
+            start: First destination position, ``0 <= start`` and
+                ``start + source.seq_len <= max_seq_len``.
+
+        Raises:
+            CompatibilityError: ``source`` does not fit (kind, layers, heads, head size,
+                dtype, device).
+            ConfigError: ``rows`` / ``source_rows`` are not 1-D integer tensors of equal
+                length in range, or ``start`` is out of range.
+        """
+        ...
+
+    def trim_front(self, count: int) -> None:
+        """Drop the first ``count`` positions of every row and layer, moving the rest forward.
+
+        Args:
+            count: Positions to drop, ``0 <= count <= seq_len``; ``seq_len`` decreases by it.
+
+        Raises:
+            ConfigError: ``count`` is not an int in ``[0, seq_len]``.
         """
         ...
