@@ -22,6 +22,8 @@ example is in [`generate()`][lego.generate.generate])::
   [`FrequencyPenalty`][lego.generate.FrequencyPenalty],
   [`NoRepeatNGram`][lego.generate.NoRepeatNGram], [`LogitBias`][lego.generate.LogitBias],
   composed by [`LogitsProcessorList`][lego.generate.LogitsProcessorList].
+- Log-probabilities: [`chosen_logprobs()`][lego.generate.chosen_logprobs] (the chosen
+  token's and the top ``k``, float32, as a [`TokenLogprobs`][lego.generate.TokenLogprobs]).
 - The engine: [`ModelRunner`][lego.generate.ModelRunner] (prefill + decode steps on the KV cache,
   or recomputation for models without one), [`Decoding`][lego.generate.Decoding] (greedy,
   sampling, speculative), [`beam_search()`][lego.generate.beam_search].
@@ -35,6 +37,7 @@ from lego.generate.chat import ChatSession, ConversationTrimmedWarning, chat_pro
 from lego.generate.config import EarlyStopping, GenerationConfig
 from lego.generate.decoding import Decoding
 from lego.generate.generate import generate, start_decoding
+from lego.generate.logprobs import TokenLogprobs, chosen_logprobs
 from lego.generate.native import NativeKernelsUnavailableWarning
 from lego.generate.penalties import (
     FrequencyPenalty,
@@ -69,6 +72,9 @@ __all__ = [
     "FrequencyPenalty",
     "NoRepeatNGram",
     "LogitBias",
+    # log-probabilities
+    "chosen_logprobs",
+    "TokenLogprobs",
     # engine
     "ModelRunner",
     "has_kv_cache",
