@@ -53,6 +53,7 @@ class TinyCache:
     def __init__(self, layers: int, batch: int, max_len: int, dim: int) -> None:
         self.layers = [LayerCache(batch, max_len, dim) for _ in range(layers)]
         self.crops: list[int] = []
+        self.copies: list[tuple[list[int], list[int], int]] = []
 
     @property
     def seq_len(self) -> int:
@@ -86,6 +87,23 @@ class TinyCache:
             layer.k = layer.k.index_select(0, indices)
             layer.v = layer.v.index_select(0, indices)
 
+    def copy_rows(
+        self, source: TinyCache, *, rows: Tensor, source_rows: Tensor, start: int = 0
+    ) -> None:
+        self.copies.append((rows.tolist(), source_rows.tolist(), start))
+        length = source.seq_len
+        for mine, theirs in zip(self.layers, source.layers, strict=True):
+            mine.k[rows, start : start + length] = theirs.k[source_rows, :length]
+            mine.v[rows, start : start + length] = theirs.v[source_rows, :length]
+            mine.seq_len = max(mine.seq_len, start + length)
+
+    def trim_front(self, count: int) -> None:
+        for layer in self.layers:
+            kept = layer.seq_len - count
+            layer.k[:, :kept] = layer.k[:, count : layer.seq_len].clone()
+            layer.v[:, :kept] = layer.v[:, count : layer.seq_len].clone()
+            layer.seq_len = kept
+
 
 class TinyLM(nn.Module):
     """Token + position embeddings, ``n_layers`` single-head causal attention layers, a head."""
@@ -103,6 +121,7 @@ class TinyLM(nn.Module):
         )
         self.head = nn.Parameter(torch.randn(c.d_model, c.vocab_size, generator=gen))
         self.calls: list[tuple[int, int]] = []
+        self.caches: list[TinyCache] = []
 
     @property
     def config(self) -> TinyConfig:
@@ -111,7 +130,9 @@ class TinyLM(nn.Module):
     def new_kv_cache(
         self, batch_size: int, max_seq_len: int, *, dtype: Any = None, device: Any = None
     ) -> TinyCache:
-        return TinyCache(self._config.n_layers, batch_size, max_seq_len, self._config.d_model)
+        cache = TinyCache(self._config.n_layers, batch_size, max_seq_len, self._config.d_model)
+        self.caches.append(cache)
+        return cache
 
     def forward(
         self,
@@ -234,6 +255,7 @@ class Kit:
     """The test classes, handed out as a fixture (conftest is not importable by tests)."""
 
     TinyLM: type[TinyLM] = TinyLM
+    TinyCache: type[TinyCache] = TinyCache
     TinyConfig: type[TinyConfig] = TinyConfig
     PlainLM: type[PlainLM] = PlainLM
     ByteTokenizer: type[ByteTokenizer] = ByteTokenizer

@@ -9,12 +9,16 @@ example is in [`generate()`][lego.generate.generate])::
     out = generate(model, ids, max_new_tokens=50, temperature=0.8, top_p=0.95, seed=0)
     out = generate(model, ids, max_new_tokens=50, num_beams=4, length_penalty=1.0)
     out = generate(model, ids, max_new_tokens=50, draft_model=small)       # speculative
+    batch = rollout(model, [[1, 2, 3], [4, 5]], n=8, temperature=1.0, seed=0)  # RL rollouts
     for piece in stream(model, tokenizer, "Once upon a time", max_new_tokens=50):
         print(piece, end="", flush=True)
 
 - [`generate()`][lego.generate.generate] / [`stream()`][lego.generate.stream]: the entry points,
   with transformers' argument names; [`GenerationConfig`][lego.generate.GenerationConfig] holds
   the settings.
+- [`rollout()`][lego.generate.rollout]: ``n`` completions per prompt sharing one prefill, with
+  every token's log-probability and each completion's finish reason, as a
+  [`Rollout`][lego.generate.Rollout] of padded training tensors (GRPO / PPO).
 - Logits processors (transformers' signature): [`Temperature`][lego.generate.Temperature],
   [`TopK`][lego.generate.TopK], [`TopP`][lego.generate.TopP], [`MinP`][lego.generate.MinP],
   [`RepetitionPenalty`][lego.generate.RepetitionPenalty],
@@ -48,6 +52,7 @@ from lego.generate.penalties import (
 )
 from lego.generate.processor_list import LogitsProcessorList
 from lego.generate.prompt import Prompt, PromptTruncatedWarning, prepare_prompt
+from lego.generate.rollout import FinishReason, Rollout, rollout
 from lego.generate.runner import ModelRunner, has_kv_cache
 from lego.generate.stopping import StopStrings
 from lego.generate.streaming import TextStreamDecoder, stream
@@ -58,6 +63,9 @@ __all__ = [
     # entry points
     "generate",
     "stream",
+    "rollout",
+    "Rollout",
+    "FinishReason",
     "start_decoding",
     "GenerationConfig",
     "EarlyStopping",

@@ -7,6 +7,13 @@ cache), and finishes rows independently: a row that produced an end-of-sequence 
 string gets ``pad_token_id`` from then on, and the run ends when every row has finished or
 ``max_new_tokens`` were generated.
 
+For rollouts the run can also record, for every generated token, its log-probability
+(``record_logprobs``: under the model's distribution, ``"raw"``, or under the processed scores
+actually sampled from, ``"processed"``) and the step at which each row finished; with
+``shared_rows=n`` consecutive groups of ``n`` rows hold the same prompt, which is prefilled
+once per group (see
+[`ModelRunner.prefill_shared()`][lego.generate.runner.ModelRunner.prefill_shared]).
+
 With a draft model (speculative decoding, batch 1, greedy) each step lets the draft propose
 ``num_draft_tokens`` tokens, the target checks them all in one forward, keeps the longest
 prefix it agrees with plus its own next token, and both caches are cropped back to the
@@ -16,18 +23,24 @@ accepted length: the output is exactly the target's greedy output.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lego.generate.config import GenerationConfig
+from lego.generate.logprobs import gather_logprobs
 from lego.generate.processor_list import LogitsProcessorList
 from lego.generate.prompt import Prompt
 from lego.generate.runner import ModelRunner
 from lego.generate.stopping import StopStrings
-from lego.protocols import CausalLM, CompatibilityError, ConfigError, DataError
+from lego.protocols import CausalLM, CompatibilityError, ConfigError, DataError, check_int
 
-__all__ = ["Decoding", "check_scores"]
+__all__ = ["Decoding", "LogprobMode", "check_scores"]
+
+LogprobMode = Literal["raw", "processed"]
+"""Which distribution a recorded log-probability is taken under: the model's logits
+(``"raw"``) or the scores after the logits processors and warpers (``"processed"``)."""
 
 
 def check_scores(logits: Tensor, scores: Tensor, *, step: int) -> None:
@@ -79,9 +92,25 @@ class Decoding:
         generator: The random generator for sampling (None: torch's global one).
         stop: Stop strings to watch, or None.
         draft_model: A smaller model with the same vocabulary for speculative decoding.
+        record_logprobs: Record each generated token's log-probability in
+            ``logprobs`` (``"raw"`` or ``"processed"``, see the module docstring); None
+            records nothing.
+        shared_rows: Consecutive groups of this many rows hold the same prompt (prompt-major
+            order); each group's prompt is prefilled once. 1: every row is prefilled.
+
+    Attributes:
+        tokens: ``(B, P + max_new_tokens)``: the prompt, then the generated tokens
+            (``tokens[:, :length]`` are written).
+        finished: ``(B,)`` bool: the rows that produced an end-of-sequence id or a stop
+            string.
+        finish_lengths: ``(B,)`` long: generated tokens of each finished row, the finishing
+            token included (``max_new_tokens`` for rows still running).
+        logprobs: ``(B, max_new_tokens)`` float32 with ``record_logprobs`` (0 after a row
+            finished), else None.
 
     Raises:
-        ConfigError: Speculative decoding with sampling or more than one row, or beams.
+        ConfigError: Speculative decoding with sampling or more than one row, or beams;
+            ``shared_rows`` not dividing the batch, or combined with a draft model.
         CompatibilityError: The draft model's vocabulary differs from the model's.
     """
 
@@ -95,6 +124,8 @@ class Decoding:
         generator: torch.Generator | None = None,
         stop: StopStrings | None = None,
         draft_model: CausalLM | None = None,
+        record_logprobs: LogprobMode | None = None,
+        shared_rows: int = 1,
     ) -> None:
         if config.num_beams != 1:
             raise ConfigError(
@@ -103,6 +134,29 @@ class Decoding:
                 key="num_beams",
             )
         b, p = prompt.batch_size, prompt.length
+        check_int("shared_rows", shared_rows, minimum=1, owner="Decoding")
+        if b % shared_rows:
+            raise ConfigError(
+                f"Decoding: shared_rows={shared_rows} needs a batch of whole groups of rows, "
+                f"got {b} rows",
+                key="shared_rows",
+                hint="repeat each prompt shared_rows times (prompt-major)",
+            )
+        if record_logprobs not in (None, "raw", "processed"):
+            raise ConfigError(
+                f"Decoding: record_logprobs must be 'raw', 'processed' or None, got "
+                f"{record_logprobs!r}",
+                key="record_logprobs",
+            )
+        if draft_model is not None and (shared_rows > 1 or record_logprobs is not None):
+            raise ConfigError(
+                "speculative decoding (draft_model) neither shares prefills nor records "
+                "log-probabilities",
+                key="draft_model",
+                hint="drop the draft model for rollouts",
+            )
+        self.record_logprobs = record_logprobs
+        self.shared_rows = shared_rows
         self.config = config
         self.prompt_length = p
         self.max_length = p + config.max_new_tokens
@@ -117,6 +171,15 @@ class Decoding:
         self.tokens[:, :p] = prompt.input_ids
         self.length = p
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)  # (B,)
+        self.finish_lengths = torch.full(
+            (b,), config.max_new_tokens, dtype=torch.long, device=device
+        )  # (B,)
+        self.logprobs: Tensor | None = None
+        if record_logprobs is not None:
+            self.logprobs = torch.zeros(
+                (b, config.max_new_tokens), dtype=torch.float32, device=device
+            )  # (B, N)
+        self._step_logprobs: Tensor | None = None
         self._eos = (
             torch.tensor(config.eos_ids, dtype=torch.long, device=device)
             if config.eos_ids
@@ -192,16 +255,27 @@ class Decoding:
         check_scores(logits, scores, step=int(context.shape[1]) - self.prompt_length)
         if self.sampling:
             probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
-            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)  # (B,)
-        return scores.argmax(dim=-1)  # (B,)
+            chosen = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)  # (B,)
+        else:
+            chosen = scores.argmax(dim=-1)  # (B,)
+        if self.record_logprobs is not None:
+            source = logits if self.record_logprobs == "raw" else scores
+            self._step_logprobs = gather_logprobs(source, chosen)  # (B,) float32
+        return chosen
 
     def _append(self, new: Tensor) -> None:
         """Write one token per row ``(B,)`` at the end and update which rows finished."""
         watch = self._eos is not None or self.stop is not None
         if watch:
             new = torch.where(self.finished, self._fill, new)  # (B,)
+        step = self.length - self.prompt_length
+        if self.logprobs is not None and self._step_logprobs is not None:
+            self.logprobs[:, step] = self._step_logprobs.masked_fill(self.finished, 0.0)
         self.tokens[:, self.length] = new
         self.length += 1
+        if not watch:
+            return
+        before = self.finished.clone()
         if self._eos is not None:
             self.finished |= torch.isin(new, self._eos)
         if self.stop is not None:
@@ -211,6 +285,7 @@ class Decoding:
                 self._generated[row].append(token)
                 if self.stop.hit(self._generated[row]):
                     self.finished[row] = True
+        self.finish_lengths.masked_fill_(self.finished & ~before, step + 1)
 
     # -- the runs -------------------------------------------------------------------------
 
@@ -224,8 +299,13 @@ class Decoding:
         if self.draft is not None:
             yield from self._speculative()
             return
-        p = self.prompt_length
-        logits = self.runner.forward(self.tokens[:, :p])[:, -1]  # (B, V)
+        p, n = self.prompt_length, self.shared_rows
+        if n > 1:
+            prompts = self.tokens[::n, :p]  # (B / n, P): each group's prompt once
+            last = self.runner.prefill_shared(prompts, repeats=n)[:, -1]  # (B / n, V)
+            logits = last.repeat_interleave(n, dim=0)  # (B, V)
+        else:
+            logits = self.runner.forward(self.tokens[:, :p])[:, -1]  # (B, V)
         while True:
             self._append(self._choose(logits, self.tokens[:, : self.length]))
             yield self.tokens[:, self.length - 1 : self.length]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lego.protocols import ConfigError, check_int
 
-__all__ = ["TokenLogprobs", "chosen_logprobs"]
+__all__ = ["TokenLogprobs", "chosen_logprobs", "gather_logprobs"]
 
 
 class TokenLogprobs(NamedTuple):
@@ -76,6 +76,20 @@ def chosen_logprobs(logits: Tensor, tokens: Tensor, *, top: int = 0) -> TokenLog
         )
     values, ids = log_probs.topk(top, dim=-1)  # (B, top) each, sorted: most likely first
     return TokenLogprobs(chosen, ids, values)
+
+
+def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """The chosen tokens' log-probabilities only, without the checks (the decode loop's).
+
+    Args:
+        logits: ``(B, V)``, any float dtype.
+        tokens: ``(B,)`` long ids in ``[0, V)`` (not checked).
+
+    Returns:
+        ``(B,)`` float32, as ``chosen_logprobs(logits, tokens).logprob``.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V) float32
+    return log_probs.gather(-1, tokens.long()[:, None]).squeeze(-1)  # (B,)
 
 
 def _check(logits: object, tokens: object) -> None:

@@ -16,7 +16,10 @@ Two paths give the same tokens:
   keeps every token in a preallocated buffer and re-runs the whole prefix each step.
 
 Speculative decoding rolls the runner back with [`crop()`][lego.generate.runner.ModelRunner.crop];
-beam search reorders its rows with [`reorder()`][lego.generate.runner.ModelRunner.reorder].
+beam search reorders its rows with [`reorder()`][lego.generate.runner.ModelRunner.reorder];
+rollouts prefill each prompt once for the several rows that share it with
+[`prefill_shared()`][lego.generate.runner.ModelRunner.prefill_shared] (the prompt's cache rows
+are copied to its rows with the cache's ``copy_rows``).
 """
 
 from __future__ import annotations
@@ -179,11 +182,7 @@ class ModelRunner:
         positions: Tensor | None = None
         if self._mask is not None and self._positions is not None:
             if start == 0:
-                assert self._prompt_mask is not None
-                prompt = self._prompt_mask.to(device=self.device, dtype=torch.long)  # (B, P)
-                self._mask[:, : prompt.shape[1]] = prompt
-                pos = (self._mask[:, :t].cumsum(dim=-1) - 1).clamp_min(0)  # (B, T)
-                self._positions[:, :t] = pos.masked_fill(self._mask[:, :t] == 0, 1)
+                self._prompt_positions(t)
             else:
                 steps = torch.arange(1, t + 1, device=self.device)  # (T,)
                 self._positions[:, start:end] = self._positions[:, start - 1 : start] + steps
@@ -201,6 +200,77 @@ class ModelRunner:
             full = self._call_model(self._tokens[:, :end], mask, positions, None)  # (B, S, V)
             logits = full[:, start:end]  # (B, T, V)
         self.length = end
+        return logits
+
+    def _prompt_positions(self, t: int) -> None:
+        """Fill the padding mask and position ids of the first ``t`` positions (the prompt)."""
+        assert self._mask is not None
+        assert self._positions is not None
+        assert self._prompt_mask is not None
+        prompt = self._prompt_mask.to(device=self.device, dtype=torch.long)  # (B, P)
+        self._mask[:, : prompt.shape[1]] = prompt
+        pos = (self._mask[:, :t].cumsum(dim=-1) - 1).clamp_min(0)  # (B, T)
+        self._positions[:, :t] = pos.masked_fill(self._mask[:, :t] == 0, 1)
+
+    def prefill_shared(self, tokens: Tensor, *, repeats: int) -> Tensor:
+        """Prefill prompts that several consecutive rows share, running each prompt once.
+
+        Rows ``i * repeats .. i * repeats + repeats - 1`` of the runner all hold prompt ``i``
+        (prompt-major order, as the constructor's ``attention_mask`` must repeat it). On the
+        cached path the ``B`` distinct prompts run once into a temporary cache of ``B`` rows,
+        whose rows are then copied to the ``B * repeats`` rows with the cache's
+        ``copy_rows`` (a cache without it: the repeated rows are run instead). Without a KV
+        cache the prompt is stored repeated and the next step recomputes every row.
+
+        Args:
+            tokens: The distinct prompts, ``(B, P)`` with ``B * repeats == batch_size``.
+            repeats: Rows per prompt, at least 1.
+
+        Returns:
+            Logits of the distinct prompts, ``(B, P, vocab_size)``: row ``i`` is what each
+            of the ``repeats`` rows of prompt ``i`` would get.
+
+        Raises:
+            ConfigError: ``repeats`` below 1 or not dividing the batch, or the runner was
+                already fed.
+            DataError: The prompt does not fit in ``max_seq_len``.
+        """
+        check_int("repeats", repeats, minimum=1, owner="ModelRunner.prefill_shared()")
+        b, t = int(tokens.shape[0]), int(tokens.shape[1])
+        if b * repeats != self.batch_size or self.length != 0:
+            raise ConfigError(
+                f"ModelRunner.prefill_shared(): {b} prompts x {repeats} rows on a runner of "
+                f"{self.batch_size} rows that holds {self.length} positions",
+                key="repeats",
+                hint="call it first, on a runner of (prompts x repeats) rows",
+            )
+        copy_rows = getattr(self._cache, "copy_rows", None)
+        if repeats == 1 or (self._cache is not None and not callable(copy_rows)):
+            every = tokens.repeat_interleave(repeats, dim=0)  # (B * n, P)
+            return self.forward(every)[::repeats]  # (B, P, V)
+        if t > self.max_seq_len:
+            raise DataError(
+                f"ModelRunner: a prompt of {t} positions exceeds max_seq_len {self.max_seq_len}",
+                tensor="tokens",
+            )
+        mask: Tensor | None = None
+        positions: Tensor | None = None
+        if self._mask is not None and self._positions is not None:
+            self._prompt_positions(t)
+            mask = self._mask[::repeats, :t]  # (B, P): each prompt's first row
+            positions = self._positions[::repeats, :t]  # (B, P)
+        if self._cache is not None:
+            new_kv_cache: Callable[..., KVCache] = getattr(self.model, "new_kv_cache")  # noqa: B009
+            prompts = new_kv_cache(b, t, device=self.device)
+            logits = self._call_model(tokens, mask, positions, prompts)  # (B, P, V)
+            source_rows = torch.arange(b, device=self.device).repeat_interleave(repeats)
+            rows = torch.arange(self.batch_size, device=self.device)  # (B * n,)
+            self._cache.copy_rows(prompts, rows=rows, source_rows=source_rows)
+        else:
+            assert self._tokens is not None
+            self._tokens[:, :t] = tokens.repeat_interleave(repeats, dim=0)  # (B * n, P)
+            logits = self._call_model(tokens, mask, positions, None)  # (B, P, V)
+        self.length = t
         return logits
 
     # -- rolling back and reordering ------------------------------------------------------
