@@ -54,12 +54,12 @@ from torch import Tensor, nn
 from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.logprobs import build_preference_batch, sequence_logprobs
 from lego.align.losses import DPO_LOSS_TYPES, dpo_loss
-from lego.align.sft import _DataReport
+from lego.align.run import TrainerRun, describe_pairs, preference_splits
 from lego.align.tokens import pair_count, preference_pad_id
 from lego.data.encode import TokenizedExample
 from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset, PreferenceExample
-from lego.data.records import RecordSource, SplitName
+from lego.data.records import RecordSource
 from lego.peft import LoraModel
 from lego.protocols import (
     IGNORE_INDEX,
@@ -73,10 +73,9 @@ from lego.protocols import (
     check_float,
 )
 from lego.protocols.chat import get_chat_template
-from lego.train import ObjectiveOutput, TrainConfig, Trainer
+from lego.train import ObjectiveOutput, TrainConfig
 from lego.train.checkpoint import model_signature
 from lego.train.distributed import init_distributed, pick_device, resolve_strategy, wrap_model
-from lego.train.state import RunState
 
 __all__ = [
     "DPOConfig",
@@ -647,7 +646,7 @@ class DPOConfig(FinetuneSettings):
         return self.reference
 
 
-class DPOTrainer:
+class DPOTrainer(TrainerRun):
     """Preference optimisation (DPO and its loss types) on lego-train's Trainer.
 
     Args:
@@ -693,6 +692,7 @@ class DPOTrainer:
         console_stream: Any = None,
         lock: FolderLock | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         chat = None if config.template.lower() == "alpaca" else get_chat_template(config.template)
         self.pad_id = preference_pad_id(
@@ -700,36 +700,19 @@ class DPOTrainer:
         )
         if reference_model is not None:
             _check_vocabulary(model, reference_model)
-
-        def pairs(
-            source: RecordSource, split: SplitName
-        ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-            dataset = PreferenceDataset(
-                source,
-                tokenizer,
-                template=config.template,
-                split=split,
-                val_fraction=config.val_fraction if eval_data is None else 0.0,
-                seed=config.seed,
-                eos_token=config.eos_token,
-                system_prompt=config.system_prompt,
-            )
-            return dpo_pairs(
+        self.train_pairs, self.eval_pairs, report = preference_splits(
+            train_data,
+            eval_data,
+            tokenizer=tokenizer,
+            config=config,
+            make_pairs=lambda dataset, path: dpo_pairs(
                 dataset,
                 max_length=config.max_length,
                 on_overflow=config.on_overflow,
                 identical=config.identical_pairs,
-                path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None,
-            )
-
-        self.train_pairs, counts = pairs(train_data, "train")
-        report = {f"train_{k}": v for k, v in counts.items()}
-        self.eval_pairs: list[dict[str, Any]] | None = None
-        if eval_data is not None or config.val_fraction > 0:
-            source = eval_data if eval_data is not None else train_data
-            split: SplitName = "all" if eval_data is not None else "val"
-            self.eval_pairs, eval_counts = pairs(source, split)
-            report.update({f"eval_{k}": v for k, v in eval_counts.items()})
+                path=path,
+            ),
+        )
 
         device = pick_device(train.device)
         info = init_distributed(device)
@@ -772,26 +755,21 @@ class DPOTrainer:
                     ReferenceCache(cache_dir), self.eval_pairs, identity, adapter, device, info
                 )
 
-        self._loaders: list[ExampleLoader[Any, Any]] = []
-
         def loader(
             items: list[dict[str, Any]],
             size: int,
             training: bool,
             cached: tuple[Tensor, Tensor] | None,
         ) -> ExampleLoader[Any, Any]:
-            made: ExampleLoader[Any, Any] = ExampleLoader(
+            return self._loader(
                 items,
                 batch_size=size,
                 collate_fn=DPOCollator(pad_id=self.pad_id, reference=cached),
-                shuffle=config.shuffle and training,
+                train=training,
+                shuffle=config.shuffle,
                 seed=config.seed,
-                rank=info.rank,
-                world_size=info.world_size,
-                repeat=training,
+                info=info,
             )
-            self._loaders.append(made)
-            return made
 
         train_loader = loader(self.train_pairs, config.batch_size, True, train_reference)
         eval_loader = None
@@ -808,27 +786,20 @@ class DPOTrainer:
             adapter=adapter if mode == "adapter" else None,
             chunk_size=config.chunk_size,
         )
-        self.trainer = Trainer(
+        self._start(
             model=self.model,
-            train_data=train_loader,
-            eval_data=eval_loader,
-            config=train,
-            callbacks=[*callbacks],
+            objective=self.objective,
+            train_loader=train_loader,
+            eval_loader=eval_loader,
+            train=train,
             tokenizer=tokenizer,
+            callbacks=callbacks,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
             lock=lock,
-            objective=self.objective,
+            counts=report,
+            message=f"DPO data: {describe_pairs(report)}; reference: {mode}",
         )
-        self.trainer.callbacks.insert(0, _DataReport(self.trainer, report))
-        parts = [
-            f"{name} {report[f'{name}_pairs']} pairs ({report[f'{name}_truncated']} prompts "
-            f"truncated from the left, {report[f'{name}_dropped']} dropped as too long, "
-            f"{report[f'{name}_identical']} identical skipped)"
-            for name in ("train", "eval")
-            if f"{name}_pairs" in report
-        ]
-        self.trainer.message(f"DPO data: {'; '.join(parts)}; reference: {mode}")
 
     def _cached(
         self,
@@ -863,23 +834,6 @@ class DPOTrainer:
             )
         self.cache_file = cache.path(key)
         return loaded
-
-    def fit(self) -> RunState:
-        """Train (lego-train's ``Trainer.fit``); the loaders are closed at the end.
-
-        Returns:
-            The final run state (``metrics`` holds ``rewards/accuracies``... and, after an
-            evaluation, ``val_rewards/accuracies``).
-        """
-        try:
-            return self.trainer.fit()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the loaders' background threads."""
-        for made in self._loaders:
-            made.close()
 
 
 def _check_vocabulary(policy: nn.Module, reference: nn.Module) -> None:

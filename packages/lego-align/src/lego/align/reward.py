@@ -50,12 +50,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lego.align.losses import reward_loss
-from lego.align.sft import _DataReport, truncate_left
+from lego.align.run import TrainerRun, describe_pairs, preference_splits
+from lego.align.sft import truncate_left
 from lego.align.tokens import pair_count, preference_pad_id
 from lego.data.encode import TokenizedExample
-from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset, PreferenceExample
-from lego.data.records import RecordSource, SplitName
+from lego.data.records import RecordSource
 from lego.protocols import (
     IGNORE_INDEX,
     CompatibilityError,
@@ -72,9 +72,8 @@ from lego.protocols import (
     read_json,
 )
 from lego.protocols.chat import get_chat_template
-from lego.train import ObjectiveOutput, TrainConfig, Trainer, model_inputs
+from lego.train import ObjectiveOutput, TrainConfig, model_inputs
 from lego.train.distributed import init_distributed, pick_device
-from lego.train.state import RunState
 
 __all__ = [
     "RewardModel",
@@ -822,7 +821,7 @@ def reward_pairs(
     return pairs, counts
 
 
-class RewardTrainer:
+class RewardTrainer(TrainerRun):
     """Trains a reward model on preference pairs with lego-train's Trainer.
 
     Args:
@@ -866,41 +865,26 @@ class RewardTrainer:
         console_stream: Any = None,
         lock: FolderLock | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         template = config.template
         chat = None if template.lower() == "alpaca" else get_chat_template(template)
         self.pad_id = preference_pad_id(
             tokenizer, chat, eos_token=config.eos_token, pad_token=config.pad_token
         )
-
-        def pairs(
-            source: RecordSource, split: SplitName
-        ) -> tuple[list[RewardPair], dict[str, int]]:
-            dataset = PreferenceDataset(
-                source,
-                tokenizer,
-                template=template,
-                split=split,
-                val_fraction=config.val_fraction if eval_data is None else 0.0,
-                seed=config.seed,
-                eos_token=config.eos_token,
-                system_prompt=config.system_prompt,
-            )
-            return reward_pairs(
+        self.train_pairs, self.eval_pairs, report = preference_splits(
+            train_data,
+            eval_data,
+            tokenizer=tokenizer,
+            config=config,
+            make_pairs=lambda dataset, path: reward_pairs(
                 dataset,
                 max_length=config.max_length,
                 on_overflow=config.on_overflow,
                 identical=config.identical_pairs,
-                path=os.fspath(source) if isinstance(source, (str, os.PathLike)) else None,
-            )
-
-        self.train_pairs, counts = pairs(train_data, "train")
-        report = {f"train_{k}": v for k, v in counts.items()}
-        self.eval_pairs: list[RewardPair] | None = None
-        if eval_data is not None or config.val_fraction > 0:
-            source = eval_data if eval_data is not None else train_data
-            self.eval_pairs, eval_counts = pairs(source, "all" if eval_data is not None else "val")
-            report.update({f"eval_{k}": v for k, v in eval_counts.items()})
+                path=path,
+            ),
+        )
 
         if isinstance(model, RewardModel):
             self.model = model
@@ -910,60 +894,40 @@ class RewardTrainer:
             self.model = RewardModel(model, head_name=config.head_name, pad_token_id=self.pad_id)
         info = init_distributed(pick_device(train.device))
         collate = RewardCollator(pad_id=self.pad_id)
-        self._loaders: list[ExampleLoader[Any, Any]] = []
-
-        def loader(items: list[RewardPair], size: int, training: bool) -> ExampleLoader[Any, Any]:
-            made: ExampleLoader[Any, Any] = ExampleLoader(
-                items,
-                batch_size=size,
-                collate_fn=collate,
-                shuffle=config.shuffle and training,
-                seed=config.seed,
-                rank=info.rank,
-                world_size=info.world_size,
-                repeat=training,
-            )
-            self._loaders.append(made)
-            return made
-
-        train_loader = loader(self.train_pairs, config.batch_size, True)
+        train_loader = self._loader(
+            self.train_pairs,
+            batch_size=config.batch_size,
+            collate_fn=collate,
+            train=True,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            info=info,
+        )
         eval_loader = None
         if self.eval_pairs is not None:
-            eval_loader = loader(
-                self.eval_pairs, config.eval_batch_size or config.batch_size, False
+            eval_loader = self._loader(
+                self.eval_pairs,
+                batch_size=config.eval_batch_size or config.batch_size,
+                collate_fn=collate,
+                train=False,
+                shuffle=config.shuffle,
+                seed=config.seed,
+                info=info,
             )
-        self.trainer = Trainer(
+        self._start(
             model=self.model,
-            train_data=train_loader,
-            eval_data=eval_loader,
-            config=train,
-            callbacks=[*callbacks],
+            objective=RewardObjective(center_rewards_coefficient=config.center_rewards_coefficient),
+            train_loader=train_loader,
+            eval_loader=eval_loader,
+            train=train,
             tokenizer=tokenizer,
+            callbacks=callbacks,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
             lock=lock,
-            objective=RewardObjective(center_rewards_coefficient=config.center_rewards_coefficient),
+            counts=report,
+            message="reward data: " + describe_pairs(report),
         )
-        self.trainer.callbacks.insert(0, _DataReport(self.trainer, report))
-        parts = [
-            f"{name} {report[f'{name}_pairs']} pairs ({report[f'{name}_truncated']} prompts "
-            f"truncated from the left, {report[f'{name}_dropped']} dropped as too long, "
-            f"{report[f'{name}_identical']} identical skipped)"
-            for name in ("train", "eval")
-            if f"{name}_pairs" in report
-        ]
-        self.trainer.message("reward data: " + "; ".join(parts))
-
-    def fit(self) -> RunState:
-        """Train (lego-train's ``Trainer.fit``); the loaders are closed at the end.
-
-        Returns:
-            The final run state.
-        """
-        try:
-            return self.trainer.fit()
-        finally:
-            self.close()
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy and mean margin on the held-out pairs.
@@ -987,8 +951,3 @@ class RewardTrainer:
             collate(self.eval_pairs[i : i + size]) for i in range(0, len(self.eval_pairs), size)
         )
         return evaluate_rewards(self.model, batches)
-
-    def close(self) -> None:
-        """Stop the loaders' background threads."""
-        for made in self._loaders:
-            made.close()

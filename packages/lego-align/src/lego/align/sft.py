@@ -46,12 +46,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from lego.align.finetune import FinetuneSettings, prepare_model
+from lego.align.run import TrainerRun
 from lego.align.tokens import StopTokens, check_stop_tokens, resolve_pad_id
 from lego.data.collate import PaddingCollator
 from lego.data.encode import TokenizedExample, encode_segments
@@ -67,19 +67,16 @@ from lego.protocols import (
     FolderLock,
     Tokenizer,
     TrainerCallback,
-    TrainerState,
 )
 from lego.protocols.chat import ChatTemplate, Message, Segment, TrainOn, get_chat_template
 from lego.train import (
     ObjectiveOutput,
     TokenObjective,
     TrainConfig,
-    Trainer,
     model_inputs,
     token_loss,
 )
-from lego.train.distributed import init_distributed, pick_device
-from lego.train.state import RunState
+from lego.train.distributed import DistInfo, init_distributed, pick_device
 
 __all__ = [
     "SFTConfig",
@@ -474,30 +471,7 @@ class SFTObjective(TokenObjective):
 # -- the trainer ------------------------------------------------------------------------------
 
 
-class _DataReport:
-    """Logs the data counts into ``metrics.jsonl`` (split ``data``) when training starts."""
-
-    def __init__(self, trainer: Trainer, counts: Mapping[str, int]) -> None:
-        self.trainer = trainer
-        self.counts = dict(counts)
-
-    def on_train_begin(self, state: TrainerState) -> None:
-        self.trainer.log_record({"step": state.step, "split": "data", **self.counts})
-
-    def on_step_end(self, state: TrainerState) -> None:
-        return None
-
-    def on_evaluate(self, state: TrainerState, metrics: Mapping[str, float]) -> None:
-        return None
-
-    def on_save(self, state: TrainerState, path: Path) -> None:
-        return None
-
-    def on_train_end(self, state: TrainerState) -> None:
-        return None
-
-
-class SFTTrainer:
+class SFTTrainer(TrainerRun):
     """Supervised fine-tuning of any ``CausalLM`` on lego-train's Trainer.
 
     Everything is checked before the first step: the stop tokens
@@ -551,6 +525,7 @@ class SFTTrainer:
         console_stream: Any = None,
         lock: FolderLock | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         template = config.chat_template()
         self.stops: StopTokens = check_stop_tokens(
@@ -600,34 +575,33 @@ class SFTTrainer:
             self.eval_set = dataset(train_data, "val")
 
         info = init_distributed(pick_device(train.device))
-        self._loaders: list[ExampleLoader[Any, Any]] = []
-        train_loader = self._loader(self.train_set, config.batch_size, train=True, info=info)
+        train_loader = self._examples(self.train_set, config.batch_size, train=True, info=info)
         eval_loader = None
         if self.eval_set is not None:
             size = config.eval_batch_size or config.batch_size
-            eval_loader = self._loader(self.eval_set, size, train=False, info=info)
+            eval_loader = self._examples(self.eval_set, size, train=False, info=info)
 
         self.model = prepare_model(model, config)
-        self.trainer = Trainer(
-            model=self.model,
-            train_data=train_loader,
-            eval_data=eval_loader,
-            config=train,
-            callbacks=[*callbacks],
-            tokenizer=tokenizer,
-            tokenizer_hash=tokenizer_hash,
-            console_stream=console_stream,
-            lock=lock,
-            objective=SFTObjective(document_ids=document_ids),
-        )
         counts = {f"train_{k}": v for k, v in self.train_set.report().items()}
         if self.eval_set is not None:
             counts.update({f"eval_{k}": v for k, v in self.eval_set.report().items()})
-        self.trainer.callbacks.insert(0, _DataReport(self.trainer, counts))
-        self.trainer.message(self._describe())
+        self._start(
+            model=self.model,
+            objective=SFTObjective(document_ids=document_ids),
+            train_loader=train_loader,
+            eval_loader=eval_loader,
+            train=train,
+            tokenizer=tokenizer,
+            callbacks=callbacks,
+            tokenizer_hash=tokenizer_hash,
+            console_stream=console_stream,
+            lock=lock,
+            counts=counts,
+            message=self._describe(),
+        )
 
-    def _loader(
-        self, examples: SFTDataset, batch_size: int, *, train: bool, info: Any
+    def _examples(
+        self, examples: SFTDataset, batch_size: int, *, train: bool, info: DistInfo
     ) -> ExampleLoader[Any, Any]:
         config = self.config
         items: Sequence[Any]
@@ -648,18 +622,15 @@ class SFTTrainer:
                 eos_id=self.stops.eos_id,
                 pad_to_multiple_of=config.pad_to_multiple_of,
             )
-        loader: ExampleLoader[Any, Any] = ExampleLoader(
+        return self._loader(
             items,
             batch_size=batch_size,
             collate_fn=collate,
-            shuffle=config.shuffle and train,
+            train=train,
+            shuffle=config.shuffle,
             seed=config.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            repeat=train,
+            info=info,
         )
-        self._loaders.append(loader)
-        return loader
 
     def _describe(self) -> str:
         parts = []
@@ -679,19 +650,3 @@ class SFTTrainer:
                 text += f", {counts['empty']} skipped (empty completion)"
             parts.append(text)
         return "SFT data: " + "; ".join(parts)
-
-    def fit(self) -> RunState:
-        """Train (see lego-train's ``Trainer.fit``); the loaders are closed at the end.
-
-        Returns:
-            The final run state.
-        """
-        try:
-            return self.trainer.fit()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the loaders' background threads."""
-        for loader in self._loaders:
-            loader.close()

@@ -42,7 +42,6 @@ from lego.align import (
     RewardTrainer,
     generation_stop_ids,
 )
-from lego.peft import LoraModel
 from lego.protocols import ConfigError, FolderLock, Tokenizer
 from lego.protocols.chat import get_chat_template
 from lego.recipes.report import Curve
@@ -54,7 +53,9 @@ from lego.recipes.tuning import (
     TuningResult,
     build_tuning,
     export_causal_lm,
+    record_base_model,
     save_tokenizer,
+    trainer_inputs,
 )
 from lego.train import TrainConfig
 from lego.train.checkpoint import save_model_dir
@@ -101,13 +102,7 @@ class DPORecipeConfig(TuningConfig):
     def validate(self) -> None:
         """The shared checks, and an adapter output only for LoRA / QLoRA."""
         super().validate()
-        if self.output == "adapter" and self.dpo.finetune == "full":
-            raise ConfigError(
-                "output: adapter needs dpo.finetune: lora or qlora (full fine-tuning trains "
-                "every weight: there is no adapter to write)",
-                key="output",
-                hint="set output: merged, or dpo.finetune: lora",
-            )
+        self.check_adapter_output("dpo", self.dpo.finetune)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,19 +173,10 @@ def _make_dpo(config: DPORecipeConfig) -> Any:
     ) -> tuple[DPOTrainer, Any]:
         report = EvaluationReport(("val_rewards/margins", "val_rewards/accuracies"))
         trainer = DPOTrainer(
-            model=source.model,
-            tokenizer=source.tokenizer,
-            train_data=config.data.train,
-            eval_data=config.data.eval or None,
-            config=config.dpo,
-            train=train,
-            tokenizer_hash=source.tokenizer_hash,
-            lock=lock,
-            callbacks=[report],
+            config=config.dpo, **trainer_inputs(config, source, train, lock, report)
         )
         report.trainer = trainer.trainer
-        if isinstance(trainer.model, LoraModel):  # recorded in every adapter checkpoint
-            trainer.model.base_model_name_or_path = str(source.model_dir.resolve())
+        record_base_model(trainer.model, source)
         stops = preference_stop_ids(
             source.tokenizer,
             template=config.dpo.template,
@@ -219,15 +205,7 @@ def _make_reward(config: RewardRecipeConfig) -> Any:
     ) -> tuple[RewardTrainer, Any]:
         report = EvaluationReport(("val_margin", "val_accuracy"))
         trainer = RewardTrainer(
-            model=source.model,
-            tokenizer=source.tokenizer,
-            train_data=config.data.train,
-            eval_data=config.data.eval or None,
-            config=config.reward,
-            train=train,
-            tokenizer_hash=source.tokenizer_hash,
-            lock=lock,
-            callbacks=[report],
+            config=config.reward, **trainer_inputs(config, source, train, lock, report)
         )
         report.trainer = trainer.trainer
 

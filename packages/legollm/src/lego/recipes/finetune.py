@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lego.align import SFTConfig, SFTTrainer, generation_stop_ids
-from lego.peft import LoraModel
-from lego.protocols import ConfigError, FolderLock
+from lego.protocols import FolderLock
 from lego.recipes.report import Curve
 from lego.recipes.tuning import (
     EvaluationReport,
@@ -51,6 +50,8 @@ from lego.recipes.tuning import (
     TuningResult,
     build_tuning,
     export_causal_lm,
+    record_base_model,
+    trainer_inputs,
 )
 from lego.train import TrainConfig
 
@@ -75,13 +76,7 @@ class FinetuneConfig(TuningConfig):
     def validate(self) -> None:
         """The shared checks, and an adapter output only for LoRA / QLoRA."""
         super().validate()
-        if self.output == "adapter" and self.sft.finetune == "full":
-            raise ConfigError(
-                "output: adapter needs sft.finetune: lora or qlora (full fine-tuning trains "
-                "every weight: there is no adapter to write)",
-                key="output",
-                hint="set output: merged, or sft.finetune: lora",
-            )
+        self.check_adapter_output("sft", self.sft.finetune)
 
 
 def _make(config: FinetuneConfig) -> Any:
@@ -94,20 +89,9 @@ def _make(config: FinetuneConfig) -> Any:
             if stops is not None:
                 sft = dataclasses.replace(sft, generation_eos_token_ids=stops)
         report = EvaluationReport(())
-        trainer = SFTTrainer(
-            model=source.model,
-            tokenizer=source.tokenizer,
-            train_data=config.data.train,
-            eval_data=config.data.eval or None,
-            config=sft,
-            train=train,
-            tokenizer_hash=source.tokenizer_hash,
-            lock=lock,
-            callbacks=[report],
-        )
+        trainer = SFTTrainer(config=sft, **trainer_inputs(config, source, train, lock, report))
         report.trainer = trainer.trainer
-        if isinstance(trainer.model, LoraModel):  # recorded in every adapter checkpoint
-            trainer.model.base_model_name_or_path = str(source.model_dir.resolve())
+        record_base_model(trainer.model, source)
 
         def export(folder: Path) -> None:
             stops = trainer.stops

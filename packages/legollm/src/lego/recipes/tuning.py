@@ -182,6 +182,24 @@ class TuningConfig(TrainConfig):
                     hint='e.g. add_special_tokens: ["<|pad|>"]',
                 )
 
+    def check_adapter_output(self, section: str, finetune: str) -> None:
+        """Refuse ``output: adapter`` when the method trains every weight.
+
+        Args:
+            section: The recipe's method section (``"sft"``, ``"dpo"``), for the message.
+            finetune: Its ``finetune`` setting (``full``, ``lora`` or ``qlora``).
+
+        Raises:
+            ConfigError: ``output: adapter`` with ``finetune: full``.
+        """
+        if self.output == "adapter" and finetune == "full":
+            raise ConfigError(
+                f"output: adapter needs {section}.finetune: lora or qlora (full fine-tuning "
+                "trains every weight: there is no adapter to write)",
+                key="output",
+                hint=f"set output: merged, or {section}.finetune: lora",
+            )
+
     def train_config(self) -> TrainConfig:
         """The [`TrainConfig`][lego.train.config.TrainConfig] part."""
         data = {k: v for k, v in self.to_dict().items() if k in _TRAIN_KEYS}
@@ -513,6 +531,49 @@ def _write_model_directory(out_dir: Path, fill: Callable[[Path], None]) -> Path:
 
 
 # -- the run ------------------------------------------------------------------------------
+
+
+def trainer_inputs(
+    config: TuningConfig,
+    source: TuningModel,
+    train: TrainConfig,
+    lock: FolderLock | None,
+    report: EvaluationReport,
+) -> dict[str, Any]:
+    """The keyword arguments every lego-align trainer takes from a recipe.
+
+    Args:
+        config: The recipe config (its ``data`` files).
+        source: The loaded model and tokenizer.
+        train: lego-train's settings.
+        lock: The run's lock, held by the recipe.
+        report: The recipe's evaluation callback.
+
+    Returns:
+        ``model``, ``tokenizer``, ``train_data``, ``eval_data``, ``train``,
+        ``tokenizer_hash``, ``lock`` and ``callbacks``: add the method's ``config``.
+    """
+    return {
+        "model": source.model,
+        "tokenizer": source.tokenizer,
+        "train_data": config.data.train,
+        "eval_data": config.data.eval or None,
+        "train": train,
+        "tokenizer_hash": source.tokenizer_hash,
+        "lock": lock,
+        "callbacks": [report],
+    }
+
+
+def record_base_model(model: object, source: TuningModel) -> None:
+    """Record the base model's folder in a LoRA model (written into every adapter checkpoint).
+
+    Args:
+        model: The trainer's model (nothing happens unless it is a ``LoraModel``).
+        source: Where the run started.
+    """
+    if isinstance(model, LoraModel):
+        model.base_model_name_or_path = str(source.model_dir.resolve())
 
 
 class EvaluationReport:
