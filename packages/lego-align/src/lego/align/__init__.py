@@ -36,6 +36,13 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 """
 
 from lego.align.__about__ import __version__
+from lego.align.advantages import (
+    ADVANTAGE_SCALES,
+    GroupAdvantages,
+    gae,
+    group_advantages,
+    whiten,
+)
 from lego.align.dpo import (
     DPOCollator,
     DPOConfig,
@@ -66,6 +73,17 @@ from lego.align.losses import (
     reward_loss,
     simpo_loss,
 )
+from lego.align.policy_losses import (
+    GRPO_LOSS_TYPES,
+    KL_ESTIMATORS,
+    PolicyLossOutput,
+    PPORewards,
+    grpo_loss,
+    kl_penalty,
+    ppo_policy_loss,
+    ppo_rewards,
+    ppo_value_loss,
+)
 from lego.align.reward import (
     RewardCollator,
     RewardConfig,
@@ -75,6 +93,15 @@ from lego.align.reward import (
     RewardTrainer,
     evaluate_rewards,
     reward_pairs,
+)
+from lego.align.rewards import (
+    RewardFunction,
+    RewardFunctions,
+    RewardScores,
+    answers_match,
+    exact_answer_reward,
+    extract_answer,
+    format_reward,
 )
 from lego.align.sft import (
     SFTConfig,
@@ -144,4 +171,26 @@ __all__ = [
     "dpo_pairs",
     "precompute_reference_logps",
     "reference_fingerprint",
+    # online RL: advantages, GRPO / PPO objectives, reward functions
+    "group_advantages",
+    "GroupAdvantages",
+    "ADVANTAGE_SCALES",
+    "gae",
+    "whiten",
+    "kl_penalty",
+    "grpo_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "ppo_rewards",
+    "PolicyLossOutput",
+    "PPORewards",
+    "GRPO_LOSS_TYPES",
+    "KL_ESTIMATORS",
+    "RewardFunction",
+    "RewardFunctions",
+    "RewardScores",
+    "exact_answer_reward",
+    "extract_answer",
+    "answers_match",
+    "format_reward",
 ]
