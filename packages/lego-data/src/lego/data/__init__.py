@@ -19,6 +19,9 @@
   ([`PaddingCollator`][lego.data.collate.PaddingCollator]), packing
   ([`pack_examples()`][lego.data.packing.pack_examples]) and
   [`ExampleLoader`][lego.data.example_loader.ExampleLoader].
+- Generated tasks with verifiable answers (arithmetic, sorting, reversing), split by
+  problem so that held-out problems never reach training
+  ([`task_rows()`][lego.data.tasks.task_rows]).
 
 Every name is imported on first use (PEP 562), so ``import lego.data`` and the
 ``lego-data`` command stay light: the token loaders pull in torch only when they are asked
@@ -74,6 +77,7 @@ if TYPE_CHECKING:
         PreferenceExample,
     )
     from lego.data.summary import Summary, plot, summarize
+    from lego.data.tasks import TASK_NAMES, task_problems, task_rows, task_split
     from lego.protocols.chat import (
         ChatMLTemplate,
         ChatTemplate,
@@ -133,6 +137,11 @@ __all__ = [
     "PackedCollator",
     "pack_examples",
     "document_attention_mask",
+    # generated tasks with verifiable answers
+    "TASK_NAMES",
+    "task_rows",
+    "task_split",
+    "task_problems",
 ]
 
 _LAZY: dict[str, str] = {
@@ -180,6 +189,10 @@ _LAZY: dict[str, str] = {
     "PackedCollator": "lego.data.packing",
     "pack_examples": "lego.data.packing",
     "document_attention_mask": "lego.data.packing",
+    "TASK_NAMES": "lego.data.tasks",
+    "task_rows": "lego.data.tasks",
+    "task_split": "lego.data.tasks",
+    "task_problems": "lego.data.tasks",
 }
 """Public name to the module that defines it (imported on first access)."""
 
