@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from lego.layers import StaticKVCache, StaticLayerKVCache
+from lego.layers import CausalSelfAttention, RotaryEmbedding, StaticKVCache, StaticLayerKVCache
+from lego.layers.attention import BACKENDS
 from lego.protocols import CompatibilityError, ConfigError, DataError, KVCache, LayerKVCache
 
 
@@ -418,3 +419,42 @@ def test_trim_front_bad_count(count: object) -> None:
     assert cache.seq_len == 3
     with pytest.raises(ConfigError):
         cache[0].trim_front(count)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_joined_with_copy_rows_and_trimmed_decode_as_alone(backend: str) -> None:
+    """Continuous batching on real attention: prefill alone, join right-aligned, trim."""
+    torch.manual_seed(0)
+    attn = CausalSelfAttention.build(
+        d_model=32, n_heads=4, n_kv_heads=2, backend=backend, rotary=RotaryEmbedding(head_dim=8)
+    ).eval()
+    lengths, new = [5, 6], 3
+    seqs = [torch.randn(1, n + new, 32) for n in lengths]
+    alone = [attn(s) for s in seqs]  # the truth: each row by itself, no cache
+    batch = StaticKVCache(n_layers=1, batch_size=2, max_seq_len=16, n_kv_heads=2, head_dim=8)
+    width = 8  # the running batch's length when the rows join
+    mask = torch.zeros(2, 16, dtype=torch.long)
+    for row, (n, s) in enumerate(zip(lengths, seqs, strict=True)):
+        single = StaticKVCache(n_layers=1, batch_size=1, max_seq_len=8, n_kv_heads=2, head_dim=8)
+        prefill = attn(s[:, :n], kv_cache=single[0])  # prefilled alone
+        torch.testing.assert_close(prefill, alone[row][:, :n])
+        batch.copy_rows(
+            single, rows=torch.tensor([row]), source_rows=torch.tensor([0]), start=width - n
+        )
+        mask[row, width - n : width] = 1
+    assert batch.seq_len == width
+    # every row has at least 2 leading padding columns: reclaim them
+    batch.trim_front(2)
+    mask = torch.cat([mask[:, 2:], torch.zeros(2, 2, dtype=torch.long)], dim=1)
+    length = width - 2
+    for i in range(new):
+        token = torch.stack([s[0, n + i] for n, s in zip(lengths, seqs, strict=True)])[:, None]
+        mask[:, length] = 1
+        positions = torch.tensor([[n + i] for n in lengths])  # (2, 1)
+        out = attn(
+            token, attention_mask=mask[:, : length + 1], position_ids=positions, kv_cache=batch[0]
+        )
+        length += 1
+        for row, n in enumerate(lengths):
+            torch.testing.assert_close(out[row, 0], alone[row][0, n + i], rtol=1e-5, atol=1e-5)
+    assert batch.seq_len == length
