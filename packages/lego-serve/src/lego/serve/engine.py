@@ -1,0 +1,765 @@
+"""The continuous-batching engine: one decode loop serves every request.
+
+[`Engine`][lego.serve.engine.Engine] runs a background thread that owns the model and one
+batch KV cache whose rows are slots ([`SlotCache`][lego.serve.slots.SlotCache]). Each
+iteration of its loop:
+
+1. drops cancelled requests (queued ones, and running ones: their slot is free at once);
+2. admits waiting requests into free slots: each is prefilled **alone** in a batch-1 cache
+   (its prompt log-probabilities come from that forward, and its first token from the last
+   logits), then copied right-aligned into the batch cache. While other rows run, at most
+   one prefill happens between two decode steps, so running streams never stall for more
+   than one prompt; into an empty batch, every free slot is filled at once;
+3. runs one decode step for every running row: one token per row, each row at its own
+   position, with the attention mask hiding other rows' padding. Each row then picks its
+   next token with its own settings (logit bias, penalties, temperature, top-p, its own
+   seeded ``torch.Generator``; greedy rows without processors take one batched argmax),
+   reports log-probabilities of the raw logits when asked, and finishes on its own
+   end-of-sequence / stop ids, stop strings or ``max_tokens`` (``submit()`` checks that the
+   prompt plus ``max_tokens`` fits the cache, so a row never runs out of room).
+
+A request's tokens therefore never depend on the other rows: greedy output is the same
+alone or among many (up to floating-point summation order, which a near-tie could
+expose), and a seeded request samples the same tokens whatever else runs.
+
+Requests reach the loop through a bounded queue (``max_queue``; a full queue raises
+[`EngineFull`][lego.serve.engine_types.EngineFull]). Events go back through a thread-safe
+queue per request, read with [`Request.events()`][lego.serve.engine.Request.events]
+(blocking) or ``async for`` (an asyncio consumer is woken with
+``loop.call_soon_threadsafe``). A failing forward finishes the rows it computed with reason
+``"error"`` and the loop goes on; [`Engine.close()`][lego.serve.engine.Engine.close]
+finishes everything left with ``"cancelled"``: no client is ever left waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from lego.generate import chosen_logprobs, has_kv_cache
+from lego.generate.streaming import check_tokenizer
+from lego.protocols import (
+    CausalLM,
+    ConfigError,
+    DataError,
+    KVCache,
+    LegoError,
+    Tokenizer,
+    check_int,
+)
+from lego.serve.engine_rows import Row, TokenScore
+from lego.serve.engine_types import (
+    EngineFull,
+    Event,
+    Finish,
+    FinishReason,
+    PromptLogprobs,
+    SamplingParams,
+    TokenOutput,
+)
+from lego.serve.slots import SlotCache
+
+__all__ = [
+    "Engine",
+    "Request",
+    "SamplingParams",
+    "PromptLogprobs",
+    "TokenOutput",
+    "Finish",
+    "FinishReason",
+    "Event",
+    "EngineFull",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a client: a LegoError's own message, else the exception's type and text."""
+    if isinstance(error, LegoError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+class Request:
+    """A submitted request: iterate it to receive its events; cancel it to stop it.
+
+    Made by [`Engine.submit()`][lego.serve.engine.Engine.submit], never directly. Events
+    arrive in order: ``PromptLogprobs`` (when asked), one ``TokenOutput`` per token, and one
+    ``Finish``, after which the iteration ends. Leaving an iteration early (``break``, an
+    exception, a closed generator) cancels the request.
+
+    Attributes:
+        prompt_ids: The prompt.
+        params: Its sampling settings.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: tuple[int, ...],
+        params: SamplingParams,
+        *,
+        wake: Callable[[], None],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self._wake = wake
+        self._loop = loop
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._ready: asyncio.Event | None = None
+        self._cancelled = False
+        self._finished = False
+        self._completion_tokens = 0
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called (or the engine cancelled it)."""
+        return self._cancelled
+
+    @property
+    def finished(self) -> bool:
+        """Whether the engine has sent the ``Finish`` event."""
+        return self._finished
+
+    def cancel(self) -> None:
+        """Stop the request: it leaves the queue or frees its slot at the next step.
+
+        Its last event is ``Finish("cancelled")``. Calling it again, or after the request
+        finished, does nothing.
+        """
+        if self._cancelled or self._finished:
+            return
+        self._cancelled = True
+        self._wake()
+
+    # -- the engine's side ----------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        """Queue one event for the consumer (called by the engine thread)."""
+        if self._finished:
+            return
+        if isinstance(event, TokenOutput):
+            self._completion_tokens += 1
+        elif isinstance(event, Finish):
+            self._finished = True
+        self._events.put(event)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._notify)
+            except RuntimeError:  # the consumer's event loop is closed: nobody reads
+                self._cancelled = True
+
+    def _notify(self) -> None:
+        """Wake the asyncio consumer (runs in its event loop)."""
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- the consumer's side --------------------------------------------------------------
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        """Yield the events as they come, in a running asyncio event loop.
+
+        Yields:
+            ``PromptLogprobs`` (when asked), ``TokenOutput``s, then one ``Finish``.
+        """
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        done = False
+        try:
+            while True:
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    self._ready.clear()
+                    try:  # an event put before the clear: never wait for a wake-up that came
+                        event = self._events.get_nowait()
+                    except queue.Empty:
+                        await self._ready.wait()
+                        continue
+                done = isinstance(event, Finish)
+                yield event
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Yield the events as they come, blocking (for threads and plain scripts).
+
+        Args:
+            timeout: The longest wait for the next event, in seconds; None waits as long
+                as it takes. When it passes, the request is cancelled and a
+                ``Finish("cancelled")`` whose ``error`` says so ends the iteration.
+
+        Yields:
+            ``PromptLogprobs`` (when asked), ``TokenOutput``s, then one ``Finish``.
+        """
+        done = False
+        try:
+            while True:
+                try:
+                    event = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    self.cancel()
+                    done = True
+                    yield Finish(
+                        reason="cancelled",
+                        text="",
+                        prompt_tokens=len(self.prompt_ids),
+                        completion_tokens=self._completion_tokens,
+                        error=f"no event within {timeout} s: the request was cancelled",
+                    )
+                    return
+                done = isinstance(event, Finish)
+                yield event
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
+
+
+class Engine:
+    """Serves many generation requests at once from one model, on one decode loop.
+
+    Args:
+        model: A [`CachedCausalLM`][lego.protocols.CachedCausalLM] (a lego-arch model, a
+            lego-peft ``CachedLoraModel``...): the engine decodes on the model's own KV
+            cache. The engine puts it in eval mode when it starts.
+        tokenizer: Decodes the generated ids into text (stop strings, streamed text). When
+            the model has more ids than the tokenizer, the extra ids are never generated.
+        max_batch: Requests decoded together (rows of the batch KV cache).
+        max_queue: Requests waiting for a slot at most; one more raises ``EngineFull``.
+        eos_token_ids: The ids that end a request (the model's / tokenizer's
+            end-of-sequence and end-of-turn ids), unless it sets ``ignore_eos``.
+        max_seq_len: Columns of the batch KV cache: the longest prompt plus ``max_tokens``
+            a request may have. None means the model's ``context_length``; a smaller value
+            saves memory (the cache holds ``max_batch * max_seq_len`` positions per layer).
+
+    Raises:
+        ConfigError: The model has no KV cache, or a size or id is out of range.
+        CompatibilityError: The tokenizer has more ids than the model.
+
+    Example:
+        >>> import lego.arch
+        >>> class Bytes:  # any lego.protocols.Tokenizer
+        ...     vocab_size, special_tokens = 1000, {}
+        ...     def encode(self, text): return list(text.encode())
+        ...     def decode(self, ids): return bytes(i % 256 for i in ids).decode(errors="replace")
+        >>> _ = torch.manual_seed(0)
+        >>> engine = Engine(model=lego.arch.build("llama-tiny"), tokenizer=Bytes(), max_batch=4)
+        >>> engine.start()
+        >>> request = engine.submit([1, 2, 3], SamplingParams(max_tokens=5, temperature=0))
+        >>> events = list(request.events())
+        >>> len(events), events[-1].reason, events[-1].completion_tokens
+        (6, 'length', 5)
+        >>> engine.close()
+    """
+
+    def __init__(
+        self,
+        *,
+        model: CausalLM,
+        tokenizer: Tokenizer,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        eos_token_ids: Sequence[int] = (),
+        max_seq_len: int | None = None,
+    ) -> None:
+        if not has_kv_cache(model):
+            raise ConfigError(
+                f"the server needs a model with a KV cache (new_kv_cache()), got "
+                f"{type(model).__name__}",
+                key="model",
+                hint="serve a lego.protocols.CachedCausalLM (lego-arch models and lego-peft's "
+                "CachedLoraModel are)",
+            )
+        check_int("max_batch", max_batch, minimum=1, owner="Engine")
+        check_int("max_queue", max_queue, minimum=1, owner="Engine")
+        context = int(model.config.context_length)
+        self.vocab_size = int(model.config.vocab_size)
+        if max_seq_len is None:
+            max_seq_len = context
+        check_int("max_seq_len", max_seq_len, minimum=2, maximum=context, owner="Engine")
+        self.eos_token_ids = tuple(
+            check_int("eos_token_ids", i, minimum=0, maximum=self.vocab_size - 1, owner="Engine")
+            for i in eos_token_ids
+        )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_seq_len = max_seq_len
+        self.context_length = context
+        self._decodable = check_tokenizer(model, tokenizer)
+        window = getattr(model.config, "sliding_window", None)
+        self._window: int | None = (
+            window if isinstance(window, int) and window < max_seq_len else None
+        )
+        self.device = _model_device(model)
+        new_kv_cache: Callable[..., KVCache] = getattr(model, "new_kv_cache")  # noqa: B009
+        self._slots = SlotCache(new_kv_cache(max_batch, max_seq_len), device=self.device)
+        self._prefill_cache: KVCache = new_kv_cache(1, max_seq_len)
+        self._cond = threading.Condition()
+        self._queue: deque[Request] = deque()
+        self._rows: dict[int, Row] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the public API -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the decode loop thread (and put the model in eval mode).
+
+        Calling it again while it runs does nothing.
+
+        Raises:
+            ConfigError: The engine was closed.
+        """
+        with self._cond:
+            if self._closed:
+                raise ConfigError(
+                    "the engine is closed and cannot start again",
+                    key="engine",
+                    hint="make a new Engine",
+                )
+            if self._thread is not None:
+                return
+            train = getattr(self.model, "train", None)
+            if callable(train):
+                train(False)
+            self._thread = threading.Thread(target=self._run, name="lego-serve-engine", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the decode loop; every unfinished request gets ``Finish("cancelled")``.
+
+        Waits for the current step to end. Later ``submit()`` calls raise ``EngineFull``.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._cond:
+            waiting = list(self._queue)
+            self._queue.clear()
+        for request in waiting:
+            request._emit(_finish_unstarted(request, "cancelled", "the engine was closed"))
+        for slot, row in list(self._rows.items()):
+            self._end(slot, row.finish("cancelled", "the engine was closed"))
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
+        """Queue a request; it joins the running batch at the next step with a free slot.
+
+        Thread-safe; works with or without a running asyncio event loop (when there is one,
+        ``async for`` over the request is woken from it).
+
+        Args:
+            prompt_ids: The prompt's token ids (at least one).
+            params: Its sampling settings.
+
+        Returns:
+            The [`Request`][lego.serve.engine.Request], to iterate for its events.
+
+        Raises:
+            DataError: An empty prompt, or ids outside the model's vocabulary.
+            ConfigError: The prompt plus ``max_tokens`` does not fit the context (the message
+                gives the numbers), or an id in ``logit_bias`` / ``stop_token_ids`` or a
+                log-probability count beyond the vocabulary.
+            EngineFull: ``max_queue`` requests are already waiting, or the engine is closed.
+        """
+        ids = self._check(prompt_ids, params)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        request = Request(ids, params, wake=self._poke, loop=loop)
+        with self._cond:
+            if self._closed:
+                raise EngineFull(
+                    "the engine is closed and takes no more requests",
+                    key="engine",
+                    hint="the server is shutting down: retry on another instance",
+                )
+            if len(self._queue) >= self.max_queue:
+                raise EngineFull(
+                    f"the engine's queue is full: {len(self._queue)} requests wait for "
+                    f"{self.max_batch} slots",
+                    key="max_queue",
+                    hint="retry in a moment, or start the engine with a larger max_queue",
+                )
+            self._queue.append(request)
+            self._cond.notify_all()
+        return request
+
+    def stats(self) -> dict[str, int]:
+        """How busy the engine is.
+
+        Returns:
+            ``running`` (requests decoding), ``queued`` (waiting for a slot), ``max_batch``,
+            ``max_queue``.
+        """
+        with self._cond:
+            queued = len(self._queue)
+        return {
+            "running": len(self._rows),
+            "queued": queued,
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+        }
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check(self, prompt_ids: Sequence[int], params: SamplingParams) -> tuple[int, ...]:
+        """Validate a request against the model; return the prompt as a tuple of ints."""
+        if not isinstance(params, SamplingParams):
+            raise ConfigError(
+                f"submit() takes SamplingParams, got {type(params).__name__}", key="params"
+            )
+        try:
+            ids = tuple(operator.index(i) for i in prompt_ids)
+        except TypeError as error:
+            raise DataError(
+                f"the prompt must be a sequence of int token ids ({error})",
+                tensor="prompt_ids",
+                hint="encode text with the tokenizer first",
+            ) from None
+        if not ids:
+            raise DataError(
+                "the prompt is empty", tensor="prompt_ids", hint="give at least one token id"
+            )
+        outside = [i for i in ids if not 0 <= i < self.vocab_size]
+        if outside:
+            raise DataError(
+                f"the prompt holds token id {outside[0]}, outside the model's vocabulary of "
+                f"{self.vocab_size} ids",
+                tensor="prompt_ids",
+                hint="encode the prompt with the model's own tokenizer",
+            )
+        limit = self.max_seq_len
+        what = (
+            f"the model's context of {limit} tokens"
+            if limit == self.context_length
+            else f"the engine's max_seq_len of {limit} tokens (the model's context is "
+            f"{self.context_length})"
+        )
+        if len(ids) + params.max_tokens > limit:
+            key = "prompt_ids" if len(ids) > limit else "max_tokens"
+            raise ConfigError(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{len(ids) + params.max_tokens} tokens, more than {what}",
+                key=key,
+                hint=f"shorten the prompt or ask for at most {max(limit - len(ids), 0)} tokens",
+            )
+        named = [("logit_bias", i) for i in params.logit_bias] + [
+            ("stop_token_ids", i) for i in params.stop_token_ids
+        ]
+        for key, token in named:
+            if token >= self.vocab_size:
+                raise ConfigError(
+                    f"{key} names token id {token}, outside the model's vocabulary of "
+                    f"{self.vocab_size} ids",
+                    key=key,
+                    hint=f"use ids in [0, {self.vocab_size})",
+                )
+        for key in ("logprobs", "prompt_logprobs"):
+            count = getattr(params, key)
+            if count is not None and count > self.vocab_size:
+                raise ConfigError(
+                    f"{key}={count} asks for more alternatives than the {self.vocab_size} ids "
+                    "of the vocabulary",
+                    key=key,
+                    hint=f"use {key} <= {self.vocab_size}",
+                )
+        return ids
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        """Wake the loop (a request was cancelled)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        """The decode loop (the engine's thread)."""
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._closed and not self._queue and not self._rows:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self._rows:
+                        self._step()
+                except Exception as error:  # a bug: fail the rows, keep serving
+                    logger.exception("lego-serve engine: the decode loop failed")
+                    message = _describe(error)
+                    for slot, row in list(self._rows.items()):
+                        self._end(slot, row.finish("error", message))
+                    self._slots.reset()
+
+    def _end(self, slot: int, finish: Finish) -> None:
+        """Send a running row's last event and free its slot."""
+        row = self._rows.pop(slot)
+        self._slots.free(slot)
+        row.request._emit(finish)
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            gone = [request for request in self._queue if request.cancelled]
+            for request in gone:
+                self._queue.remove(request)
+        for request in gone:
+            request._emit(_finish_unstarted(request, "cancelled", None))
+        for slot, row in list(self._rows.items()):
+            if row.request.cancelled:
+                self._end(slot, row.finish("cancelled"))
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots: one when rows run, else as many as fit."""
+        budget = 1 if self._rows else self.max_batch
+        while budget > 0:
+            free = self._slots.free_slots()
+            if not free:
+                return
+            with self._cond:
+                if not self._queue:
+                    return
+                request = self._queue[0]
+                if (
+                    self._window is not None
+                    and self._rows
+                    and len(request.prompt_ids) > self._slots.seq_len
+                ):
+                    return  # a sliding window: a longer prompt waits for an empty batch
+                self._queue.popleft()
+            if request.cancelled:
+                request._emit(_finish_unstarted(request, "cancelled", None))
+                continue
+            budget -= 1
+            try:
+                self._prefill(request, free[0])
+            except Exception as error:
+                if not isinstance(error, LegoError):
+                    logger.exception("lego-serve engine: a prefill failed")
+                self._prefill_cache.reset()
+                request._emit(_finish_unstarted(request, "error", _describe(error)))
+
+    def _prefill(self, request: Request, slot: int) -> None:
+        """Run a prompt alone, send its first token, and place it in ``slot``."""
+        params = request.params
+        prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        self._prefill_cache.reset()
+        logits = self.model(prompt, kv_cache=self._prefill_cache)  # (1, P, V)
+        if params.prompt_logprobs is not None:
+            request._emit(_prompt_logprobs(request.prompt_ids, logits[0], params.prompt_logprobs))
+        if params.max_tokens == 0:
+            request._emit(_finish_unstarted(request, "length", None))
+            return
+        row = Row(
+            request,
+            tokenizer=self.tokenizer,
+            eos_ids=self.eos_token_ids,
+            decodable=self._decodable,
+            device=self.device,
+        )
+        last = logits[:, -1]  # (1, V)
+        token = row.choose(last)
+        score = None
+        if params.logprobs is not None:
+            score = _scores(last, [token], [params.logprobs])[0]
+        finish = row.accept(token, score)
+        if finish is not None:
+            request._emit(finish)
+            return
+        self._slots.place(slot, self._prefill_cache)
+        row.slot = slot
+        self._rows[slot] = row
+
+    def _make_room(self) -> None:
+        """Make sure the next step has a column: trim padding, recompute rows with gaps.
+
+        A full cache whose rows all begin after column 0 is trimmed. A row that begins at
+        column 0 of a full cache has gaps (a longer prompt joined after it): it leaves the
+        batch, is prefilled again alone (its prompt and the tokens it generated, so the
+        same positions and values) and rejoins contiguous, right-aligned, after the
+        others were trimmed. Its output is unchanged; it only costs one prefill.
+        """
+        slots = self._slots
+        if slots.seq_len < slots.max_seq_len:
+            slots.trim()
+            return
+        slots.trim(force=True)
+        moved = [self._rows.pop(slot) for slot in slots.blocked()]
+        for row in moved:
+            slots.free(row.slot)
+        if self._rows:
+            slots.trim(force=True)
+        for row in moved:
+            try:
+                self._recompute(row)
+            except Exception as error:
+                if not isinstance(error, LegoError):
+                    logger.exception("lego-serve engine: recomputing a row failed")
+                self._prefill_cache.reset()
+                row.request._emit(row.finish("error", _describe(error)))
+
+    def _recompute(self, row: Row) -> None:
+        """Prefill a row's tokens again (all but the one the next step feeds) and place it."""
+        ids = [*row.request.prompt_ids, *row.generated[:-1]]
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, L)
+        self._prefill_cache.reset()
+        self.model(tokens, kv_cache=self._prefill_cache)  # (1, L, V), only the cache is kept
+        slot = self._slots.free_slots()[0]
+        self._slots.place(slot, self._prefill_cache)
+        row.slot = slot
+        self._rows[slot] = row
+
+    def _step(self) -> None:
+        """One decode step for every running row."""
+        self._make_room()
+        rows = dict(self._rows)
+        if not rows:
+            return
+        size = self.max_batch
+        tokens = [0] * size
+        positions = [0] * size
+        for slot, row in rows.items():
+            tokens[slot] = row.generated[-1]
+            positions[slot] = row.position
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
+        position_ids = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None]
+        mask = self._slots.advance()  # (B, S + 1)
+        try:
+            logits = self.model(
+                input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                kv_cache=self._slots.cache,
+            )[:, -1]  # (B, V)
+        except Exception as error:
+            if not isinstance(error, LegoError):
+                logger.exception("lego-serve engine: a decode step failed")
+            message = _describe(error)
+            for slot, row in rows.items():
+                self._end(slot, row.finish("error", message))
+            self._slots.reset()
+            return
+        chosen, failed = self._choose(rows, logits)
+        wanted = [slot for slot in chosen if rows[slot].params.logprobs is not None]
+        scores: dict[int, TokenScore] = {}
+        if wanted:
+            index = torch.tensor(wanted, dtype=torch.long, device=logits.device)
+            counts = [int(rows[slot].params.logprobs or 0) for slot in wanted]
+            found = _scores(logits[index], [chosen[slot] for slot in wanted], counts)
+            scores = dict(zip(wanted, found, strict=True))
+        for slot, token in chosen.items():
+            row = rows[slot]
+            try:
+                finish = row.accept(token, scores.get(slot))
+            except Exception as error:
+                failed[slot] = _describe(error)
+                continue
+            if finish is not None:
+                self._end(slot, finish)
+        for slot, message in failed.items():
+            self._end(slot, rows[slot].finish("error", message))
+
+    def _choose(
+        self, rows: dict[int, Row], logits: Tensor
+    ) -> tuple[dict[int, int], dict[int, str]]:
+        """Every row's next token: one argmax for plain greedy rows, each other row alone.
+
+        Returns:
+            The chosen token per slot, and an error message per slot that could not choose.
+        """
+        chosen: dict[int, int] = {}
+        failed: dict[int, str] = {}
+        alone = [slot for slot, row in rows.items() if not row.plain]
+        plain = [slot for slot, row in rows.items() if row.plain]
+        if plain:
+            index = torch.tensor(plain, dtype=torch.long, device=logits.device)
+            sub = logits[index]  # (n, V)
+            finite = torch.isfinite(sub.amax(dim=-1)).tolist()
+            picks = sub.argmax(dim=-1).tolist()
+            for slot, ok, pick in zip(plain, finite, picks, strict=True):
+                if ok:
+                    chosen[slot] = int(pick)
+                else:
+                    alone.append(slot)  # choose() raises the precise error
+        for slot in alone:
+            try:
+                chosen[slot] = rows[slot].choose(logits[slot : slot + 1])
+            except Exception as error:
+                failed[slot] = _describe(error)
+        return chosen, failed
+
+
+def _model_device(model: CausalLM) -> torch.device:
+    """The device of the model's first parameter (the CPU when it has none)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return first.device if isinstance(first, Tensor) else torch.device("cpu")
+
+
+def _finish_unstarted(request: Request, reason: FinishReason, error: str | None) -> Finish:
+    """The ``Finish`` of a request that never generated a token."""
+    return Finish(
+        reason=reason,
+        text="",
+        prompt_tokens=len(request.prompt_ids),
+        completion_tokens=0,
+        error=error,
+    )
+
+
+def _scores(logits: Tensor, tokens: list[int], counts: list[int]) -> list[TokenScore]:
+    """Log-probabilities of chosen tokens and each row's top alternatives.
+
+    Args:
+        logits: Raw logits of the rows, ``(n, V)``.
+        tokens: The chosen token of each row.
+        counts: How many alternatives each row wants.
+
+    Returns:
+        ``(logprob, ((id, logprob), ...))`` per row.
+    """
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)  # (n,)
+    out = chosen_logprobs(logits, index, top=max(counts))
+    logprobs = out.logprob.tolist()
+    ids = out.top_ids.tolist()
+    values = out.top_logprobs.tolist()
+    return [
+        (float(logprobs[i]), tuple(zip(ids[i][:k], values[i][:k], strict=True)))
+        for i, k in enumerate(counts)
+    ]
+
+
+def _prompt_logprobs(prompt: tuple[int, ...], logits: Tensor, count: int) -> PromptLogprobs:
+    """The prompt's log-probabilities from the prefill's logits ``(P, V)``."""
+    if len(prompt) == 1:
+        return PromptLogprobs(token_ids=prompt, logprobs=(None,), top_logprobs=(None,))
+    found = _scores(logits[:-1], list(prompt[1:]), [count] * (len(prompt) - 1))
+    return PromptLogprobs(
+        token_ids=prompt,
+        logprobs=(None, *(logprob for logprob, _ in found)),
+        top_logprobs=(None, *(top for _, top in found)),
+    )
