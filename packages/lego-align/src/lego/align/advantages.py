@@ -303,7 +303,7 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-
         x: ``(B, T)`` values (advantages or rewards).
         mask: ``(B, T)`` bool or 0/1: the positions that count.
         shift_mean: Subtract the mean (True) or keep it (False).
-        eps: Added to the variance (TRL: ``1e-8``), > 0.
+        eps: Added to the variance (TRL: ``1e-8``), >= 0.
 
     Returns:
         ``(B, T)`` whitened ``x``, 0 outside ``mask``.
@@ -315,7 +315,7 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-
         >>> whiten(torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([[True, True, False]]))
         tensor([[-0.7071,  0.7071,  0.0000]])
     """
-    check_float("eps", eps, low=0.0, low_open=True)
+    check_float("eps", eps, low=0.0)
     _check_tokens(x=x, mask=mask)
     keep = mask.bool()
     m = _float_mask(mask, x)

@@ -89,6 +89,11 @@ def _row_means(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum(-1) / mask.sum(-1)
 
 
+def _inside(x: Tensor, keep: Tensor) -> Tensor:
+    """``x`` with 0 outside ``keep`` (padded inf / NaN reach neither loss nor gradient)."""
+    return torch.where(keep, x, torch.zeros_like(x))
+
+
 def _nan_extreme(x: Tensor, *, largest: bool) -> Tensor:
     """``max`` / ``min`` ignoring NaNs; NaN when every value is NaN."""
     valid = x[~torch.isnan(x)]
@@ -300,15 +305,17 @@ def grpo_loss(
             hint=f"pass the generation's max_new_tokens (at least the {t} completion positions)",
         )
     m = _float_mask(mask, logps)
+    keep = mask.bool()
     adv = advantages.detach().to(logps.dtype)
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # (B, 1) or (B, T)
 
-    old = logps.detach() if old_logps is None else old_logps.detach()
+    logps = _inside(logps, keep)
+    old = logps.detach() if old_logps is None else _inside(old_logps.detach(), keep)
     ratio = torch.exp(logps - old)  # (B, T), rho
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     kl: Tensor | None = None
     if ref_logps is not None:
-        kl = kl_penalty(logps, ref_logps.detach(), "k3")
+        kl = kl_penalty(logps, _inside(ref_logps.detach().to(logps.dtype), keep), "k3")
         if kl_bias_correction:
             kl = kl * ratio
     if delta is not None:
@@ -400,8 +407,9 @@ def ppo_policy_loss(
     _check_floating("logps", logps)
     _check_tokens(logps=logps, old_logps=old_logps, advantages=advantages, mask=mask)
     m = _float_mask(mask, logps)
-    adv = advantages.detach().to(logps.dtype)
-    log_ratio = logps - old_logps.detach()
+    keep = mask.bool()
+    adv = _inside(advantages.detach().to(logps.dtype), keep)
+    log_ratio = _inside(logps, keep) - _inside(old_logps.detach().to(logps.dtype), keep)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - eps, 1 + eps)
@@ -458,8 +466,10 @@ def ppo_value_loss(
     _check_floating("values", values)
     _check_tokens(values=values, old_values=old_values, returns=returns, mask=mask)
     m = _float_mask(mask, values)
-    old = old_values.detach().to(values.dtype)
-    target = returns.detach().to(values.dtype)
+    keep = mask.bool()
+    values = _inside(values, keep)
+    old = _inside(old_values.detach().to(values.dtype), keep)
+    target = _inside(returns.detach().to(values.dtype), keep)
     clipped_values = torch.clamp(values, old - eps, old + eps)
     error = (values - target) ** 2
     clipped_error = (clipped_values - target) ** 2
