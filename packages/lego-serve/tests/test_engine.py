@@ -413,12 +413,13 @@ def test_engine_full_when_the_queue_is_full(llama: nn.Module, make_engine: Any) 
 
 def test_close_with_requests_in_flight(llama: nn.Module, make_engine: Any) -> None:
     model = Gated(llama)
-    engine = make_engine(model, max_batch=2)
+    engine = make_engine(model, start=False, max_batch=2)
     model.hold_after(2)  # two prefills, then the first decode step waits
     running = [
         engine.submit(prompt_of(5, offset=i), SamplingParams(max_tokens=100, temperature=0))
         for i in range(2)
     ]
+    engine.start()  # both wait in the queue: the first iteration prefills both
     streams = [r.events(timeout=WAIT) for r in running]
     for stream in streams:
         assert isinstance(next(stream), TokenOutput)

@@ -314,6 +314,7 @@ class Engine:
         self._slots = SlotCache(new_kv_cache(max_batch, max_seq_len), device=self.device)
         self._prefill_cache: KVCache = new_kv_cache(1, max_seq_len)
         self._cond = threading.Condition()
+        self._close_lock = threading.Lock()
         self._queue: deque[Request] = deque()
         self._rows: dict[int, Row] = {}
         self._thread: threading.Thread | None = None
@@ -355,13 +356,14 @@ class Engine:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        with self._cond:
-            waiting = list(self._queue)
-            self._queue.clear()
-        for request in waiting:
-            request._emit(_finish_unstarted(request, "cancelled", "the engine was closed"))
-        for slot, row in list(self._rows.items()):
-            self._end(slot, row.finish("cancelled", "the engine was closed"))
+        with self._close_lock:  # two threads closing at once: one finishes the requests
+            with self._cond:
+                waiting = list(self._queue)
+                self._queue.clear()
+            for request in waiting:
+                request._emit(_finish_unstarted(request, "cancelled", "the engine was closed"))
+            for slot, row in list(self._rows.items()):
+                self._end(slot, row.finish("cancelled", "the engine was closed"))
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Queue a request; it joins the running batch at the next step with a free slot.
@@ -586,13 +588,15 @@ class Engine:
         score = None
         if params.logprobs is not None:
             score = _scores(last, [token], [params.logprobs])[0]
-        finish = row.accept(token, score)
+        output, finish = row.accept(token, score)
         if finish is not None:
+            request._emit(output)
             request._emit(finish)
             return
         self._slots.place(slot, self._prefill_cache)
         row.slot = slot
         self._rows[slot] = row
+        request._emit(output)
 
     def _make_room(self) -> None:
         """Make sure the next step has a column: trim padding, recompute rows with gaps.
@@ -674,10 +678,11 @@ class Engine:
         for slot, token in chosen.items():
             row = rows[slot]
             try:
-                finish = row.accept(token, scores.get(slot))
+                output, finish = row.accept(token, scores.get(slot))
             except Exception as error:
                 failed[slot] = _describe(error)
                 continue
+            row.request._emit(output)
             if finish is not None:
                 self._end(slot, finish)
         for slot, message in failed.items():

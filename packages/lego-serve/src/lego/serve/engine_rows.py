@@ -163,15 +163,16 @@ class Row:
 
     # -- accepting ------------------------------------------------------------------------
 
-    def accept(self, token: int, score: TokenScore | None) -> Finish | None:
-        """Record the chosen token, send its event, and say whether the request is done.
+    def accept(self, token: int, score: TokenScore | None) -> tuple[TokenOutput, Finish | None]:
+        """Record the chosen token and say whether the request is done.
 
         Args:
             token: The chosen id.
             score: Its log-probability and top alternatives, when the request asked.
 
         Returns:
-            The ``Finish`` event to send (not sent yet), or None to go on.
+            The token's event and the ``Finish`` event (None to go on); the caller sends
+            them (after it placed the row, so a client that sees a token sees it running).
         """
         self.generated.append(token)
         if self.processors:
@@ -194,14 +195,10 @@ class Row:
                 text, self.pending = self.pending[:safe], self.pending[safe:]
         else:
             text, self.pending = self.pending, ""
-        self.request._emit(
-            TokenOutput(token_id=token, text=text, logprob=logprob, top_logprobs=top)
-        )
+        output = TokenOutput(token_id=token, text=text, logprob=logprob, top_logprobs=top)
         if finish is None and len(self.generated) >= self.params.max_tokens:
             finish = "length"
-        if finish is None:
-            return None
-        return self.finish(finish)
+        return output, (self.finish(finish) if finish is not None else None)
 
     def finish(self, reason: FinishReason, error: str | None = None) -> Finish:
         """The ``Finish`` event of this row: whatever text is still held back, cut.
