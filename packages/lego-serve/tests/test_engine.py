@@ -319,6 +319,57 @@ def test_max_tokens_zero_scores_the_prompt(llama: nn.Module, make_engine: Any) -
     assert one[0] == PromptLogprobs(token_ids=(4,), logprobs=(None,), top_logprobs=(None,))
 
 
+def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    model = Gated(llama)
+    engine = make_engine(model, max_batch=2, prefill_chunk=7)
+    model.hold_after(1)
+    short_params = SamplingParams(max_tokens=20, temperature=0)
+    short = engine.submit([1, 2, 3], short_params)
+    stream = short.events(timeout=WAIT)
+    first = next(stream)
+    prompt = prompt_of(30, offset=4)
+    long = engine.submit(prompt, SamplingParams(max_tokens=10, temperature=0, prompt_logprobs=1))
+    model.release()
+    events = collect(long)
+    short_events = [first, *stream]
+    # One 7-token chunk of the long prompt between two decode steps of the running row.
+    assert model.shapes[:11] == [(1, 3), *[(2, 1), (1, 7)] * 4, (2, 1), (1, 2)]
+    expected = generate(llama, torch.tensor([prompt]), max_new_tokens=10)[0, 30:]  # type: ignore[arg-type]
+    assert tokens_of(events) == expected.tolist()
+    short_alone = generate(llama, torch.tensor([[1, 2, 3]]), max_new_tokens=20)[0, 3:]  # type: ignore[arg-type]
+    assert tokens_of(short_events) == short_alone.tolist()
+    scored = events[0]
+    assert isinstance(scored, PromptLogprobs)
+    with torch.no_grad():
+        reference = torch.log_softmax(llama(torch.tensor([prompt]))[0].double(), dim=-1)
+    expected_logprobs = [float(reference[i - 1, prompt[i]]) for i in range(1, 30)]
+    assert scored.logprobs[1:] == pytest.approx(expected_logprobs, abs=1e-5)
+    assert len(scored.top_logprobs) == 30
+
+
+def test_a_smaller_tokenizer_never_gets_ids_it_cannot_decode(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    class Bytes(Words):
+        vocab_size = 256
+
+    engine = Engine(model=llama, tokenizer=Bytes(), max_batch=2)  # type: ignore[arg-type]
+    engine.start()
+    try:
+        greedy = collect(engine.submit([1, 2], SamplingParams(max_tokens=30, temperature=0)))
+        sampled = collect(engine.submit([1, 2], SamplingParams(max_tokens=30, seed=0)))
+    finally:
+        engine.close()
+    unrestricted = tokens_of(
+        collect(make_engine(llama).submit([1, 2], SamplingParams(max_tokens=30, temperature=0)))
+    )
+    assert any(t >= 256 for t in unrestricted)  # the model alone does produce such ids
+    assert all(t < 256 for t in tokens_of(greedy) + tokens_of(sampled))
+    assert len(tokens_of(greedy)) == len(tokens_of(sampled)) == 30
+
+
 # -- stopping --------------------------------------------------------------------------------
 
 
@@ -570,8 +621,10 @@ def test_a_sliding_window_model_admits_a_longer_prompt_into_an_empty_batch(
     model.release()
     assert tokens_of([first, *stream]) == tokens_of(run_alone(windowed, [1, 2], short_params))
     assert tokens_of(collect(long)) == tokens_of(run_alone(windowed, prompt_of(20), long_params))
-    # the long prompt waited until the short row's 9 decode steps were done
-    assert model.shapes[:11] == [(1, 2), *[(2, 1)] * 9, (1, 20)]
+    # The long prompt was prefilled at once but joined only after the short row's 9 decode
+    # steps: none of its 29 steps ran beside them.
+    assert model.shapes[:3] == [(1, 2), (2, 1), (1, 20)]
+    assert model.shapes.count((2, 1)) == 9 + 29
 
 
 def test_rows_joining_a_full_cache_are_trimmed_correctly(qwen: nn.Module, make_engine: Any) -> None:

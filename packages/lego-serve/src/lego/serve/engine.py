@@ -5,11 +5,14 @@ batch KV cache whose rows are slots ([`SlotCache`][lego.serve.slots.SlotCache]).
 iteration of its loop:
 
 1. drops cancelled requests (queued ones, and running ones: their slot is free at once);
-2. admits waiting requests into free slots: each is prefilled **alone** in a batch-1 cache
-   (its prompt log-probabilities come from that forward, and its first token from the last
-   logits), then copied right-aligned into the batch cache. While other rows run, at most
-   one prefill happens between two decode steps, so running streams never stall for more
-   than one prompt; into an empty batch, every free slot is filled at once;
+2. admits waiting requests into free slots: each is prefilled **alone** in a batch-1 cache,
+   in chunks of ``prefill_chunk`` tokens (its prompt log-probabilities come from those
+   forwards, its first token from the last logits), then copied right-aligned into the
+   batch cache. While other rows run, one chunk runs between two decode steps, so running
+   streams never wait for more than one chunk; into an empty batch, every free slot is
+   filled at once. Prompts are prefilled one by one, not batched together: on a CPU a
+   chunk of a few dozen tokens already keeps the matrix units busy, and one batched
+   prefill would delay every request's first token until the slowest prompt is done;
 3. runs one decode step for every running row: one token per row, each row at its own
    position, with the attention mask hiding other rows' padding. Each row then picks its
    next token with its own settings (logit bias, penalties, temperature, top-p, its own
@@ -17,6 +20,11 @@ iteration of its loop:
    reports log-probabilities of the raw logits when asked, and finishes on its own
    end-of-sequence / stop ids, stop strings or ``max_tokens`` (``submit()`` checks that the
    prompt plus ``max_tokens`` fits the cache, so a row never runs out of room).
+
+Every decode step feeds all ``max_batch`` rows (free rows carry a masked dummy token), so
+the model sees the same shapes, and runs the same kernels, whatever the number of running
+requests; with ``max_batch <= 8`` the linear layers run on lego-generate's native CPU
+decode kernels, as [`generate()`][lego.generate.generate] does.
 
 A request's tokens therefore never depend on the other rows: greedy output is the same
 alone or among many (up to floating-point summation order, which a near-tie could
@@ -34,6 +42,7 @@ finishes everything left with ``"cancelled"``: no client is ever left waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
 import queue
@@ -45,6 +54,7 @@ import torch
 from torch import Tensor
 
 from lego.generate import chosen_logprobs, has_kv_cache
+from lego.generate.linears import linear_kernels
 from lego.generate.streaming import check_tokenizer
 from lego.protocols import (
     CausalLM,
@@ -248,6 +258,14 @@ class Engine:
         max_seq_len: Columns of the batch KV cache: the longest prompt plus ``max_tokens``
             a request may have. None means the model's ``context_length``; a smaller value
             saves memory (the cache holds ``max_batch * max_seq_len`` positions per layer).
+        native_kernels: Run the decode steps' linear layers on lego-generate's native CPU
+            kernels ([`lego.generate.native`][lego.generate.native]; fp32 and bf16, up to
+            8 rows, so ``max_batch <= 8``): None (default) where they can run, True to be
+            warned where they cannot, False for PyTorch's kernels. Every step feeds
+            ``max_batch`` rows, so a request takes the same kernels alone or in a full batch.
+        prefill_chunk: Prompt tokens per prefill forward. A longer prompt is prefilled in
+            chunks, one chunk between two decode steps, so running streams wait for at most
+            one chunk; every prompt is chunked the same way, alone or not.
 
     Raises:
         ConfigError: The model has no KV cache, or a size or id is out of range.
@@ -278,6 +296,8 @@ class Engine:
         max_queue: int = 64,
         eos_token_ids: Sequence[int] = (),
         max_seq_len: int | None = None,
+        native_kernels: bool | None = None,
+        prefill_chunk: int = 256,
     ) -> None:
         if not has_kv_cache(model):
             raise ConfigError(
@@ -289,6 +309,8 @@ class Engine:
             )
         check_int("max_batch", max_batch, minimum=1, owner="Engine")
         check_int("max_queue", max_queue, minimum=1, owner="Engine")
+        check_int("prefill_chunk", prefill_chunk, minimum=1, owner="Engine")
+        self.prefill_chunk = prefill_chunk
         context = int(model.config.context_length)
         self.vocab_size = int(model.config.vocab_size)
         if max_seq_len is None:
@@ -304,6 +326,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_seq_len = max_seq_len
         self.context_length = context
+        self._native = native_kernels
         self._decodable = check_tokenizer(model, tokenizer)
         window = getattr(model.config, "sliding_window", None)
         self._window: int | None = (
@@ -311,8 +334,10 @@ class Engine:
         )
         self.device = _model_device(model)
         new_kv_cache: Callable[..., KVCache] = getattr(model, "new_kv_cache")  # noqa: B009
+        self._new_kv_cache = new_kv_cache
         self._slots = SlotCache(new_kv_cache(max_batch, max_seq_len), device=self.device)
         self._prefill_cache: KVCache = new_kv_cache(1, max_seq_len)
+        self._prefilling: _Prefill | None = None
         self._cond = threading.Condition()
         self._close_lock = threading.Lock()
         self._queue: deque[Request] = deque()
@@ -362,8 +387,7 @@ class Engine:
                 self._queue.clear()
             for request in waiting:
                 request._emit(_finish_unstarted(request, "cancelled", "the engine was closed"))
-            for slot, row in list(self._rows.items()):
-                self._end(slot, row.finish("cancelled", "the engine was closed"))
+            self._fail_running("cancelled", "the engine was closed")
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Queue a request; it joins the running batch at the next step with a free slot.
@@ -498,25 +522,65 @@ class Engine:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        """The decode loop (the engine's thread)."""
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while not self._closed and not self._queue and not self._rows:
-                        self._cond.wait()
-                    if self._closed:
-                        return
+        """The engine's thread: the decode loop, inside inference mode and the kernel routing.
+
+        Whatever ends it other than ``close()`` (a bug that escapes the per-step handling)
+        closes the engine and finishes every request with ``"error"``: never a hanging client.
+        """
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.inference_mode())
                 try:
-                    self._drop_cancelled()
-                    self._admit()
-                    if self._rows:
-                        self._step()
-                except Exception as error:  # a bug: fail the rows, keep serving
-                    logger.exception("lego-serve engine: the decode loop failed")
-                    message = _describe(error)
-                    for slot, row in list(self._rows.items()):
-                        self._end(slot, row.finish("error", message))
-                    self._slots.reset()
+                    stack.enter_context(
+                        linear_kernels(
+                            self.model, native=self._native, pack=False, rows=self.max_batch
+                        )
+                    )
+                except Exception:
+                    logger.exception("lego-serve engine: no native decode kernels")
+                self._loop()
+        except BaseException as error:
+            logger.exception("lego-serve engine: the decode loop stopped")
+            with self._cond:
+                self._closed = True
+                waiting = list(self._queue)
+                self._queue.clear()
+            message = _describe(error)
+            for request in waiting:
+                request._emit(_finish_unstarted(request, "error", message))
+            self._fail_running("error", message)
+            raise
+
+    def _loop(self) -> None:
+        """Admit, step, repeat, until ``close()``."""
+        while True:
+            with self._cond:
+                while (
+                    not self._closed
+                    and not self._queue
+                    and not self._rows
+                    and self._prefilling is None
+                ):
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._rows:
+                    self._step()
+            except Exception as error:  # a bug: fail the rows, keep serving
+                logger.exception("lego-serve engine: the decode loop failed")
+                self._fail_running("error", _describe(error))
+                self._slots.reset()
+
+    def _fail_running(self, reason: FinishReason, message: str) -> None:
+        """Finish the running rows and the request being prefilled."""
+        job, self._prefilling = self._prefilling, None
+        if job is not None:
+            job.end(reason, message)
+        for slot, row in list(self._rows.items()):
+            self._end(slot, row.finish(reason, message))
 
     def _end(self, slot: int, finish: Finish) -> None:
         """Send a running row's last event and free its slot."""
@@ -536,46 +600,84 @@ class Engine:
                 self._end(slot, row.finish("cancelled"))
 
     def _admit(self) -> None:
-        """Prefill waiting requests into free slots: one when rows run, else as many as fit."""
-        budget = 1 if self._rows else self.max_batch
-        while budget > 0:
-            free = self._slots.free_slots()
-            if not free:
-                return
-            with self._cond:
-                if not self._queue:
+        """Prefill queued requests: one chunk while rows run, else whole prompts into every slot."""
+        chunks: int | None = 1 if self._rows else None  # None: no running stream to stall
+        while chunks is None or chunks > 0:
+            job = self._prefilling
+            if job is None:
+                job = self._next_prefill()
+                if job is None:
                     return
-                request = self._queue[0]
-                if (
-                    self._window is not None
-                    and self._rows
-                    and len(request.prompt_ids) > self._slots.seq_len
-                ):
-                    return  # a sliding window: a longer prompt waits for an empty batch
-                self._queue.popleft()
-            if request.cancelled:
-                request._emit(_finish_unstarted(request, "cancelled", None))
+                self._prefilling = job
+            if job.request.cancelled:
+                self._prefilling = None
+                job.end("cancelled", None)
                 continue
-            budget -= 1
-            try:
-                self._prefill(request, free[0])
-            except Exception as error:
-                if not isinstance(error, LegoError):
-                    logger.exception("lego-serve engine: a prefill failed")
-                self._prefill_cache.reset()
-                request._emit(_finish_unstarted(request, "error", _describe(error)))
+            if job.row is None:
+                if chunks is not None:
+                    chunks -= 1
+                try:
+                    complete = self._prefill_chunk(job)
+                except Exception as error:
+                    if not isinstance(error, LegoError):
+                        logger.exception("lego-serve engine: a prefill failed")
+                    self._prefilling = None
+                    job.end("error", _describe(error))
+                    continue
+                if not complete:
+                    continue
+                if job.row is None:  # finished at its first token, or max_tokens=0
+                    self._prefilling = None
+                    continue
+            if not self._place(job):
+                return
 
-    def _prefill(self, request: Request, slot: int) -> None:
-        """Run a prompt alone, send its first token, and place it in ``slot``."""
+    def _next_prefill(self) -> _Prefill | None:
+        """The next queued request to prefill, when a slot is free."""
+        if not self._slots.free_slots():
+            return None
+        with self._cond:
+            if not self._queue:
+                return None
+            request = self._queue.popleft()
+        return _Prefill(request)
+
+    def _prefill_chunk(self, job: _Prefill) -> bool:
+        """Feed the next ``prefill_chunk`` prompt tokens to the batch-1 prefill cache.
+
+        After the last chunk: send the prompt log-probabilities, choose the first token
+        (sent when the row is placed), or finish the request at once.
+
+        Returns:
+            Whether the prompt is complete.
+        """
+        request = job.request
         params = request.params
-        prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        self._prefill_cache.reset()
-        logits = self.model(prompt, kv_cache=self._prefill_cache)  # (1, P, V)
+        prompt = request.prompt_ids
+        if job.done == 0:
+            self._prefill_cache.reset()
+        end = min(len(prompt), job.done + self.prefill_chunk)
+        ids = torch.tensor([prompt[job.done : end]], dtype=torch.long, device=self.device)
+        logits = self.model(ids, kv_cache=self._prefill_cache)[0]  # (T, V)
         if params.prompt_logprobs is not None:
-            request._emit(_prompt_logprobs(request.prompt_ids, logits[0], params.prompt_logprobs))
+            targets = list(prompt[job.done + 1 : end + 1])  # the next prompt token of each
+            if targets:
+                count = [params.prompt_logprobs] * len(targets)
+                job.scores.extend(_scores(logits[: len(targets)], targets, count))
+        job.done = end
+        if end < len(prompt):
+            return False
+        if params.prompt_logprobs is not None:
+            request._emit(
+                PromptLogprobs(
+                    token_ids=prompt,
+                    logprobs=(None, *(logprob for logprob, _ in job.scores)),
+                    top_logprobs=(None, *(top for _, top in job.scores)),
+                )
+            )
         if params.max_tokens == 0:
-            request._emit(_finish_unstarted(request, "length", None))
-            return
+            job.end("length", None)
+            return True
         row = Row(
             request,
             tokenizer=self.tokenizer,
@@ -583,7 +685,7 @@ class Engine:
             decodable=self._decodable,
             device=self.device,
         )
-        last = logits[:, -1]  # (1, V)
+        last = logits[-1:]  # (1, V)
         token = row.choose(last)
         score = None
         if params.logprobs is not None:
@@ -592,11 +694,31 @@ class Engine:
         if finish is not None:
             request._emit(output)
             request._emit(finish)
-            return
+            return True
+        job.row, job.output = row, output
+        return True
+
+    def _place(self, job: _Prefill) -> bool:
+        """Copy a prefilled request into a free slot and send its first token.
+
+        Returns:
+            False when it must wait: a sliding-window model admits a prompt longer than the
+            batch's columns only into an empty batch (see [`SlotCache`][lego.serve.slots]).
+        """
+        row, output = job.row, job.output
+        if row is None or output is None:  # nothing to place
+            self._prefilling = None
+            return True
+        if self._window is not None and self._rows and row.prompt_length > self._slots.seq_len:
+            return False
+        slot = self._slots.free_slots()[0]
         self._slots.place(slot, self._prefill_cache)
         row.slot = slot
         self._rows[slot] = row
-        request._emit(output)
+        self._prefilling = None
+        job.output = None
+        job.request._emit(output)
+        return True
 
     def _make_room(self) -> None:
         """Make sure the next step has a column: trim padding, recompute rows with gaps.
@@ -623,17 +745,19 @@ class Engine:
             except Exception as error:
                 if not isinstance(error, LegoError):
                     logger.exception("lego-serve engine: recomputing a row failed")
-                self._prefill_cache.reset()
                 row.request._emit(row.finish("error", _describe(error)))
 
     def _recompute(self, row: Row) -> None:
-        """Prefill a row's tokens again (all but the one the next step feeds) and place it."""
+        """Prefill a row's tokens again (all but the one the next step feeds) and place it.
+
+        It gets a cache of its own: the prefill cache may hold a prompt half-way through.
+        """
         ids = [*row.request.prompt_ids, *row.generated[:-1]]
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, L)
-        self._prefill_cache.reset()
-        self.model(tokens, kv_cache=self._prefill_cache)  # (1, L, V), only the cache is kept
+        cache = self._new_kv_cache(1, len(ids))
+        self.model(tokens, kv_cache=cache)  # (1, L, V): only the cache is kept
         slot = self._slots.free_slots()[0]
-        self._slots.place(slot, self._prefill_cache)
+        self._slots.place(slot, cache)
         row.slot = slot
         self._rows[slot] = row
 
@@ -718,6 +842,35 @@ class Engine:
         return chosen, failed
 
 
+class _Prefill:
+    """A request being prefilled (in chunks) in the engine's batch-1 cache.
+
+    Attributes:
+        request: The request.
+        done: Prompt tokens already in the prefill cache.
+        scores: Prompt log-probabilities of the chunks so far (when asked).
+        row: Its row once the prompt is complete and the first token chosen.
+        output: That first token's event, sent when the row is placed.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.done = 0
+        self.scores: list[TokenScore] = []
+        self.row: Row | None = None
+        self.output: TokenOutput | None = None
+
+    def end(self, reason: FinishReason, error: str | None) -> None:
+        """Send the request's last events: a first token not sent yet, then ``Finish``."""
+        if self.row is None:
+            self.request._emit(_finish_unstarted(self.request, reason, error))
+            return
+        if self.output is not None:
+            self.request._emit(self.output)
+            self.output = None
+        self.request._emit(self.row.finish(reason, error))
+
+
 def _model_device(model: CausalLM) -> torch.device:
     """The device of the model's first parameter (the CPU when it has none)."""
     parameters = getattr(model, "parameters", None)
@@ -756,15 +909,3 @@ def _scores(logits: Tensor, tokens: list[int], counts: list[int]) -> list[TokenS
         (float(logprobs[i]), tuple(zip(ids[i][:k], values[i][:k], strict=True)))
         for i, k in enumerate(counts)
     ]
-
-
-def _prompt_logprobs(prompt: tuple[int, ...], logits: Tensor, count: int) -> PromptLogprobs:
-    """The prompt's log-probabilities from the prefill's logits ``(P, V)``."""
-    if len(prompt) == 1:
-        return PromptLogprobs(token_ids=prompt, logprobs=(None,), top_logprobs=(None,))
-    found = _scores(logits[:-1], list(prompt[1:]), [count] * (len(prompt) - 1))
-    return PromptLogprobs(
-        token_ids=prompt,
-        logprobs=(None, *(logprob for logprob, _ in found)),
-        top_logprobs=(None, *(top for _, top in found)),
-    )
