@@ -62,8 +62,8 @@ class APIError(LegoError):
 
     Example:
         >>> err = APIError(400, "n must be at least 1, got 0", param="n")
-        >>> err.status, err.body()["error"]["param"]
-        (400, 'n')
+        >>> err.status, err.param, err.type
+        (400, 'n', 'invalid_request_error')
     """
 
     def __init__(
