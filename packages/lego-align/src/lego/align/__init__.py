@@ -54,6 +54,7 @@ from lego.align.dpo import (
     reference_fingerprint,
 )
 from lego.align.finetune import FinetuneSettings, prepare_model
+from lego.align.grpo import GRPOConfig, GRPOEvaluation, GRPOObjective, GRPOTrainer
 from lego.align.logprobs import (
     CompletionBatch,
     HeadInputs,
@@ -102,6 +103,15 @@ from lego.align.rewards import (
     exact_answer_reward,
     extract_answer,
     format_reward,
+)
+from lego.align.rollouts import (
+    CompletionEvaluation,
+    CompletionLogprobs,
+    GRPOBatchSource,
+    GRPOPrompt,
+    completion_logprobs,
+    encode_prompts,
+    evaluate_completions,
 )
 from lego.align.sft import (
     SFTConfig,
@@ -193,4 +203,16 @@ __all__ = [
     "extract_answer",
     "answers_match",
     "format_reward",
+    # GRPO trainer
+    "GRPOTrainer",
+    "GRPOConfig",
+    "GRPOObjective",
+    "GRPOEvaluation",
+    "GRPOBatchSource",
+    "GRPOPrompt",
+    "encode_prompts",
+    "completion_logprobs",
+    "CompletionLogprobs",
+    "evaluate_completions",
+    "CompletionEvaluation",
 ]
