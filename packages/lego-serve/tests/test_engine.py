@@ -82,6 +82,8 @@ class Gated(nn.Module):
         self.calls = 0
         self.shapes: list[tuple[int, int]] = []  # (B, T) of every forward call
         self.fail_at: int | None = None
+        self.arrived = 0  # forward calls that reached the gate
+        self._arrival = threading.Condition()
 
     @property
     def config(self) -> Any:
@@ -95,10 +97,22 @@ class Gated(nn.Module):
         """Let ``calls`` more forward calls through, then block the next ones."""
         self.allowed = threading.Semaphore(calls)
 
+    def allow(self, calls: int) -> None:
+        """Let ``calls`` more forward calls through the held gate."""
+        self.allowed.release(calls)
+
     def release(self) -> None:
         self.allowed.release(10**6)
 
+    def wait_arrivals(self, count: int) -> None:
+        """Wait until ``count`` forward calls in all reached the gate."""
+        with self._arrival:
+            assert self._arrival.wait_for(lambda: self.arrived >= count, timeout=WAIT)
+
     def forward(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
+        with self._arrival:
+            self.arrived += 1
+            self._arrival.notify_all()
         assert self.allowed.acquire(timeout=WAIT), "the test never released the model"
         self.calls += 1
         self.shapes.append((int(input_ids.shape[0]), int(input_ids.shape[1])))
@@ -329,6 +343,7 @@ def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
     short = engine.submit([1, 2, 3], short_params)
     stream = short.events(timeout=WAIT)
     first = next(stream)
+    model.wait_arrivals(2)  # the loop holds in its first decode step
     prompt = prompt_of(30, offset=4)
     long = engine.submit(prompt, SamplingParams(max_tokens=10, temperature=0, prompt_logprobs=1))
     model.release()
@@ -427,6 +442,7 @@ def test_cancel_frees_the_slot_for_a_queued_request(llama: nn.Module, make_engin
     first = engine.submit([1, 2, 3], SamplingParams(max_tokens=200, temperature=0))
     events = first.events(timeout=WAIT)
     assert isinstance(next(events), TokenOutput)  # running: it holds the only slot
+    model.wait_arrivals(2)  # the loop holds in its first decode step
     second = engine.submit([4, 5], SamplingParams(max_tokens=4, temperature=0))
     assert engine.stats() == {"running": 1, "queued": 1, "max_batch": 1, "max_queue": 64}
     first.cancel()
@@ -438,6 +454,30 @@ def test_cancel_frees_the_slot_for_a_queued_request(llama: nn.Module, make_engin
     assert finish_of(done).reason == "length"
     assert len(tokens_of(done)) == 4
     assert engine.stats()["running"] == 0
+
+
+def test_cancelling_a_request_half_way_through_its_prefill(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    model = Gated(llama)
+    engine = make_engine(model, max_batch=2, prefill_chunk=4)
+    model.hold_after(1)
+    short_params = SamplingParams(max_tokens=12, temperature=0)
+    short = engine.submit([1, 2, 3], short_params)
+    stream = short.events(timeout=WAIT)
+    first = next(stream)
+    model.wait_arrivals(2)  # the loop holds in its first decode step
+    long = engine.submit(prompt_of(20), SamplingParams(max_tokens=5))
+    model.allow(3)  # the held decode step, the first chunk, one more step; the 2nd chunk waits
+    model.wait_arrivals(5)
+    long.cancel()
+    model.release()
+    assert collect(long) == [
+        Finish(reason="cancelled", text="", prompt_tokens=20, completion_tokens=0)
+    ]
+    assert [t for b, t in model.shapes if b == 1] == [3, 4, 4]  # 2 of its 5 chunks ran
+    expected = run_alone(llama, [1, 2, 3], short_params)
+    assert tokens_of([first, *stream]) == tokens_of(expected)
 
 
 def test_cancelling_a_queued_request(llama: nn.Module, make_engine: Any) -> None:
@@ -580,6 +620,7 @@ def test_a_row_with_gaps_at_the_end_of_the_cache_is_recomputed(
     short = engine.submit([1, 2], short_params)
     stream = short.events(timeout=WAIT)
     first = next(stream)
+    model.wait_arrivals(2)  # the loop holds in its first decode step
     assert isinstance(first, TokenOutput)
     # A longer prompt joins while the short row has 3 columns: it is written at column 0,
     # the short row gets a gap of 17 columns and reaches the cache's end long before its
@@ -616,6 +657,7 @@ def test_a_sliding_window_model_admits_a_longer_prompt_into_an_empty_batch(
     short = engine.submit([1, 2], short_params)
     stream = short.events(timeout=WAIT)
     first = next(stream)
+    model.wait_arrivals(2)  # the loop holds in its first decode step
     long_params = SamplingParams(max_tokens=30, temperature=0)
     long = engine.submit(prompt_of(20), long_params)
     model.release()

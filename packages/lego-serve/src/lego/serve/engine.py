@@ -437,13 +437,14 @@ class Engine:
         """How busy the engine is.
 
         Returns:
-            ``running`` (requests decoding), ``queued`` (waiting for a slot), ``max_batch``,
-            ``max_queue``.
+            ``running`` (requests decoding or being prefilled), ``queued`` (waiting for a
+            slot), ``max_batch``, ``max_queue``.
         """
         with self._cond:
             queued = len(self._queue)
+        prefilling = 1 if self._prefilling is not None else 0
         return {
-            "running": len(self._rows),
+            "running": len(self._rows) + prefilling,
             "queued": queued,
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
