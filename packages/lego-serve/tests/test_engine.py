@@ -161,12 +161,8 @@ def make_engine() -> Iterator[Any]:
 def run_alone(
     model: nn.Module, prompt: list[int], params: SamplingParams, **kwargs: Any
 ) -> list[Event]:
-    engine = Engine(model=model, tokenizer=Words(), **kwargs)  # type: ignore[arg-type]
-    engine.start()
-    try:
+    with Engine(model=model, tokenizer=Words(), **kwargs) as engine:  # type: ignore[arg-type]
         return collect(engine.submit(prompt, params))
-    finally:
-        engine.close()
 
 
 def prompt_of(length: int, offset: int = 0) -> list[int]:

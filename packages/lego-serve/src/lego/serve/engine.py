@@ -278,13 +278,12 @@ class Engine:
         ...     def encode(self, text): return list(text.encode())
         ...     def decode(self, ids): return bytes(i % 256 for i in ids).decode(errors="replace")
         >>> _ = torch.manual_seed(0)
-        >>> engine = Engine(model=lego.arch.build("llama-tiny"), tokenizer=Bytes(), max_batch=4)
-        >>> engine.start()
-        >>> request = engine.submit([1, 2, 3], SamplingParams(max_tokens=5, temperature=0))
-        >>> events = list(request.events())
+        >>> model = lego.arch.build("llama-tiny")
+        >>> with Engine(model=model, tokenizer=Bytes(), max_batch=4) as engine:  # start()
+        ...     request = engine.submit([1, 2, 3], SamplingParams(max_tokens=5, temperature=0))
+        ...     events = list(request.events())  # or: async for event in request
         >>> len(events), events[-1].reason, events[-1].completion_tokens
         (6, 'length', 5)
-        >>> engine.close()
     """
 
     def __init__(
@@ -388,6 +387,15 @@ class Engine:
             for request in waiting:
                 request._emit(_finish_unstarted(request, "cancelled", "the engine was closed"))
             self._fail_running("cancelled", "the engine was closed")
+
+    def __enter__(self) -> Engine:
+        """``with Engine(...) as engine:`` starts the loop and closes it on the way out."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the engine (every unfinished request gets ``Finish("cancelled")``)."""
+        self.close()
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Queue a request; it joins the running batch at the next step with a free slot.
