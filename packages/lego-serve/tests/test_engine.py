@@ -665,18 +665,36 @@ def test_a_sliding_window_model_admits_a_longer_prompt_into_an_empty_batch(
     assert model.shapes.count((2, 1)) == 9 + 29
 
 
-def test_rows_joining_a_full_cache_are_trimmed_correctly(qwen: nn.Module, make_engine: Any) -> None:
-    engine = make_engine(qwen, max_batch=3, max_seq_len=48)
-    specs = [(5 + 3 * i, 30 - 2 * i) for i in range(9)]
+def test_a_full_cache_is_trimmed_without_changing_any_output(
+    qwen: nn.Module, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lego.serve.slots import SlotCache
+
+    trims: list[tuple[bool, int]] = []  # (was the cache full, columns dropped)
+    trim = SlotCache.trim
+
+    def recording(self: SlotCache, *, force: bool = False) -> int:
+        full = self.seq_len >= self.max_seq_len
+        dropped = trim(self, force=force)
+        trims.append((full, dropped))
+        return dropped
+
+    monkeypatch.setattr(SlotCache, "trim", recording)
+    engine = make_engine(qwen, start=False, max_batch=3, max_seq_len=32)
+    specs = [(2 + (7 * i) % 17, 3 + (11 * i) % 13) for i in range(14)]  # (prompt, max_tokens)
     requests = [
         engine.submit(prompt_of(n, offset=i), SamplingParams(max_tokens=m, temperature=0))
         for i, (n, m) in enumerate(specs)
     ]
-    for i, ((n, m), request) in enumerate(zip(specs, requests, strict=True)):
+    engine.start()  # all queued first: the schedule is the same on every run
+    got = [tokens_of(collect(request)) for request in requests]
+    assert any(full and dropped for full, dropped in trims)  # the cache did fill up
+    monkeypatch.undo()
+    for i, ((n, m), tokens) in enumerate(zip(specs, got, strict=True)):
         expected = run_alone(
             qwen, prompt_of(n, offset=i), SamplingParams(max_tokens=m, temperature=0)
         )
-        assert tokens_of(collect(request)) == tokens_of(expected)
+        assert tokens == tokens_of(expected)
 
 
 def test_slot_cache_places_right_aligned_with_gaps_and_trims() -> None:
