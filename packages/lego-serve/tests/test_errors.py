@@ -246,3 +246,12 @@ def test_disconnect_cancels_a_plain_request(engine: Any) -> None:
     asyncio.run(call(app, "/v1/completions", [body], leave="now"))
     assert len(engine.requests) == 2
     assert all(r.cancelled for r in engine.requests)
+
+
+def test_a_client_that_leaves_at_once_has_its_stream_cancelled(engine: Any) -> None:
+    engine.hang_after = 0
+    app = create_app(engine, model_name="tiny", chat_template="chatml")
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    asyncio.run(call(app, "/v1/chat/completions", [body], leave="now"))
+    assert len(engine.requests) == 1
+    assert engine.requests[0].cancelled

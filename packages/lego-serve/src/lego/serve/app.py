@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -352,7 +353,7 @@ class _Server:
         prompts = [req.prompt_ids] * len(req.params)
         job = Job(self.engine, prompts, req.params, timeout_s=self.timeout_s)
         if req.stream:
-            return _stream(self._chat_chunks(job, req))
+            return _stream(self._chat_chunks(job, req), job)
         choices = [Choice(i, keep_tokens=req.logprobs) for i in range(len(req.params))]
         if not await self._collect(request, job, choices):
             return Response(status_code=499)
@@ -395,11 +396,11 @@ class _Server:
         else:
             job = Job(self.engine, prompts, req.params, timeout_s=self.timeout_s)
             if req.stream:
-                return _stream(self._completion_chunks(job, req, choices, prompt_tokens))
+                return _stream(self._completion_chunks(job, req, choices, prompt_tokens), job)
             if not await self._collect(request, job, choices):
                 return Response(status_code=499)
         if req.stream:
-            return _stream(self._completion_chunks(None, req, choices, prompt_tokens))
+            return _stream(self._completion_chunks(None, req, choices, prompt_tokens), None)
         out = []
         for choice in choices:
             assert choice.finish is not None
@@ -569,8 +570,17 @@ class _Server:
                 job.cancel()
 
 
-def _stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+def _stream(chunks: AsyncIterator[bytes], job: Job | None) -> StreamingResponse:
+    """A server-sent event response; ``job`` is cancelled once it ends, however it ends.
+
+    The stream's own ``finally`` cancels the job too, but a client that leaves before the
+    first chunk stops the response before the stream ever starts: the background task
+    still runs then.
+    """
+    background = None if job is None else BackgroundTask(job.cancel)
+    return StreamingResponse(
+        chunks, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS, background=background
+    )
 
 
 def _stream_error(err: Exception) -> bytes:
