@@ -12,8 +12,11 @@ request, raise in ``submit``, or report a full queue.
 Why a double and not a real engine on a tiny model: lego-serve's own tests must run with
 only its declared dependencies (lego-arch is not one), and the double makes the HTTP
 behaviour exact (texts, log-probabilities, cancellations) and makes faults easy to inject.
-The same routes run on the real engine, a lego-arch model, uvicorn and the ``openai``
-client in tests-integration/test_serve_openai_client.py.
+The same routes run on the real engine and a tiny lego-arch model in test_app_engine.py, and
+behind uvicorn with the ``openai`` client in tests-integration/test_serve_openai_client.py.
+
+``asgi_call`` sends one request through the raw ASGI interface and can disconnect the
+client at a chosen moment (Starlette's TestClient cannot).
 """
 
 from __future__ import annotations
@@ -184,5 +187,53 @@ def kit() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        REPLY=REPLY, ScriptedEngine=ScriptedEngine, token_logprob=token_logprob, make=make_client
+        REPLY=REPLY,
+        ScriptedEngine=ScriptedEngine,
+        token_logprob=token_logprob,
+        make=make_client,
+        call=asgi_call,
     )
+
+
+async def asgi_call(
+    app: Any, path: str, chunks: list[bytes], *, leave: str | None = None
+) -> list[dict[str, Any]]:
+    """Send one POST; ``leave``: disconnect at once (``"now"``) or after the first body bytes
+    (``"first"``). Returns the messages the app sent."""
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+    gone = asyncio.Event()
+    if leave == "now":
+        gone.set()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if leave == "first" and message["type"] == "http.response.body" and message["body"]:
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    # a guard against a hang in a broken build, not a timing assertion
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    return sent

@@ -62,11 +62,11 @@ def test_body_over_the_limit_is_413(make: Any, engine: Any) -> None:
     assert engine.requests[0].params.max_tokens == 1  # the big one never reached the engine
 
 
-def test_body_over_the_limit_without_content_length(engine: Any) -> None:
+def test_body_over_the_limit_without_content_length(engine: Any, kit: Any) -> None:
     """A chunked body is counted while it is read."""
     app = create_app(engine, model_name="tiny", chat_template="chatml", max_body_bytes=100)
     chunks = [b'{"model": "tiny", "prompt": "' + b"x" * 60, b"x" * 60 + b'"}']
-    sent = asyncio.run(call(app, "/v1/completions", chunks))
+    sent = asyncio.run(kit.call(app, "/v1/completions", chunks))
     assert sent[0]["status"] == 413
     assert engine.requests == []
 
@@ -181,77 +181,33 @@ def test_settings_are_checked(engine: Any, kit: Any) -> None:
         create_app(bare, model_name="tiny", chat_template="chatml")
 
 
-# -- disconnects, driven through the raw ASGI interface ----------------------------------
+# -- disconnects, driven through the raw ASGI interface (conftest.asgi_call) --------
 
 
-async def call(
-    app: Any, path: str, chunks: list[bytes], *, leave: str | None = None
-) -> list[dict[str, Any]]:
-    """Send one POST; ``leave``: disconnect at once (``"now"``) or after the first body bytes
-    (``"first"``). Returns the messages the app sent."""
-    incoming = [
-        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
-        for i, chunk in enumerate(chunks)
-    ]
-    gone = asyncio.Event()
-    if leave == "now":
-        gone.set()
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if incoming:
-            return incoming.pop(0)
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if leave == "first" and message["type"] == "http.response.body" and message["body"]:
-            gone.set()
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    # a guard against a hang in a broken build, not a timing assertion
-    await asyncio.wait_for(app(scope, receive, send), timeout=30)
-    return sent
-
-
-def test_disconnect_cancels_a_streamed_request(engine: Any) -> None:
+def test_disconnect_cancels_a_streamed_request(engine: Any, kit: Any) -> None:
     engine.hang_after = 2
     app = create_app(engine, model_name="tiny", chat_template="chatml")
     body = json.dumps({**CHAT, "stream": True, "n": 2}).encode()
-    sent = asyncio.run(call(app, "/v1/chat/completions", [body], leave="first"))
+    sent = asyncio.run(kit.call(app, "/v1/chat/completions", [body], leave="first"))
     assert sent[0]["status"] == 200
     assert len(engine.requests) == 2
     assert all(r.cancelled for r in engine.requests)
     assert all(r.finished for r in engine.requests)
 
 
-def test_disconnect_cancels_a_plain_request(engine: Any) -> None:
+def test_disconnect_cancels_a_plain_request(engine: Any, kit: Any) -> None:
     engine.hang_after = 2
     app = create_app(engine, model_name="tiny", chat_template="chatml")
     body = json.dumps({"model": "tiny", "prompt": ["a", "b"], "max_tokens": 9}).encode()
-    asyncio.run(call(app, "/v1/completions", [body], leave="now"))
+    asyncio.run(kit.call(app, "/v1/completions", [body], leave="now"))
     assert len(engine.requests) == 2
     assert all(r.cancelled for r in engine.requests)
 
 
-def test_a_client_that_leaves_at_once_has_its_stream_cancelled(engine: Any) -> None:
+def test_a_client_that_leaves_at_once_has_its_stream_cancelled(engine: Any, kit: Any) -> None:
     engine.hang_after = 0
     app = create_app(engine, model_name="tiny", chat_template="chatml")
     body = json.dumps({**CHAT, "stream": True}).encode()
-    asyncio.run(call(app, "/v1/chat/completions", [body], leave="now"))
+    asyncio.run(kit.call(app, "/v1/chat/completions", [body], leave="now"))
     assert len(engine.requests) == 1
     assert engine.requests[0].cancelled
