@@ -517,6 +517,7 @@ class GRPOBatchSource:
         self.buffer: list[dict[str, Tensor]] = []
         self._all_buffers: dict[str, list[dict[str, Tensor]]] | None = None
         self._prompt_iter: Iterator[list[GRPOPrompt]] | None = None
+        self.last_prompts: list[GRPOPrompt] = []
         self.last_rollout: Rollout | None = None
         self.last_scores: RewardScores | None = None
 
@@ -633,7 +634,7 @@ class GRPOBatchSource:
         assert out.texts is not None
         texts, columns = _reward_inputs(prompts, g)
         scores = self.rewards(texts, list(out.texts), **columns)
-        self.last_rollout, self.last_scores = out, scores
+        self.last_prompts, self.last_rollout, self.last_scores = prompts, out, scores
 
         # Every statistic over all ranks: a group lives on one rank, the batch's std does not.
         table = _gather_rows(scores.per_function, self.device)  # (R_all, F)
