@@ -21,6 +21,7 @@ def model(tokenizer: Tokenizer) -> ServedModel:
         context_length=64,
         chat_template=get_chat_template("chatml"),
         eos_token="<|endoftext|>",
+        end_of_turn_id=257,
     )
 
 
@@ -66,6 +67,7 @@ def test_chat_renders_the_template_and_maps_every_sampling_field(model: ServedMo
     assert dict(first.logit_bias) == {65: 10.0, 66: -100.0}
     assert first.stop == ("\n",)
     assert (first.logprobs, first.prompt_logprobs) == (2, None)
+    assert first.stop_token_ids == (257,)  # the template's end of turn ends the message
     assert req.logprobs
     assert req.top_logprobs == 2
 
@@ -203,6 +205,7 @@ def test_completion_prompt_forms(model: ServedModel) -> None:
     req = parse_completion(completion(prompt=[[104], [105, 106]]), model)
     assert req.prompts == ((104,), (105, 106))
     assert req.params[0].max_tokens == 16
+    assert req.params[0].stop_token_ids == ()  # completions stop on the engine's EOS only
 
 
 def test_completion_echo_logprobs_scores_the_prompt(model: ServedModel) -> None:

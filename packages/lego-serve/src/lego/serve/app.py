@@ -104,7 +104,9 @@ def create_app(
         model_name: The model id clients send as ``model``; requests for another id get
             404 ``model_not_found``.
         chat_template: The chat template's name (``"chatml"``, ``"llama3"``) or object;
-            None serves completions only (chat requests get 400).
+            None serves completions only (chat requests get 400). Chat requests stop on
+            its end-of-turn token (``<|im_end|>``, ``<|eot_id|>``) besides the engine's
+            EOS ids.
         eos_token: The end-of-text special token's string for ``/tokenizer_info``; None
             takes the first of the engine's ``eos_token_ids`` that is a special token.
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer
@@ -140,9 +142,11 @@ def create_app(
         )
     tokenizer = engine.tokenizer
     template = None if chat_template is None else get_chat_template(chat_template)
+    end_of_turn = None
     if template is not None:
         for token in template.special_tokens:
             special_token_id(tokenizer, token, needed_by=f"the {template.name} chat template")
+        end_of_turn = special_token_id(tokenizer, template.end_of_turn)
     if eos_token is None:
         names = {i: name for name, i in tokenizer.special_tokens.items()}
         eos_token = next((names[i] for i in engine.eos_token_ids if i in names), None)
@@ -159,6 +163,7 @@ def create_app(
         context_length=int(engine.max_seq_len),
         chat_template=template,
         eos_token=eos_token,
+        end_of_turn_id=end_of_turn,
     )
     server = _Server(engine, model, max_body_bytes=max_body_bytes, timeout_s=request_timeout_s)
     routes = [

@@ -85,6 +85,8 @@ class ServedModel:
             ``/v1/chat/completions`` answers 400).
         eos_token: The end-of-text special token's string, reported by
             ``/tokenizer_info`` (lm-evaluation-harness tokenizes it to find the EOS id).
+        end_of_turn_id: The id of the chat template's end-of-turn token: chat requests
+            stop on it (it ends the assistant's message), whatever the engine's EOS ids.
         splitter: Splits prompts at the tokenizer's special-token strings.
     """
 
@@ -94,6 +96,7 @@ class ServedModel:
     context_length: int
     chat_template: ChatTemplate | None = None
     eos_token: str | None = None
+    end_of_turn_id: int | None = None
     splitter: SpecialSplitter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -271,6 +274,7 @@ def parse_chat(body: Mapping[str, Any], model: ServedModel) -> ChatRequest:
         max_tokens=max_tokens,
         logprobs=(top or 0) if logprobs else None,
         prompt_logprobs=None,
+        stop_token_ids=() if model.end_of_turn_id is None else (model.end_of_turn_id,),
     )
     return ChatRequest(
         prompt_ids=tuple(prompt_ids),
@@ -465,6 +469,7 @@ def _sampling(
     max_tokens: int,
     logprobs: int | None,
     prompt_logprobs: int | None,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> tuple[SamplingParams, ...]:
     """One ``SamplingParams`` per choice (``n``), seeds ``seed + i``."""
     n = _int(body, "n", default=1, low=1, high=MAX_N)
@@ -478,6 +483,7 @@ def _sampling(
         "frequency_penalty": _float(body, "frequency_penalty", default=0.0, low=-2.0, high=2.0),
         "logit_bias": _logit_bias(body.get("logit_bias"), model.vocab_size),
         "stop": _stop(body.get("stop")),
+        "stop_token_ids": stop_token_ids,
         "logprobs": logprobs,
         "prompt_logprobs": prompt_logprobs,
     }
