@@ -4,6 +4,9 @@ The scripted double (conftest.py) makes the HTTP layer's faults easy to inject; 
 check that the same routes, on the real engine, return what the model computes, and that
 a client leaving frees its engine slot. Waits have generous limits only so that a broken
 build fails instead of hanging; nothing asserts a duration.
+
+lego-arch is not a dependency of lego-serve: these tests run where it is installed (the
+workspace, nox's test-all session) and are skipped in lego-serve's own isolated session.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-import lego.arch
 from lego.generate import generate
 from lego.protocols.chat import get_chat_template
 from lego.serve import Engine, create_app
+
+arch = pytest.importorskip("lego.arch", reason="the real-model tests need lego-arch")
 
 SPECIALS = {"<|im_start|>": 256, "<|im_end|>": 257, "<|endoftext|>": 258}
 MESSAGES = [{"role": "user", "content": "Write a poem."}]
@@ -43,7 +47,7 @@ class Latin1:
 @pytest.fixture(scope="module")
 def model() -> Any:
     torch.manual_seed(0)
-    model = lego.arch.build("llama-tiny", vocab_size=259)
+    model = arch.build("llama-tiny", vocab_size=259)
     with torch.no_grad():  # weights large enough that greedy text does not repeat one token
         for name, parameter in model.named_parameters():
             if parameter.ndim >= 2:
