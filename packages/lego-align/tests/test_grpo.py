@@ -374,6 +374,30 @@ def test_state_dict_resumes_inside_a_generation(tmp_path: Path, kit: Any) -> Non
     second.close()
 
 
+def test_a_saved_generation_needs_the_same_accumulation(tmp_path: Path, kit: Any) -> None:
+    torch.manual_seed(0)
+    first = trainer(
+        tmp_path,
+        kit.TinyLM(),
+        config(num_iterations=2),
+        train=train_config(tmp_path / "a", grad_accum=2),
+    )
+    batches = iter(first.source)
+    next(batches)
+    state = first.source.state_dict()
+    assert state["position"] == 1
+    assert len(state["buffers"]["rank0"]) == 2
+    first.close()
+    other = trainer(tmp_path, kit.TinyLM(), config(num_iterations=2))
+    with pytest.raises(DataError, match="grad_accum=1") as err:
+        other.source.load_state_dict(state)
+    assert err.value.key == "grad_accum"
+    other.close()
+    state["world_size"] = 2
+    with pytest.raises(DataError, match="2 ranks"):
+        other.source.load_state_dict(state)
+
+
 def test_lora_uses_the_disabled_adapter_as_reference(tmp_path: Path, kit: Any) -> None:
     torch.manual_seed(0)
     model = kit.TinyLM()

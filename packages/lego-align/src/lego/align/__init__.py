@@ -112,6 +112,8 @@ from lego.align.rollouts import (
     completion_logprobs,
     encode_prompts,
     evaluate_completions,
+    generation_seed,
+    stop_and_pad_ids,
 )
 from lego.align.sft import (
     SFTConfig,
@@ -211,6 +213,8 @@ __all__ = [
     "GRPOBatchSource",
     "GRPOPrompt",
     "encode_prompts",
+    "stop_and_pad_ids",
+    "generation_seed",
     "completion_logprobs",
     "CompletionLogprobs",
     "evaluate_completions",

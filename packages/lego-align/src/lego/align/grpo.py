@@ -57,9 +57,9 @@ from lego.align.rollouts import (
     completion_logprobs,
     encode_prompts,
     score_prompts,
+    stop_and_pad_ids,
 )
 from lego.align.run import DataReport, TrainerRun
-from lego.align.tokens import resolve_pad_id
 from lego.data.records import RecordSource
 from lego.peft import LoraModel
 from lego.protocols import (
@@ -73,9 +73,14 @@ from lego.protocols import (
     check_float,
     check_int,
 )
-from lego.protocols.chat import ChatTemplate, get_chat_template, special_token_id
+from lego.protocols.chat import ChatTemplate, get_chat_template
 from lego.train import ObjectiveOutput, TrainConfig, Trainer
-from lego.train.distributed import all_reduce_sum, init_distributed, pick_device
+from lego.train.distributed import (
+    all_reduce_sum,
+    init_distributed,
+    pick_device,
+    resolve_strategy,
+)
 
 __all__ = ["GRPOConfig", "GRPOObjective", "GRPOTrainer", "GRPOEvaluation"]
 
@@ -532,15 +537,9 @@ class GRPOTrainer(TrainerRun):
         self.config = config
         self.tokenizer = tokenizer
         template = config.chat_template()
-        eos_id = special_token_id(tokenizer, config.eos_token, needed_by="eos_token")
-        stops = [eos_id]
-        if template is not None:
-            turn = special_token_id(
-                tokenizer, template.end_of_turn, needed_by=f"the {template.name} template"
-            )
-            stops = list(dict.fromkeys([turn, eos_id]))
-        self.stop_ids: tuple[int, ...] = tuple(stops)
-        self.pad_id = resolve_pad_id(tokenizer, config.pad_token, avoid=stops)
+        self.stop_ids, self.pad_id = stop_and_pad_ids(
+            tokenizer, template=template, eos_token=config.eos_token, pad_token=config.pad_token
+        )
         if isinstance(reward_funcs, RewardFunctions):
             if config.reward_weights is not None:
                 raise ConfigError(
@@ -583,6 +582,13 @@ class GRPOTrainer(TrainerRun):
 
         device = pick_device(train.device)
         info = init_distributed(device)
+        if resolve_strategy(train.strategy, info) == "fsdp" and info.distributed:
+            raise ConfigError(
+                "GRPO generates its rollouts with the whole policy on every rank; FSDP shards "
+                "the weights across the ranks",
+                key="strategy",
+                hint="use strategy: ddp (or auto) for GRPO",
+            )
         self.model = prepare_model(model, config)
         adapter = self.model if isinstance(self.model, LoraModel) else None
         reference: nn.Module | None = None

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from lego.align.advantages import group_advantages, nanstd
 from lego.align.logprobs import sequence_logprobs
 from lego.align.rewards import RewardFunction, RewardFunctions, RewardScores
+from lego.align.tokens import resolve_pad_id
 from lego.data.example_loader import ExampleLoader
 from lego.data.records import Record, RecordSource, load_records, require_field
 from lego.generate import rollout
@@ -56,7 +57,13 @@ from lego.protocols import (
     check_float,
     check_int,
 )
-from lego.protocols.chat import ChatTemplate, Message, check_messages, encode_text
+from lego.protocols.chat import (
+    ChatTemplate,
+    Message,
+    check_messages,
+    encode_text,
+    special_token_id,
+)
 
 if TYPE_CHECKING:
     from lego.align.grpo import GRPOConfig
@@ -64,6 +71,8 @@ if TYPE_CHECKING:
 __all__ = [
     "GRPOPrompt",
     "encode_prompts",
+    "stop_and_pad_ids",
+    "generation_seed",
     "completion_logprobs",
     "CompletionLogprobs",
     "GRPOBatchSource",
@@ -233,6 +242,48 @@ def _reward_inputs(prompts: Sequence[GRPOPrompt], n: int) -> tuple[list[Any], di
     texts = [p.prompt for p in prompts for _ in range(n)]
     columns = {k: [p.columns.get(k) for p in prompts for _ in range(n)] for k in names}
     return texts, columns
+
+
+def stop_and_pad_ids(
+    tokenizer: Tokenizer,
+    *,
+    template: ChatTemplate | None,
+    eos_token: str = "<|endoftext|>",
+    pad_token: str | None = None,
+) -> tuple[tuple[int, ...], int]:
+    """The ids that finish a completion, and the padding id, for generation and batches.
+
+    A completion stops at the template's end-of-turn token (what a chat model was
+    fine-tuned to end with) and at the tokenizer's ``eos_token``; padding must be neither.
+
+    Args:
+        tokenizer: Any tokenizer.
+        template: The chat template, or None for plain prompts (EOS only).
+        eos_token: The end-of-sequence special token.
+        pad_token: The padding special token, or None to look for the tokenizer's own.
+
+    Returns:
+        ``(stop_ids, pad_id)``: the end-of-turn id first when there is one.
+
+    Raises:
+        CompatibilityError: The tokenizer lacks ``eos_token`` or the template's tokens.
+        ConfigError: No usable pad token (the message names one to use).
+
+    Example:
+        >>> class Tok:
+        ...     special_tokens = {"<|endoftext|>": 0, "<|im_end|>": 1, "<|pad|>": 2}
+        >>> from lego.protocols.chat import get_chat_template
+        >>> stop_and_pad_ids(Tok(), template=get_chat_template("chatml"))
+        ((1, 0), 2)
+    """
+    eos_id = special_token_id(tokenizer, eos_token, needed_by="eos_token")
+    stops = [eos_id]
+    if template is not None:
+        turn = special_token_id(
+            tokenizer, template.end_of_turn, needed_by=f"the {template.name} template"
+        )
+        stops = list(dict.fromkeys([turn, eos_id]))
+    return tuple(stops), resolve_pad_id(tokenizer, pad_token, avoid=stops)
 
 
 # -- log-probabilities ---------------------------------------------------------------------------
@@ -439,6 +490,16 @@ class GRPOBatchSource:
             (``reference: adapter``), or None.
         device: Where the collectives run (the Trainer's device).
 
+    Attributes:
+        loader: lego-data's ``ExampleLoader`` of this rank's prompts
+            (``prompts_per_step / world_size`` per generation, seeded, ``drop_last``).
+        generation: Generations made so far (the next one's sampler seed is
+            [`generation_seed(seed, rank, generation)`][lego.align.rollouts.generation_seed]).
+        position: Micro-batches of the current generation handed out.
+        buffer: The current generation's ``grad_accum`` micro-batches (on the CPU).
+        last_prompts: The prompts of the last generation; ``last_rollout`` its
+            ``Rollout`` and ``last_scores`` its ``RewardScores`` (for inspection).
+
     Raises:
         ConfigError: ``prompts_per_step`` not divisible by the world size, or this rank's
             rows not divisible by ``grad_accum``.
@@ -598,6 +659,14 @@ class GRPOBatchSource:
                     key="data.pt",
                     hint="resume with the same number of ranks, or start a fresh run",
                 )
+            if len(mine) != self.grad_accum or self.position > self.per_generation:
+                raise DataError(
+                    f"the saved generation has {len(mine)} micro-batches at position "
+                    f"{self.position}, but this run uses grad_accum={self.grad_accum} and "
+                    f"num_iterations={self.config.num_iterations}",
+                    key="grad_accum",
+                    hint="resume with the run's grad_accum and num_iterations",
+                )
             self.buffer = [dict(b) for b in mine]
             if self.world_size > 1:
                 self._all_buffers = {k: [dict(b) for b in v] for k, v in buffers.items()}
@@ -675,7 +744,7 @@ class GRPOBatchSource:
             batch.update(self._extra_logps(batch))
             batch = {k: v.detach().cpu().contiguous() for k, v in batch.items()}
             for name, value in stats.items():
-                batch[STAT_PREFIX + name] = torch.tensor(value, dtype=torch.float64)
+                batch[STAT_PREFIX + name] = torch.tensor(value, dtype=torch.float32)
             batches.append(batch)
         self.buffer = batches
         self.position = 0
@@ -731,9 +800,11 @@ def _finite(value: Tensor) -> float:
     return out if math.isfinite(out) else 0.0
 
 
-def _param_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
+def _param_device(model: object) -> torch.device:
+    """The first parameter's device (the CPU for a model without parameters)."""
+    if isinstance(model, nn.Module):
+        for parameter in model.parameters():
+            return parameter.device
     return torch.device("cpu")
 
 
@@ -849,7 +920,7 @@ def score_prompts(
         group = prompts[start : start + batch_size]
         generator = None
         if not greedy:
-            generator = torch.Generator(device=_param_device(model))  # type: ignore[arg-type]
+            generator = torch.Generator(device=_param_device(model))
             generator.manual_seed(generation_seed(seed, -1, number))
         out = rollout(
             model,  # type: ignore[arg-type]
@@ -899,9 +970,11 @@ def evaluate_completions(
     reward_funcs: Sequence[RewardFunction] | Mapping[str, RewardFunction] | RewardFunctions,
     *,
     template: ChatTemplate | None,
-    stop_ids: Sequence[int],
-    pad_id: int,
     max_new_tokens: int,
+    stop_ids: Sequence[int] | None = None,
+    pad_id: int | None = None,
+    eos_token: str = "<|endoftext|>",
+    pad_token: str | None = None,
     max_prompt_length: int = 512,
     system_prompt: str | None = None,
     greedy: bool = True,
@@ -928,9 +1001,12 @@ def evaluate_completions(
         rows: Records with ``prompt`` (and e.g. ``answer``): a ``.jsonl`` path or dictionaries.
         reward_funcs: Reward functions (a sequence, a name mapping, or ``RewardFunctions``).
         template: The chat template, or None for plain prompts.
-        stop_ids: Ids that finish a completion (the template's end-of-turn, EOS).
-        pad_id: The padding id.
         max_new_tokens: The longest completion.
+        stop_ids: Ids that finish a completion; None: the template's end-of-turn and
+            ``eos_token`` ([`stop_and_pad_ids()`][lego.align.rollouts.stop_and_pad_ids]).
+        pad_id: The padding id; None: ``pad_token`` or the tokenizer's own.
+        eos_token: The end-of-sequence token (when ``stop_ids`` is None).
+        pad_token: The padding token (when ``pad_id`` is None).
         max_prompt_length: The most prompt tokens.
         system_prompt: A system message for prompts without one.
         greedy: Greedy decoding, else sampling with ``temperature``, ``top_p``, ``top_k``.
@@ -950,10 +1026,39 @@ def evaluate_completions(
 
     Raises:
         DataError: No records or bad records (naming the line).
-        ConfigError: Bad settings or an unknown ``accuracy_reward``.
+        ConfigError: Bad settings, an unknown ``accuracy_reward``, no pad token.
+        CompatibilityError: The tokenizer lacks ``eos_token`` or the template's tokens.
         TrainingError: A reward function raised (naming it).
+
+    Example:
+        >>> from torch import nn
+        >>> from lego.protocols import ModelConfig
+        >>> class Always(nn.Module):  # writes "c" (id 4), then EOS (id 0)
+        ...     config = ModelConfig(vocab_size=5, context_length=16)
+        ...     def forward(self, ids, *, attention_mask=None, position_ids=None, kv_cache=None):
+        ...         logits = torch.full((*ids.shape, 5), -9.0)
+        ...         logits[..., 4] = 0.0
+        ...         logits[..., 0] = torch.where(ids == 4, 1.0, -9.0)
+        ...         return logits
+        >>> class Tok:
+        ...     special_tokens = {"<|endoftext|>": 0, "<|pad|>": 1}
+        ...     vocab_size = 5
+        ...     def encode(self, text): return [2 + "abc".index(c) for c in text]
+        ...     def decode(self, ids): return "".join("abc"[i - 2] for i in ids if i >= 2)
+        >>> def says_c(prompts, completions, answer, **columns):
+        ...     return [float(c == a) for c, a in zip(completions, answer)]
+        >>> out = evaluate_completions(Always(), Tok(), [{"prompt": "ab", "answer": "c"}],
+        ...                            [says_c], template=None, max_new_tokens=4)
+        >>> out.completions, out.metrics["accuracy"]
+        (('c',), 1.0)
     """
     check_int("limit", limit, minimum=0)
+    if stop_ids is None or pad_id is None:
+        stops, pad = stop_and_pad_ids(
+            tokenizer, template=template, eos_token=eos_token, pad_token=pad_token
+        )
+        stop_ids = stops if stop_ids is None else stop_ids
+        pad_id = pad if pad_id is None else pad_id
     functions = (
         reward_funcs
         if isinstance(reward_funcs, RewardFunctions)
