@@ -56,7 +56,10 @@ def all_brick_paths() -> list[str]:
 
 
 def all_test_requirements() -> list[str]:
-    return sorted({req for brick in BRICKS.values() for req in brick.test_requirements})
+    """Every brick's test group, less the sibling bricks (installed from their folders)."""
+    return sorted(
+        {req for b in BRICKS.values() for req in brick_tools.test_closure(BRICKS, b.name)[1]}
+    )
 
 
 def pytest(session: nox.Session, *paths: str) -> None:
@@ -96,13 +99,13 @@ def typecheck(session: nox.Session) -> None:
 
 def _alone_session(brick: brick_tools.Brick) -> None:
     def test_brick(session: nox.Session) -> None:
-        closure = brick_tools.closure(BRICKS, brick.name)
-        install(session, *(str(b.path) for b in closure), *brick.test_requirements)
+        closure, others = brick_tools.test_closure(BRICKS, brick.name)
+        install(session, *(str(b.path) for b in closure), *others)
         pytest(session, str(brick.path / "tests"))
 
     test_brick.__doc__ = (
         f"Test {brick.name} alone: a fresh venv with only it, the siblings it declares "
-        "and its test group."
+        "and its test group (sibling bricks named there come from their folders)."
     )
     nox.session(name=f"test-{brick.short}", tags=["ci", "tests"])(test_brick)
 

@@ -70,6 +70,25 @@ def test_closure_is_dependency_first(repo: Path, make_brick: Callable[..., Path]
     assert [brick.short for brick in bricks.closure(found, "protocols")] == ["protocols"]
 
 
+def test_test_closure_installs_test_only_siblings_from_their_folders(
+    repo: Path, make_brick: Callable[..., Path]
+) -> None:
+    make_brick(
+        repo,
+        "serve",
+        dependencies=("lego-protocols>=0.1,<0.2",),
+        groups='test = ["pytest>=8", "lego-layers>=0.3,<0.4"]',
+    )
+    found = bricks.discover(repo)
+    order, others = bricks.test_closure(found, "serve")
+    # the brick's own closure, then the test-only sibling with what it needs
+    assert [brick.short for brick in order] == ["protocols", "serve", "layers"]
+    assert others == ["pytest>=8"]
+    order, others = bricks.test_closure(found, "layers")
+    assert [brick.short for brick in order] == ["protocols", "layers"]
+    assert others == ["pytest>=8", "hypothesis>=6"]
+
+
 def test_closure_rejects_unknown_bricks_and_cycles(repo: Path) -> None:
     found = bricks.discover(repo)
     with pytest.raises(bricks.BrickError, match="unknown brick 'nope'"):

@@ -36,6 +36,7 @@ __all__ = [
     "Brick",
     "BrickError",
     "closure",
+    "test_closure",
     "dependency_group",
     "discover",
     "find",
@@ -340,3 +341,35 @@ def closure(bricks: dict[str, Brick], name: str) -> list[Brick]:
 
     visit(find(bricks, name), ())
     return order
+
+
+def test_closure(bricks: dict[str, Brick], name: str) -> tuple[list[Brick], list[str]]:
+    """What testing a brick alone installs: bricks from their folders, the rest by name.
+
+    A brick's ``test`` group may name sibling bricks it needs only in its tests (lego-serve's
+    engine tests run a lego-arch model): those, with everything they depend on, are installed
+    from their folders like the brick's own closure, never looked up on the package index.
+
+    Args:
+        bricks: The result of `discover`.
+        name: A short or distribution name.
+
+    Returns:
+        ``(bricks to install from their folders, other test requirements)``.
+
+    Raises:
+        BrickError: Unknown brick, or a dependency cycle.
+    """
+    brick = find(bricks, name)
+    order = closure(bricks, brick.name)
+    others: list[str] = []
+    names = {b.name for b in bricks.values()}
+    for text in brick.test_requirements:
+        requirement = _requirement(text, brick.pyproject_file)
+        if canonicalize_name(requirement.name) not in names:
+            others.append(text)
+            continue
+        for sibling in closure(bricks, requirement.name):
+            if all(done.name != sibling.name for done in order):
+                order.append(sibling)
+    return order, others
