@@ -419,6 +419,48 @@ def test_lora_uses_the_disabled_adapter_as_reference(tmp_path: Path, kit: Any) -
             assert torch.equal(value, before[name.replace(".base_layer", "")]), name
 
 
+def test_chat_template_prompts_and_stops(tmp_path: Path, kit: Any, chars: Any) -> None:
+    torch.manual_seed(0)
+    records = [{"prompt": f"say {c}", "answer": c} for c in "abcdefgh"]
+
+    def says_answer(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        return [float(c.strip() == a) for c, a in zip(completions, columns["answer"], strict=True)]
+
+    run = trainer(
+        tmp_path,
+        kit.WideLM(),
+        config(
+            template="chatml",
+            max_prompt_length=64,
+            max_completion_length=4,
+            system_prompt="be brief",
+        ),
+        tokenizer=chars,
+        train_data=records,
+        reward_funcs=[says_answer],
+    )
+    specials = chars.special_tokens
+    assert run.stop_ids == (specials["<|im_end|>"], specials["<|endoftext|>"])
+    assert run.pad_id == specials["<|pad|>"]
+    chatml = get_chat_template("chatml")
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say a"}]
+    assert list(run.train_prompts[0].ids) == chatml.encode(
+        chars, messages, add_generation_prompt=True
+    )
+    state = run.fit()
+    assert state.step == 2
+    rollout = run.source.last_rollout
+    assert rollout is not None
+    for ids, length, reason in zip(
+        rollout.completion_ids.tolist(),
+        rollout.lengths.tolist(),
+        rollout.finish_reasons,
+        strict=True,
+    ):
+        if reason == "stop":  # a completion ends with a stop id, which reaches the loss
+            assert ids[length - 1] in run.stop_ids
+
+
 # -- prompts and evaluation -------------------------------------------------------------------
 
 
