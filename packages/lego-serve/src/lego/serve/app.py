@@ -10,6 +10,8 @@
 
 Routes:
 
+- ``GET /``: the web chat page ([`lego.serve.page`][lego.serve.page]; never needs the key:
+  the page asks for it and sends it with its API calls);
 - ``GET /health``: ``{"status": "ok"}`` and the engine's counters (never needs the key);
 - ``GET /v1/models``, ``GET /v1/models/{id}``: the served model;
 - ``POST /v1/chat/completions``: messages rendered with the chat template;
@@ -46,6 +48,7 @@ from lego.serve.auth import APIKeyMiddleware, check_api_key
 from lego.serve.engine import Engine, Finish, PromptLogprobs, TokenOutput
 from lego.serve.errors import SERVER_ERROR, APIError, bad_request, error_body, error_response
 from lego.serve.jobs import Job
+from lego.serve.page import chat_page
 from lego.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -167,6 +170,7 @@ def create_app(
     )
     server = _Server(engine, model, max_body_bytes=max_body_bytes, timeout_s=request_timeout_s)
     routes = [
+        Route("/", server.endpoint(server.page), methods=["GET"]),
         Route("/health", server.endpoint(server.health), methods=["GET"]),
         Route("/v1/models", server.endpoint(server.models), methods=["GET"]),
         Route("/v1/models/{model:path}", server.endpoint(server.get_model), methods=["GET"]),
@@ -259,6 +263,11 @@ class _Server:
         return run
 
     # -- simple routes ------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        """``GET /``: the web chat page ([`chat_page()`][lego.serve.page.chat_page])."""
+        body, headers = chat_page()
+        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 
     async def health(self, request: Request) -> Response:
         """``GET /health``."""

@@ -1,6 +1,7 @@
 """The optional API key: ``Authorization: Bearer <key>``, compared in constant time.
 
-With a key set, every route but the public ones (``GET /health``) answers 401 in OpenAI's
+With a key set, every route but the public ones (``GET /health`` and the chat page at ``/``,
+which holds no data and asks for the key) answers 401 in OpenAI's
 error shape when the header is missing or holds another key. The comparison is
 ``hmac.compare_digest``, whose time does not depend on where the keys differ. CORS
 preflight requests (``OPTIONS``) pass, so that a browser page allowed by ``cors_origins``
@@ -21,7 +22,7 @@ from lego.serve.errors import error_response
 
 __all__ = ["APIKeyMiddleware", "PUBLIC_PATHS", "check_api_key"]
 
-PUBLIC_PATHS: Final = frozenset({"/health"})
+PUBLIC_PATHS: Final = frozenset({"/", "/health"})
 """Paths served without the key (a load balancer's health check has none)."""
 
 
