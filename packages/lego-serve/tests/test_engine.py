@@ -345,8 +345,9 @@ def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
     model.release()
     events = collect(long)
     short_events = [first, *stream]
-    # One 7-token chunk of the long prompt between two decode steps of the running row.
-    assert model.shapes[:11] == [(1, 3), *[(2, 1), (1, 7)] * 4, (2, 1), (1, 2)]
+    # One 7-token chunk of the long prompt between two decode steps of the running row (one
+    # row: the 1-row cache), then both rows decode together in the 2-row cache.
+    assert model.shapes[:12] == [(1, 3), *[(1, 1), (1, 7)] * 4, (1, 1), (1, 2), (2, 1)]
     expected = generate(llama, torch.tensor([prompt]), max_new_tokens=10)[0, 30:]  # type: ignore[arg-type]
     assert tokens_of(events) == expected.tolist()
     short_alone = generate(llama, torch.tensor([[1, 2, 3]]), max_new_tokens=20)[0, 3:]  # type: ignore[arg-type]
@@ -471,7 +472,7 @@ def test_cancelling_a_request_half_way_through_its_prefill(
     assert collect(long) == [
         Finish(reason="cancelled", text="", prompt_tokens=20, completion_tokens=0)
     ]
-    assert [t for b, t in model.shapes if b == 1] == [3, 4, 4]  # 2 of its 5 chunks ran
+    assert [t for _, t in model.shapes if t > 1] == [3, 4, 4]  # 2 of its 5 chunks ran
     expected = run_alone(llama, [1, 2, 3], short_params)
     assert tokens_of([first, *stream]) == tokens_of(expected)
 
@@ -634,7 +635,7 @@ def test_a_row_with_gaps_at_the_end_of_the_cache_is_recomputed(
         assert isinstance(theirs, TokenOutput)
         assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-5)
     assert tokens_of(collect(long)) == tokens_of(run_alone(llama, prompt_of(20), long_params))
-    prefills = [t for b, t in model.shapes if b == 1]
+    prefills = [t for _, t in model.shapes if t > 1]
     assert prefills[:2] == [2, 20]
     # The short row recomputed once, when the long one finished (its 11 steps took the
     # cache to 31 columns) and one more step filled it: 2 prompt + 13 generated tokens.
@@ -661,8 +662,9 @@ def test_a_sliding_window_model_admits_a_longer_prompt_into_an_empty_batch(
     assert tokens_of(collect(long)) == tokens_of(run_alone(windowed, prompt_of(20), long_params))
     # The long prompt was prefilled at once but joined only after the short row's 9 decode
     # steps: none of its 29 steps ran beside them.
-    assert model.shapes[:3] == [(1, 2), (2, 1), (1, 20)]
-    assert model.shapes.count((2, 1)) == 9 + 29
+    assert model.shapes[:3] == [(1, 2), (1, 1), (1, 20)]
+    assert model.shapes.count((1, 1)) == 9 + 29
+    assert (2, 1) not in model.shapes  # never two rows at once
 
 
 def test_a_full_cache_is_trimmed_without_changing_any_output(
@@ -695,6 +697,26 @@ def test_a_full_cache_is_trimmed_without_changing_any_output(
             qwen, prompt_of(n, offset=i), SamplingParams(max_tokens=m, temperature=0)
         )
         assert tokens == tokens_of(expected)
+
+
+def test_rows_move_between_cache_tiers_without_changing_any_output(llama: nn.Module) -> None:
+    model = Gated(llama)
+    engine = Engine(model=model, tokenizer=Words(), max_batch=8)
+    specs = [(3 + i, 2 + 3 * i) for i in range(8)]  # (prompt, max_tokens): they leave in turn
+    requests = [
+        engine.submit(prompt_of(n, offset=i), SamplingParams(max_tokens=m, temperature=0))
+        for i, (n, m) in enumerate(specs)
+    ]
+    with engine:  # all queued first: one schedule on every run
+        got = [tokens_of(collect(request)) for request in requests]
+    steps = [b for b, t in model.shapes if t == 1]
+    # 8 prefills fill the 8-row cache; at 2 running rows they move to the 2-row cache.
+    assert steps[0] == 8
+    assert 2 in steps
+    assert steps == sorted(steps, reverse=True)
+    for i, ((n, m), tokens) in enumerate(zip(specs, got, strict=True)):
+        expected = generate(llama, torch.tensor([prompt_of(n, offset=i)]), max_new_tokens=m)  # type: ignore[arg-type]
+        assert tokens == expected[0, n:].tolist()
 
 
 def test_slot_cache_places_right_aligned_with_gaps_and_trims() -> None:
@@ -744,6 +766,14 @@ def test_slot_cache_places_right_aligned_with_gaps_and_trims() -> None:
             slots.cache[layer].update(torch.zeros(3, 1, 1, 1), torch.zeros(3, 1, 1, 1))
     assert slots.seq_len == 8
     assert slots.blocked() == [0]
+    mapping = slots.move_to(cache(1))  # to a 1-row cache: the running row goes to row 0
+    assert mapping == {0: 0}
+    assert slots.batch_size == 1
+    assert slots.seq_len == 8
+    assert slots.mask.tolist() == [[1, 0, 1, 1, 1, 1, 1, 1]]
+    bigger = cache(4)
+    assert slots.move_to(bigger) == {0: 0}
+    assert bigger[0].k_cache[0, 0, :1, 0].tolist() == [5]
     slots.free(0)
     assert slots.seq_len == 0
     assert not slots.mask.any()

@@ -21,10 +21,13 @@ iteration of its loop:
    end-of-sequence / stop ids, stop strings or ``max_tokens`` (``submit()`` checks that the
    prompt plus ``max_tokens`` fits the cache, so a row never runs out of room).
 
-Every decode step feeds all ``max_batch`` rows (free rows carry a masked dummy token), so
-the model sees the same shapes, and runs the same kernels, whatever the number of running
-requests; with ``max_batch <= 8`` the linear layers run on lego-generate's native CPU
-decode kernels, as [`generate()`][lego.generate.generate] does.
+The batch cache comes in tiers of 1, 2, 4, ... ``max_batch`` rows: a decode step runs on
+the smallest tier that holds the running requests (free rows of a tier carry a masked
+dummy token), and the rows move to a bigger tier when a request joins a full one, and to a
+smaller one when at most a quarter of the rows run; a lone request costs one row, not
+``max_batch``. Decode steps of up to 8 rows run the linear layers on lego-generate's native
+CPU kernels, as [`generate()`][lego.generate.generate] does; they compute every row the
+same way whatever the number of rows, so a tier change does not change a request's numbers.
 
 A request's tokens therefore never depend on the other rows: greedy output is the same
 alone or among many (up to floating-point summation order, which a near-tie could
@@ -259,10 +262,9 @@ class Engine:
             a request may have. None means the model's ``context_length``; a smaller value
             saves memory (the cache holds ``max_batch * max_seq_len`` positions per layer).
         native_kernels: Run the decode steps' linear layers on lego-generate's native CPU
-            kernels ([`lego.generate.native`][lego.generate.native]; fp32 and bf16, up to
-            8 rows, so ``max_batch <= 8``): None (default) where they can run, True to be
-            warned where they cannot, False for PyTorch's kernels. Every step feeds
-            ``max_batch`` rows, so a request takes the same kernels alone or in a full batch.
+            kernels ([`lego.generate.native`][lego.generate.native]; fp32 and bf16, steps of
+            up to 8 rows): None (default) where they can run, True to be warned where they
+            cannot, False for PyTorch's kernels.
         prefill_chunk: Prompt tokens per prefill forward. A longer prompt is prefilled in
             chunks, one chunk between two decode steps, so running streams wait for at most
             one chunk; every prompt is chunked the same way, alone or not.
@@ -334,7 +336,12 @@ class Engine:
         self.device = _model_device(model)
         new_kv_cache: Callable[..., KVCache] = getattr(model, "new_kv_cache")  # noqa: B009
         self._new_kv_cache = new_kv_cache
-        self._slots = SlotCache(new_kv_cache(max_batch, max_seq_len), device=self.device)
+        # Caches of 1, 2, 4, ... max_batch rows; the biggest now (a memory error shows at
+        # once), the others when first needed. Decode steps run on the smallest that holds
+        # the running requests.
+        self._tiers = _tiers(max_batch)
+        self._caches: dict[int, KVCache] = {max_batch: new_kv_cache(max_batch, max_seq_len)}
+        self._slots = SlotCache(self._cache(1), device=self.device)
         self._prefill_cache: KVCache = new_kv_cache(1, max_seq_len)
         self._prefilling: _Prefill | None = None
         self._cond = threading.Condition()
@@ -541,9 +548,7 @@ class Engine:
                 stack.enter_context(torch.inference_mode())
                 try:
                     stack.enter_context(
-                        linear_kernels(
-                            self.model, native=self._native, pack=False, rows=self.max_batch
-                        )
+                        linear_kernels(self.model, native=self._native, pack=False, rows=1)
                     )
                 except Exception:
                     logger.exception("lego-serve engine: no native decode kernels")
@@ -584,17 +589,24 @@ class Engine:
                 self._slots.reset()
 
     def _fail_running(self, reason: FinishReason, message: str) -> None:
-        """Finish the running rows and the request being prefilled."""
-        job, self._prefilling = self._prefilling, None
-        if job is not None:
-            job.end(reason, message)
-        for slot, row in list(self._rows.items()):
-            self._end(slot, row.finish(reason, message))
+        """Finish the running rows and the request being prefilled.
+
+        Runs in inference mode whatever the thread (``close()`` calls it from the caller's):
+        the slot bookkeeping updates tensors made in the loop's inference mode.
+        """
+        with torch.inference_mode():
+            job, self._prefilling = self._prefilling, None
+            if job is not None:
+                job.end(reason, message)
+            for slot, row in list(self._rows.items()):
+                self._end(slot, row.finish(reason, message))
 
     def _end(self, slot: int, finish: Finish) -> None:
         """Send a running row's last event and free its slot."""
         row = self._rows.pop(slot)
         self._slots.free(slot)
+        if not self._rows:
+            self._resize(1)  # nothing to move: the next request starts alone
         row.request._emit(finish)
 
     def _drop_cancelled(self) -> None:
@@ -641,9 +653,31 @@ class Engine:
             if not self._place(job):
                 return
 
+    def _cache(self, rows: int) -> KVCache:
+        """The batch cache of ``rows`` rows (a tier), allocated on first use."""
+        cache = self._caches.get(rows)
+        if cache is None:
+            cache = self._new_kv_cache(rows, self.max_seq_len)
+            self._caches[rows] = cache
+        return cache
+
+    def _resize(self, rows: int) -> None:
+        """Continue on the cache tier of ``rows`` rows (the running rows move there)."""
+        if rows == self._slots.batch_size:
+            return
+        mapping = self._slots.move_to(self._cache(rows))
+        moved = {mapping[slot]: row for slot, row in self._rows.items()}
+        for slot, row in moved.items():
+            row.slot = slot
+        self._rows = moved
+
+    def _fit(self, running: int) -> int:
+        """The smallest tier with room for ``running`` rows."""
+        return next(size for size in self._tiers if size >= running)
+
     def _next_prefill(self) -> _Prefill | None:
-        """The next queued request to prefill, when a slot is free."""
-        if not self._slots.free_slots():
+        """The next queued request to prefill, when the batch has room for it."""
+        if len(self._rows) >= self.max_batch:
             return None
         with self._cond:
             if not self._queue:
@@ -720,6 +754,8 @@ class Engine:
             return True
         if self._window is not None and self._rows and row.prompt_length > self._slots.seq_len:
             return False
+        if not self._slots.free_slots():
+            self._resize(self._fit(len(self._rows) + 1))
         slot = self._slots.free_slots()[0]
         self._slots.place(slot, self._prefill_cache)
         row.slot = slot
@@ -776,7 +812,11 @@ class Engine:
         rows = dict(self._rows)
         if not rows:
             return
-        size = self.max_batch
+        running = len(rows)
+        if self._fit(running) <= self._slots.batch_size // 4:  # shrink, with some hysteresis
+            self._resize(self._fit(running))
+            rows = dict(self._rows)
+        size = self._slots.batch_size
         tokens = [0] * size
         positions = [0] * size
         for slot, row in rows.items():
@@ -878,6 +918,16 @@ class _Prefill:
             self.request._emit(self.output)
             self.output = None
         self.request._emit(self.row.finish(reason, error))
+
+
+def _tiers(max_batch: int) -> list[int]:
+    """The batch cache sizes: powers of two below ``max_batch``, then ``max_batch``."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    return sizes
 
 
 def _model_device(model: CausalLM) -> torch.device:

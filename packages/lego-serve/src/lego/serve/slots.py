@@ -29,7 +29,10 @@ does not change, it costs one prefill.
 
 Free rows still run through the model (the cache's batch size is fixed): they read token
 0 at position 0 with an all-zero mask row, which the attention layers turn into a query
-that attends to its own column only: finite, never read.
+that attends to its own column only: finite, never read. So that a lone request does not
+pay for ``max_batch`` rows, the engine keeps caches of 1, 2, 4, ... ``max_batch`` rows and
+moves the running rows to a bigger or smaller one as requests come and go
+([`move_to()`][lego.serve.slots.SlotCache.move_to]).
 """
 
 from __future__ import annotations
@@ -132,6 +135,39 @@ class SlotCache:
         self._live_column[slot] = 0
         if not any(self.live):
             self.cache.reset()
+
+    def move_to(self, cache: KVCache) -> dict[int, int]:
+        """Continue in another cache (more or fewer rows): running rows go to its first rows.
+
+        Every running row is copied whole (all ``seq_len`` columns, padding included) with
+        ``copy_rows``, so columns, masks and first columns stay as they were; only the row
+        numbers change.
+
+        Args:
+            cache: A cache of the same model and ``max_seq_len`` with at least as many rows
+                as are running (its contents are replaced).
+
+        Returns:
+            The new row of every running row (old row -> new row).
+        """
+        running = [slot for slot, live in enumerate(self.live) if live]
+        rows, length = cache.batch_size, self.seq_len
+        mapping = {old: new for new, old in enumerate(running)}
+        cache.reset()
+        mask = torch.zeros((rows, self.max_seq_len), dtype=torch.long, device=self.device)
+        if running and length:
+            index = torch.tensor(running, dtype=torch.long, device=self.device)  # (n,)
+            target = torch.arange(len(running), dtype=torch.long, device=self.device)  # (n,)
+            cache.copy_rows(self.cache, rows=target, source_rows=index, start=0)
+            mask[: len(running), :length] = self.mask[index, :length]
+        self.cache = cache
+        self.mask = mask  # (B', S_max)
+        self.first = [self.first[old] for old in running] + [0] * (rows - len(running))
+        self.live = [True] * len(running) + [False] * (rows - len(running))
+        self._live_column = torch.tensor(
+            [int(live) for live in self.live], dtype=torch.long, device=self.device
+        )  # (B',)
+        return mapping
 
     def reset(self) -> None:
         """Forget every row (after a failed forward left the cache's layers uneven)."""
