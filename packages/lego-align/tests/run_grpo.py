@@ -1,6 +1,8 @@
 """Subprocess entry for the kill / torchrun tests: GRPO on the unit tests' TinyLM.
 
-python run_grpo.py OUT_DIR MAX_STEPS RESUME STRATEGY NUM_ITERATIONS BETA SCALE [DELAY]
+python run_grpo.py OUT_DIR MAX_STEPS RESUME STRATEGY NUM_ITERATIONS BETA SCALE [DELAY] [STOP_AT]
+
+``STOP_AT`` stops the run after that step (a checkpoint is saved), as a signal would.
 
 Each rank writes its final weights to ``OUT_DIR/final-<rank>.pt`` and prints one line per
 step (``STEP <n>``) and the prompts of its generations (``PROMPTS <rank> <lines>``).
@@ -47,22 +49,28 @@ def rows() -> list[dict[str, Any]]:
 
 
 class Announce:
-    def __init__(self, delay: float, trainer: GRPOTrainer) -> None:
+    def __init__(self, delay: float, trainer: GRPOTrainer, stop_at: int) -> None:
         self.delay = delay
         self.trainer = trainer
+        self.stop_at = stop_at
 
     def on_step_end(self, state: object) -> None:
         source = self.trainer.source
         lines = " ".join(str(p.line) for p in source.last_prompts)
-        print(f"PROMPTS {source.rank} {source.generation} {lines}", flush=True)
-        print(f"STEP {state.step}", flush=True)  # type: ignore[attr-defined]
+        # one write per line: two ranks share the pipe (a short write is not interleaved)
+        step = state.step  # type: ignore[attr-defined]
+        sys.stdout.write(f"PROMPTS {source.rank} {source.generation} {lines}\nSTEP {step}\n")
+        sys.stdout.flush()
         if self.delay:
             time.sleep(self.delay)
+        if state.step == self.stop_at:  # type: ignore[attr-defined]
+            state.should_stop = True  # type: ignore[attr-defined]
 
 
 def main() -> None:
     out_dir, max_steps, resume, strategy, iterations, beta, scale = sys.argv[1:8]
     delay = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0
+    stop_at = int(sys.argv[9]) if len(sys.argv) > 9 else 0
     torch.manual_seed(0)
     trainer = GRPOTrainer(
         model=conftest.TinyLM(),
@@ -94,7 +102,7 @@ def main() -> None:
             schedule={"warmup_steps": 1},  # type: ignore[arg-type]
         ),
     )
-    trainer.trainer.callbacks.append(Announce(delay, trainer))  # type: ignore[arg-type]
+    trainer.trainer.callbacks.append(Announce(delay, trainer, stop_at))  # type: ignore[arg-type]
     trainer.fit()
     rank = trainer.trainer.dist.rank
     state = {k: v.detach().clone() for k, v in trainer.trainer.unwrapped.state_dict().items()}

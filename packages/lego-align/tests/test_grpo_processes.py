@@ -89,9 +89,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     assert any(not torch.equal(start[k], a[k]) for k in start)
 
 
-@pytest.mark.slow
-def test_two_ranks_generate_their_own_prompts_and_stay_in_step(tmp_path: Path) -> None:
-    multi = tmp_path / "multi"
+def _torchrun(out: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -99,18 +97,21 @@ def test_two_ranks_generate_their_own_prompts_and_stay_in_step(tmp_path: Path) -
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29700 + os.getpid() % 1000),
+        str(port + os.getpid() % 1000),
         str(SCRIPT),
-        str(multi),
-        "3",
-        "-",
-        "ddp",
-        "2",
-        "0.05",
-        "batch",  # the batch's std is all-reduced over the ranks
+        str(out),
+        *args,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_ranks_generate_their_own_prompts_and_stay_in_step(tmp_path: Path) -> None:
+    multi = tmp_path / "multi"
+    # "batch": the batch's std is gathered over the ranks
+    result = _torchrun(multi, 29700, "3", "-", "ddp", "2", "0.05", "batch")
     # DDP: both ranks end with the same weights, which moved from the start
     a = torch.load(multi / "final-0.pt", weights_only=True)
     b = torch.load(multi / "final-1.pt", weights_only=True)
@@ -137,3 +138,31 @@ def test_two_ranks_generate_their_own_prompts_and_stay_in_step(tmp_path: Path) -
     assert sorted(records) == [1, 2, 3]
     # the generation metrics are over both ranks: 2 ranks x 2 prompts x 4 completions
     assert all(0.0 <= r["reward"] <= 1.0 for r in records.values())
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_inside_a_generation(tmp_path: Path) -> None:
+    """Stopped after step 3 (between the two iterations of generation 2), then resumed."""
+    args = ["ddp", "2", "0.0", "group"]
+    full = tmp_path / "full"
+    _torchrun(full, 28700, "4", "-", *args)
+    broken = tmp_path / "broken"
+    _torchrun(broken, 27700, "4", "-", *args, "0", "3")
+    assert sorted(_train_records(broken)) == [1, 2, 3]
+    (last,) = [p for p in (broken / "checkpoints").glob("step-*") if p.name.endswith("3")]
+    data = torch.load(last / "data.pt", weights_only=True)
+    assert sorted(data["buffers"]) == ["rank0", "rank1"]  # both ranks' micro-batches
+    assert data["position"] == 2
+    resumed = _torchrun(broken, 26700, "4", "latest", *args)
+    assert "STEP 4" in resumed.stdout
+    assert "STEP 3" not in resumed.stdout
+    for rank in (0, 1):
+        a = torch.load(full / f"final-{rank}.pt", weights_only=True)
+        b = torch.load(broken / f"final-{rank}.pt", weights_only=True)
+        for name in a:
+            assert torch.equal(a[name], b[name]), (rank, name)
+    ra, rb = _train_records(full), _train_records(broken)
+    assert sorted(rb) == [1, 2, 3, 4]
+    for step in ra:
+        assert rb[step]["loss"] == ra[step]["loss"], step
+        assert rb[step]["reward"] == ra[step]["reward"], step
