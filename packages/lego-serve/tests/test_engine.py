@@ -719,6 +719,76 @@ def test_rows_move_between_cache_tiers_without_changing_any_output(llama: nn.Mod
         assert tokens == expected[0, n:].tolist()
 
 
+def test_a_busy_random_mix_keeps_every_contract(llama: nn.Module) -> None:
+    """24 requests: random prompts, settings, arrival steps and cancellations, 4 slots,
+    a 64-column cache and 5-token prefill chunks (tiers, chunks, gaps, trims, recomputes,
+    cancels all at once); every stream is well formed and greedy ones equal generate()."""
+    import random
+
+    rng = random.Random(0)
+    engine = Engine(
+        model=llama,  # type: ignore[arg-type]
+        tokenizer=Words(),
+        max_batch=4,
+        max_seq_len=64,
+        prefill_chunk=5,
+    )
+    specs: list[tuple[list[int], SamplingParams, int | None]] = []
+    for i in range(24):
+        length = rng.randint(1, 40)
+        params = SamplingParams(
+            max_tokens=rng.randint(1, 64 - length),
+            temperature=rng.choice([0.0, 0.0, 0.8, 1.2]),
+            top_p=rng.choice([1.0, 0.9]),
+            seed=i,
+            logprobs=rng.choice([None, 0, 2]),
+            prompt_logprobs=rng.choice([None, 1]),
+            stop=rng.choice([(), (" w5",)]),
+        )
+        cancel_after = rng.choice([None, None, None, rng.randint(0, 5)])
+        specs.append((prompt_of(length, offset=i), params, cancel_after))
+    results: list[list[Event]] = [[] for _ in specs]
+
+    def consume(index: int, request: Request, cancel_after: int | None) -> None:
+        for event in request.events(timeout=WAIT):
+            results[index].append(event)
+            if cancel_after is not None and len(results[index]) > cancel_after:
+                request.cancel()
+
+    threads: list[threading.Thread] = []
+    with engine:
+        for index, (prompt, params, cancel_after) in enumerate(specs):
+            request = engine.submit(prompt, params)
+            thread = threading.Thread(target=consume, args=(index, request, cancel_after))
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(WAIT)
+    for (prompt, params, cancel_after), events in zip(specs, results, strict=True):
+        finishes = [e for e in events if isinstance(e, Finish)]
+        assert len(finishes) == 1
+        assert events[-1] is finishes[0]
+        finish = finishes[0]
+        assert finish.error is None or finish.reason == "cancelled"
+        assert finish.prompt_tokens == len(prompt)
+        tokens = tokens_of(events)
+        assert len(tokens) == finish.completion_tokens <= params.max_tokens
+        if params.prompt_logprobs is not None and tokens:
+            assert isinstance(events[0], PromptLogprobs)
+        for event in events:
+            if isinstance(event, TokenOutput):
+                assert (event.logprob is None) == (params.logprobs is None)
+        if params.stop:
+            assert params.stop[0] not in text_of(events)
+        if cancel_after is None:
+            assert finish.reason in ("stop", "length")
+            if finish.reason == "length":
+                assert len(tokens) == params.max_tokens
+            if params.temperature == 0 and not params.stop:
+                expected = generate(llama, torch.tensor([prompt]), max_new_tokens=len(tokens))  # type: ignore[arg-type]
+                assert tokens == expected[0, len(prompt) :].tolist()
+
+
 def test_slot_cache_places_right_aligned_with_gaps_and_trims() -> None:
     from lego.layers import StaticKVCache
     from lego.serve.slots import SlotCache
