@@ -18,6 +18,7 @@ from lego.align import (
     GRPOConfig,
     GRPOObjective,
     GRPOTrainer,
+    HeadInputs,
     completion_logprobs,
     encode_prompts,
     evaluate_completions,
@@ -232,6 +233,29 @@ def test_accumulation_follows_trl(tiny: nn.Module, loss_type: str) -> None:
     assert float(split) == pytest.approx(float(whole), rel=1e-6)
     for a, b in zip(whole_grads, split_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_completion_logprobs_from_head_inputs_equal_logits(tiny: Any) -> None:
+    batch = hand_built_batch(torch.Generator().manual_seed(9))
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+
+    def head(ids: Tensor, **kw: Any) -> HeadInputs:
+        hidden = tiny.hidden(ids, kw["attention_mask"], kw["position_ids"])
+        return HeadInputs(hidden, tiny.lm_head.weight, tiny.lm_head.bias)
+
+    from_logits = completion_logprobs(
+        tiny, *args, position_ids=batch["position_ids"], temperature=0.5, entropy=True
+    )
+    from_head = completion_logprobs(
+        head, *args, position_ids=batch["position_ids"], temperature=0.5, entropy=True
+    )
+    torch.testing.assert_close(from_head.logps, from_logits.logps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        from_logits.logps, manual_logps(tiny, batch, 0.5), rtol=1e-5, atol=1e-6
+    )
+    assert from_head.entropy is None  # no logits to take it from
+    assert from_logits.entropy is not None
+    assert bool((from_logits.entropy[batch["completion_mask"].bool()] > 0).all())
 
 
 def test_objective_units(tiny: nn.Module) -> None:

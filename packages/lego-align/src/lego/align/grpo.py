@@ -576,6 +576,7 @@ class GRPOTrainer(TrainerRun):
             held, eval_counts = prompts(eval_data)
             if config.eval_prompts:
                 held = held[: config.eval_prompts]
+                eval_counts["prompts"] = len(held)
             self.eval_prompts = held
             counts.update({f"eval_{k}": v for k, v in eval_counts.items()})
         _check_context(model, self.train_prompts + (self.eval_prompts or []), config)

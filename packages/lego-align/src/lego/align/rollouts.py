@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lego.align.advantages import group_advantages, nanstd
-from lego.align.logprobs import sequence_logprobs
+from lego.align.logprobs import HeadInputs, sequence_logprobs
 from lego.align.rewards import RewardFunction, RewardFunctions, RewardScores
 from lego.align.tokens import resolve_pad_id
 from lego.data.example_loader import ExampleLoader
@@ -323,14 +323,16 @@ def completion_logprobs(
     float32 tensor). The completion is the last ``N`` columns of the rows.
 
     Args:
-        model: Any ``CausalLM`` (called once, with ``attention_mask`` and ``position_ids``).
+        model: Any ``CausalLM`` (called once, with ``attention_mask`` and ``position_ids``),
+            or a function returning logits or ``HeadInputs`` (the logits never built).
         input_ids: ``(B, P + N)`` prompt (left-padded) followed by the completion.
         attention_mask: ``(B, P + N)``, 1 for real tokens.
         completion_mask: ``(B, N)``, 1 for the completion tokens to score.
         position_ids: ``(B, P + N)`` passed to the model, or None.
         temperature: ``\tau > 0``.
         chunk_size: Positions per chunk of the log-softmax.
-        entropy: Also return the per-token entropy of ``softmax(z / \tau)`` (no gradient).
+        entropy: Also return the per-token entropy of ``softmax(z / \tau)`` (no gradient;
+            not for a model that returns ``HeadInputs``).
 
     Returns:
         A [`CompletionLogprobs`][lego.align.rollouts.CompletionLogprobs].
@@ -365,13 +367,18 @@ def completion_logprobs(
     p = width - n
     kept: list[Tensor] = []
 
-    def logits_fn(ids: Tensor, **kwargs: Any) -> Tensor:
-        logits: Tensor = model(ids, **kwargs)  # (B, P + N, V)
+    def logits_fn(ids: Tensor, **kwargs: Any) -> Tensor | HeadInputs:
+        out = model(ids, **kwargs)  # (B, P + N, V) logits, or the head's inputs
+        if isinstance(out, HeadInputs):  # (h W^T + b) / tau = (h / tau) W^T + b / tau
+            if tau != 1.0:
+                bias = None if out.bias is None else out.bias / tau
+                out = HeadInputs(out.hidden / tau, out.weight, bias)
+            return out
         if tau != 1.0:
-            logits = logits / tau
+            out = out / tau
         if entropy:
-            kept.append(logits)
-        return logits
+            kept.append(out)
+        return out
 
     full_mask = torch.cat(
         [
@@ -390,7 +397,7 @@ def completion_logprobs(
     )
     logps = lp.token_logps[:, p:]  # (B, N)
     ent: Tensor | None = None
-    if entropy:
+    if entropy and kept:  # (a model returning HeadInputs has no logits to take it from)
         with torch.no_grad():
             logits = kept[0].detach()
             keep = completion_mask.bool()
