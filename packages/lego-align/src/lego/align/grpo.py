@@ -41,7 +41,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch  # noqa: F401 - the docstring examples use it
+import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lego.align.advantages import ADVANTAGE_SCALES
@@ -611,6 +612,10 @@ class GRPOTrainer(TrainerRun):
                     reference = copy.deepcopy(self.model)
             if reference is not None:
                 reference.requires_grad_(False).eval().to(device)
+                if mode == "copy" and info.distributed:  # as DDP does with the policy
+                    with torch.no_grad():
+                        for tensor in reference.state_dict().values():
+                            dist.broadcast(tensor, src=0)
         self.reference_mode = mode
 
         self.model.to(device)
