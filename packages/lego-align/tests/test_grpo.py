@@ -485,6 +485,18 @@ def test_chat_template_prompts_and_stops(tmp_path: Path, kit: Any, chars: Any) -
             assert ids[length - 1] in run.stop_ids
 
 
+def test_an_explicit_reference_model(tmp_path: Path, kit: Any) -> None:
+    torch.manual_seed(0)
+    other = kit.TinyLM()  # other weights: the KL term is positive from the first step
+    run = trainer(tmp_path, kit.TinyLM(), config(beta=0.1), reference_model=other)
+    assert run.reference_mode == "model"
+    run.fit()
+    kl = [r["kl"] for r in read_metrics(tmp_path / "run") if r.get("split") == "train"]
+    assert kl[0] > 0
+    with pytest.raises(CompatibilityError, match="vocabulary"):
+        trainer(tmp_path, kit.TinyLM(), config(beta=0.1), reference_model=kit.WideLM())
+
+
 # -- prompts and evaluation -------------------------------------------------------------------
 
 
