@@ -7,6 +7,7 @@
     legollm align reward --config examples/align/reward-tiny.yaml  # a reward model
     legollm generate --model runs/tiny --prompt "def "          # continue a prompt
     legollm chat --model runs/sft --template chatml              # talk to a model
+    legollm serve --model runs/sft                               # OpenAI API + chat page
     legollm configs                                              # the shipped configs
 
 Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted for sections
@@ -33,6 +34,7 @@ from lego.recipes.finetune import FinetuneConfig, run_finetune
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
 from lego.recipes.pipeline import PipelineConfig, run_pipeline
 from lego.recipes.pretrain import PretrainConfig, run_pretrain
+from lego.recipes.serve import add_serve_command, run_serve
 from lego.recipes.tuning import TuningConfig, TuningResult, summary
 
 __all__ = ["build_parser", "main", "PROG"]
@@ -49,6 +51,7 @@ legollm align dpo --config examples/align/dpo-tiny.yaml resume=auto
 legollm align reward --config examples/align/reward-tiny.yaml
 legollm generate --model runs/tiny --prompt "def " --top-k 40
 legollm chat --model runs/sft --template chatml
+legollm serve --model runs/sft --port 8000
 legollm configs"""
 
 
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_generate_command(commands)
     add_chat_command(commands)
+    add_serve_command(commands)
     commands.add_parser(
         "configs",
         help="list the shipped configs",
@@ -162,6 +166,8 @@ def _main(argv: list[str]) -> int:
         return run_generate(args, sys.stdout)
     if args.command == "chat":
         return run_chat(args, sys.stdout, sys.stdin)
+    if args.command == "serve":
+        return run_serve(args)
     if args.command == "finetune":
         finetune = read_recipe_config(FinetuneConfig, args.config, args.overrides)
         return _tuned(run_finetune(finetune), finetune, ["finetune"], args, _SFT_KEYS)
