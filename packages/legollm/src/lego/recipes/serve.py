@@ -24,6 +24,7 @@ import argparse
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import uvicorn
@@ -72,7 +73,9 @@ def add_serve_command(commands: Any) -> None:
         help="chat template: chatml, llama3, none (completions only) or auto: found from "
         "the tokenizer's special tokens (default: auto)",
     )
-    g.add_argument("--model-name", help="the id clients send as model (default: the folder's)")
+    g.add_argument(
+        "--model-name", help="the id clients send as model (default: --model's folder name)"
+    )
     s = serve.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (8000)")
@@ -204,7 +207,7 @@ def run_serve(args: argparse.Namespace, err: TextIO | None = None) -> int:
             max_queue=args.max_queue,
             eos_token_ids=eos,
         )
-        name = args.model_name or model_dir.resolve().name
+        name = args.model_name or Path(args.model).resolve().name  # a run: its folder
         app = create_app(
             engine,
             model_name=name,
