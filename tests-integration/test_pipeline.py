@@ -14,12 +14,16 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_train import TINY_RUN
 
+from lego.generate import generate
 from lego.recipes.cli import _main, main
+from lego.recipes.loading import load_model, load_tokenizer
 from lego.recipes.pipeline import PIPELINE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +70,42 @@ def test_pipeline_writes_the_report(tmp_path: Path, cache_dir: Path) -> None:
     assert (run / "model" / "config.json").is_file()
     assert (run / "model" / "lego-tokenizer.json").is_file()
     assert json.loads((run / PIPELINE_FILE).read_text())["status"] == "done"
+    _serves(run)
 
     # a finished run is left alone: the same command starts a new one
     assert _main(_args(runs, cache_dir, "max_steps=4")) == 0
     assert len(list(runs.iterdir())) == 2
+
+
+def _serves(run: Path) -> None:
+    """``legollm serve --model <run>`` serves the run's model: greedy text = lego.generate."""
+    model, model_dir = load_model(run)
+    tokenizer = load_tokenizer(None, model_dir)
+    prompt = tokenizer.encode("def ")
+    expected = generate(model, torch.tensor([prompt]), max_new_tokens=8)[0, len(prompt) :]
+    command = [sys.executable, "-m", "lego.recipes.cli", "serve", "--model", str(run)]
+    with subprocess.Popen([*command, "--port", "0"], stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()
+            assert "serving" in line, line + process.stderr.read()
+            url = line.split(" at ", 1)[1].split(" ", 1)[0]
+            body = {"model": run.name, "prompt": "def ", "max_tokens": 8, "temperature": 0}
+            request = urllib.request.Request(
+                f"{url}/v1/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                reply = json.loads(response.read())
+            # the engine stops at EOS, greedy generate() runs on: compare the common part
+            text = reply["choices"][0]["text"]
+            assert text == tokenizer.decode(expected.tolist())[: len(text)]
+            assert reply["usage"]["prompt_tokens"] == len(prompt)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+    assert process.returncode == 130
 
 
 def _lines_until(process: subprocess.Popen[str], marker: str) -> list[str]:
