@@ -84,7 +84,13 @@ def _serves(run: Path) -> None:
     prompt = tokenizer.encode("def ")
     expected = generate(model, torch.tensor([prompt]), max_new_tokens=8)[0, len(prompt) :]
     command = [sys.executable, "-m", "lego.recipes.cli", "serve", "--model", str(run)]
-    with subprocess.Popen([*command, "--port", "0"], stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        [*command, "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as in a terminal, even when the suite runs in the background (SIG_IGN)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as process:
         try:
             assert process.stderr is not None
             line = process.stderr.readline()
