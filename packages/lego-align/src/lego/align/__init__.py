@@ -28,6 +28,10 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``reference`` its frozen copy
 - Preference optimisation: [`DPOTrainer`][lego.align.DPOTrainer] with
   [`DPOConfig`][lego.align.DPOConfig] (every ``dpo_loss`` loss type; the reference as the
   disabled adapter, a frozen copy, or precomputed and cached on disk).
+- RLHF with PPO: [`PPOTrainer`][lego.align.PPOTrainer] with [`PPOConfig`][lego.align.PPOConfig]
+  (one completion per prompt, a reward model or function, a value head on the policy's last
+  hidden state: [`PolicyWithValueHead`][lego.align.PolicyWithValueHead], GAE, the clipped
+  policy and value losses: [`PPOObjective`][lego.align.PPOObjective]).
 - Losses (pure functions returning [`LossOutput`][lego.align.LossOutput]):
   [`dpo_loss()`][lego.align.dpo_loss] (DPO, cDPO, rDPO, SLiC hinge, IPO, EXO, NCA, BCO,
   SPPO, AOT, APO, DiscoPOP, RPO, f-DPO), [`simpo_loss()`][lego.align.simpo_loss],
@@ -85,6 +89,17 @@ from lego.align.policy_losses import (
     ppo_rewards,
     ppo_value_loss,
 )
+from lego.align.ppo import (
+    PPO_KL_ESTIMATORS,
+    VALUE_HEAD_FILE,
+    PolicyWithValueHead,
+    PPOConfig,
+    PPOObjective,
+    PPOTrainer,
+    load_reward_model,
+    read_value_head,
+)
+from lego.align.ppo_rollouts import PPOBatchSource
 from lego.align.reward import (
     RewardCollator,
     RewardConfig,
@@ -219,4 +234,14 @@ __all__ = [
     "CompletionLogprobs",
     "evaluate_completions",
     "CompletionEvaluation",
+    # PPO trainer
+    "PPOTrainer",
+    "PPOConfig",
+    "PPOObjective",
+    "PPOBatchSource",
+    "PolicyWithValueHead",
+    "load_reward_model",
+    "read_value_head",
+    "VALUE_HEAD_FILE",
+    "PPO_KL_ESTIMATORS",
 ]
