@@ -29,18 +29,18 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
-from tiny_hf import tiny_llama  # noqa: E402
-from tokenizers import Tokenizer, decoders, models  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
+from lm_eval import simple_evaluate
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from tiny_hf import tiny_llama
+from tokenizers import Tokenizer, decoders, models
+from transformers import PreTrainedTokenizerFast
 
-import lego.arch  # noqa: E402
-from lego.eval.harness import LegoLM, run_harness  # noqa: E402
-from lego.eval.tasks import OFFLINE_TASKS, tasks_dir  # noqa: E402
-from lego.eval.tasks.jsonl_dataset import read_rows  # noqa: E402
+import lego.arch
+from lego.eval.harness import LegoLM, run_harness
+from lego.eval.tasks import OFFLINE_TASKS, tasks_dir
+from lego.eval.tasks.jsonl_dataset import read_rows
 
 SPECIALS = {"<|im_start|>": 256, "<|im_end|>": 257, "<|endoftext|>": 258}
 CONTEXT = 96
