@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lego.eval.harness_scoring import generate_continuations, score_continuations
@@ -135,6 +137,23 @@ def test_scores_do_not_depend_on_the_batch_size(model: ToyLM, batch_size: int) -
     many = score_continuations(model, requests, batch_size=batch_size)
     for (a, flag_a), (b, flag_b) in zip(one, many, strict=True):
         # float32 sums of ~50 nats: the padded widths differ, so rounding may (1e-7 relative)
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6)
+        assert flag_a == flag_b
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(1, 12), batch_size=st.integers(1, 9))
+def test_any_batch_size_gives_the_results_of_batch_size_one(
+    seed: int, count: int, batch_size: int
+) -> None:
+    toy = ToyLM(context=48)
+    torch.manual_seed(seed)
+    for parameter in toy.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    requests = random_requests(count, seed=seed)
+    one = score_continuations(toy.eval(), requests, batch_size=1)
+    many = score_continuations(toy, requests, batch_size=batch_size)
+    for (a, flag_a), (b, flag_b) in zip(one, many, strict=True):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-6)
         assert flag_a == flag_b
 
@@ -339,6 +358,19 @@ def test_built_from_a_directory_through_a_loader(
         harness.LegoLM(pretrained=tmp_path)
     with pytest.raises(ConfigError, match="batch_size"):
         harness.LegoLM(model, CharTokenizer(), batch_size="auto")
+    # lm-eval's string arguments, with the application's loader set beforehand
+    harness.set_default_loader(loader)
+    try:
+        lm = harness.LegoLM.create_from_arg_string(
+            f"pretrained={tmp_path},max_length=20", {"batch_size": 5, "device": None}
+        )
+    finally:
+        harness.set_default_loader(None)
+    assert seen[-1] == str(tmp_path)
+    assert lm.batch_size == 5
+    assert lm.max_length == 20
+    with pytest.raises(ConfigError, match="needs a loader"):
+        harness.LegoLM(pretrained=tmp_path)
 
 
 def test_run_harness_on_the_offline_tasks(harness: Any, model: ToyLM) -> None:

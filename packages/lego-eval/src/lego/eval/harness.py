@@ -58,6 +58,7 @@ from lego.protocols.chat import encode_text
 __all__ = [
     "LegoLM",
     "ModelLoader",
+    "set_default_loader",
     "run_harness",
     "results_table",
     "PREFIX_TOKENS",
@@ -83,6 +84,27 @@ prefers the tokenizer's BOS and falls back to its EOS."""
 
 EOS_TOKENS = (ENDOFTEXT, "<|end_of_text|>", "</s>")
 """Special tokens that end a generation when the tokenizer has them."""
+
+_default_loader: list[ModelLoader] = []
+
+
+def set_default_loader(loader: ModelLoader | None) -> None:
+    """Set the loader ``LegoLM(pretrained=...)`` uses when none is passed.
+
+    lm-eval builds models from strings (``--model lego --model_args pretrained=DIR``), which
+    cannot carry a callable: an application that wraps lm-eval's own command line registers
+    its loader here first.
+
+    Args:
+        loader: ``path -> (model, tokenizer)``; None forgets the one set.
+
+    Example:
+        >>> set_default_loader(None)  # LegoLM(pretrained=...) now needs loader=...
+    """
+    _default_loader.clear()
+    if loader is not None:
+        _default_loader.append(loader)
+
 
 _GEN_KEYS = frozenset(
     {"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k", "seed"}
@@ -114,7 +136,8 @@ class LegoLM(_lm_model.TemplateLM):  # type: ignore[misc]
         tokenizer: Its tokenizer.
         pretrained: A model directory or run, loaded with ``loader`` (instead of ``model``
             and ``tokenizer``).
-        loader: Turns ``pretrained`` into ``(model, tokenizer)``.
+        loader: Turns ``pretrained`` into ``(model, tokenizer)``; None means the one given
+            to [`set_default_loader()`][lego.eval.harness.set_default_loader].
         batch_size: Rows per forward pass (an int, or its digits as lm-eval passes them).
         max_batch_size: Accepted for lm-eval's interface; unused (no automatic sizes).
         max_length: The longest input the model reads; None means its context length.
@@ -155,12 +178,15 @@ class LegoLM(_lm_model.TemplateLM):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         if model is None and pretrained is not None:
+            if loader is None and _default_loader:
+                loader = _default_loader[0]
             if loader is None:
                 raise ConfigError(
                     f"the lego model needs a loader to read {os.fspath(pretrained)!r}",
                     key="loader",
                     hint="run it through `legollm eval harness` or "
-                    "lego.eval.harness.run_harness(..., loader=...), which pass one",
+                    "lego.eval.harness.run_harness(..., loader=...), which pass one, or call "
+                    "lego.eval.harness.set_default_loader(...) first",
                 )
             model, tokenizer = loader(os.fspath(pretrained))
         if model is None or tokenizer is None:
