@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,26 @@ def test_generation_refuses_an_empty_prompt(model: ToyLM) -> None:
 
 
 # ---------------------------------------------------------------------- LegoLM
+
+
+def test_lm_eval_is_optional() -> None:
+    """``import lego.eval`` never imports lm_eval; without it the harness says what to install."""
+    code = (
+        "import sys\n"
+        "import lego.eval, lego.eval.harness_scoring, lego.eval.tasks\n"
+        "assert 'lm_eval' not in sys.modules, 'lego.eval imported lm_eval'\n"
+        "sys.modules['lm_eval'] = None  # as if it were not installed\n"
+        "from lego.protocols import ConfigError\n"
+        "try:\n"
+        "    import lego.eval.harness\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "lego-eval[harness]"' in done.stdout
 
 
 @pytest.fixture(scope="module")
