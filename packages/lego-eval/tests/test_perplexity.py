@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -12,8 +13,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lego.eval import PerplexityResult, perplexity, sliding_windows, text_perplexity
-from lego.protocols import ConfigError, DataError
+from lego.eval import (
+    PerplexityResult,
+    perplexity,
+    sliding_windows,
+    split_perplexity,
+    text_perplexity,
+)
+from lego.protocols import CompatibilityError, ConfigError, DataError
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -280,3 +287,50 @@ def test_defaults_and_result(toys: SimpleNamespace) -> None:
         "num_windows",
     }
     assert result.bits_per_byte == pytest.approx(result.total_nats / (math.log(2) * 30))
+
+
+def test_split_of_a_prepared_dataset(toys: SimpleNamespace, tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    from lego.data.meta import (
+        SourceInfo,
+        SplitFile,
+        SplitInfo,
+        TokenizerInfo,
+        TokenMeta,
+        write_meta,
+    )
+
+    ids = _ids(90, seed=4)
+    np.array(ids, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    np.array(ids[:10], dtype=np.uint16).tofile(tmp_path / "train.bin")
+    meta = TokenMeta(
+        dtype="uint16",
+        vocab_size=11,
+        eot_id=0,
+        tokenizer=TokenizerInfo(kind="char", name="toy"),
+        source=SourceInfo(corpus="toy", documents=1, bytes=90),
+        split=SplitInfo(method="characters", val_fraction=0.5, seed=0),
+        splits={
+            "train": SplitFile(file="train.bin", tokens=10, documents=1),
+            "val": SplitFile(file="val.bin", tokens=90, documents=1),
+        },
+    )
+    write_meta(tmp_path, meta)
+    model = toys.Bigram()
+    got = split_perplexity(model, tmp_path, "val", max_length=8, stride=3, num_bytes=90)
+    want = perplexity(model, ids, max_length=8, stride=3, num_bytes=90)
+    assert got.total_nats == pytest.approx(want.total_nats, rel=1e-12)
+    assert got.bits_per_byte == pytest.approx(want.bits_per_byte, rel=1e-12)
+    with pytest.raises(DataError, match="no split"):
+        split_perplexity(model, tmp_path, "test")
+
+
+def test_a_model_that_breaks_the_contract() -> None:
+    class Flat(torch.nn.Module):
+        config = SimpleNamespace(vocab_size=5, context_length=8)
+
+        def forward(self, ids: torch.Tensor, **_: object) -> torch.Tensor:
+            return torch.zeros(ids.shape[0], 5)  # (B, V): no time axis
+
+    with pytest.raises(CompatibilityError, match=r"\(B, T, vocab_size\)"):
+        perplexity(Flat(), [1, 2, 3, 4])  # type: ignore[arg-type]

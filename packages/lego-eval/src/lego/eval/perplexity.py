@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from lego.eval.scoring import DEFAULT_CHUNK_SIZE, eval_mode, model_device, position_nll
-from lego.protocols import CausalLM, ConfigError, DataError, Tokenizer
+from lego.protocols import CausalLM, CompatibilityError, ConfigError, DataError, Tokenizer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -375,10 +375,12 @@ class _Tokens:
 
     def slice(self, lo: int, hi: int) -> Tensor:
         """Positions ``lo .. hi-1`` of the (prefixed) sequence, dtype long, shape ``(hi-lo,)``."""
-        part = torch.as_tensor(self.ids[max(lo - self.shift, 0) : hi - self.shift])
-        part = part.to(torch.long)
+        raw = self.ids[max(lo - self.shift, 0) : hi - self.shift]
+        # a copy of a list or an array slice (a read-only memmap must not be aliased)
+        part = (raw if isinstance(raw, Tensor) else torch.tensor(raw)).to(torch.long)
         if lo == 0 and self.prefix is not None:
-            part = torch.cat([torch.tensor([self.prefix], dtype=torch.long), part])
+            prefix = torch.tensor([self.prefix], dtype=torch.long, device=part.device)
+            part = torch.cat([prefix, part])
         if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.vocab_size):
             bad = part[(part < 0) | (part >= self.vocab_size)][0]
             raise DataError(
@@ -416,7 +418,7 @@ def _score_batch(
     inputs = ids[:, :-1]  # (B, L): every window of a batch has the same length
     logits = model(inputs)  # (B, L, V)
     if logits.shape[:2] != inputs.shape:
-        raise DataError(
+        raise CompatibilityError(
             f"the model returned logits of shape {tuple(logits.shape)} for inputs of shape "
             f"{tuple(inputs.shape)}",
             tensor="logits",
