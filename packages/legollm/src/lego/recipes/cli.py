@@ -5,6 +5,7 @@
     legollm finetune --config examples/align/sft-tiny.yaml      # SFT: full, LoRA or QLoRA
     legollm align dpo --config examples/align/dpo-tiny.yaml     # preference tuning (DPO...)
     legollm align reward --config examples/align/reward-tiny.yaml  # a reward model
+    legollm align grpo --config examples/align/grpo-tiny.yaml   # GRPO with verifiable rewards
     legollm generate --model runs/tiny --prompt "def "          # continue a prompt
     legollm chat --model runs/sft --template chatml              # talk to a model
     legollm serve --model runs/sft                               # OpenAI API + chat page
@@ -28,7 +29,15 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from lego.protocols import Interrupted, make_parser, run_cli
-from lego.recipes.align import DPORecipeConfig, RewardRecipeConfig, run_dpo, run_reward
+from lego.recipes.align import (
+    DPORecipeConfig,
+    GRPORecipeConfig,
+    RewardRecipeConfig,
+    held_out_accuracy,
+    run_dpo,
+    run_grpo,
+    run_reward,
+)
 from lego.recipes.configs import read_recipe_config, shipped_configs
 from lego.recipes.finetune import FinetuneConfig, run_finetune
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
@@ -49,6 +58,8 @@ python examples/align/make_tiny.py runs/align-tiny   # a tiny model and records
 legollm finetune --config examples/align/sft-tiny.yaml
 legollm align dpo --config examples/align/dpo-tiny.yaml resume=auto
 legollm align reward --config examples/align/reward-tiny.yaml
+python examples/align/make_grpo_tiny.py runs/grpo-tiny-model
+legollm align grpo --config examples/align/grpo-tiny.yaml
 legollm generate --model runs/tiny --prompt "def " --top-k 40
 legollm chat --model runs/sft --template chatml
 legollm serve --model runs/sft --port 8000
@@ -122,10 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     align = commands.add_parser(
         "align",
-        help="preference tuning: dpo (DPO and its loss types) or reward (a reward model)",
-        description="Tune on prompt/chosen/rejected records. " + _TUNING,
+        help="alignment: dpo (DPO and its loss types), reward (a reward model) or grpo (RL "
+        "with verifiable rewards)",
+        description="Tune on prompt/chosen/rejected records (dpo, reward) or on prompts with "
+        "checkable answers (grpo). " + _TUNING,
         epilog="examples:\n  legollm align dpo --config examples/align/dpo-tiny.yaml\n"
-        "  legollm align reward --config examples/align/reward-tiny.yaml",
+        "  legollm align reward --config examples/align/reward-tiny.yaml\n"
+        "  legollm align grpo --config examples/align/grpo-tiny.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     methods = align.add_subparsers(dest="method", required=True, metavar="METHOD")
@@ -144,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a reward model with lego-align's RewardTrainer; out_dir/model "
         "loads in transformers' AutoModelForSequenceClassification. " + _TUNING,
         example="legollm align reward --config examples/align/reward-tiny.yaml",
+    )
+    _config_command(
+        methods,
+        "grpo",
+        help_text="GRPO: an optional SFT warm-up, then RL on prompts with checkable answers",
+        description="Group-relative policy optimisation with lego-align's GRPOTrainer on a "
+        "generated task (data: {task: sort}) or prompt/answer records, rewarded by an "
+        "exact-answer verifier; logs the held-out accuracy before and after. " + _TUNING,
+        example="legollm align grpo --config examples/align/grpo-tiny.yaml grpo.temperature=0.8",
     )
     add_generate_command(commands)
     add_chat_command(commands)
@@ -174,6 +197,14 @@ def _main(argv: list[str]) -> int:
     if args.command == "align" and args.method == "dpo":
         dpo = read_recipe_config(DPORecipeConfig, args.config, args.overrides)
         return _tuned(run_dpo(dpo), dpo, ["align", "dpo"], args, _DPO_KEYS)
+    if args.command == "align" and args.method == "grpo":
+        grpo = read_recipe_config(GRPORecipeConfig, args.config, args.overrides)
+        tuned = run_grpo(grpo)
+        code = _tuned(tuned, grpo, ["align", "grpo"], args, _GRPO_KEYS)
+        accuracy = held_out_accuracy(tuned.out_dir) if tuned.finished else None
+        if accuracy is not None:
+            print(f"held-out accuracy: {accuracy[0]:.3f} before GRPO, {accuracy[1]:.3f} after")
+        return code
     if args.command == "align":
         reward = read_recipe_config(RewardRecipeConfig, args.config, args.overrides)
         return _tuned(run_reward(reward), reward, ["align", "reward"], args, _REWARD_KEYS)
@@ -213,6 +244,11 @@ _DPO_KEYS = {
     "val_loss": "val_loss",
     "val_rewards/margins": "val_rewards/margins",
     "val_rewards/accuracies": "val_rewards/accuracies",
+}
+_GRPO_KEYS = {
+    "reward": "reward",
+    "val_reward": "val_reward",
+    "val_accuracy": "val_accuracy",
 }
 _REWARD_KEYS = {
     "loss": "loss",
