@@ -98,6 +98,7 @@ from lego.align.ppo import (
     PPOTrainer,
     load_reward_model,
     read_value_head,
+    save_value_head,
 )
 from lego.align.ppo_rollouts import PPOBatchSource
 from lego.align.reward import (
@@ -242,6 +243,7 @@ __all__ = [
     "PolicyWithValueHead",
     "load_reward_model",
     "read_value_head",
+    "save_value_head",
     "VALUE_HEAD_FILE",
     "PPO_KL_ESTIMATORS",
 ]

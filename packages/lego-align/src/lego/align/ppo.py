@@ -87,6 +87,7 @@ __all__ = [
     "PolicyWithValueHead",
     "load_reward_model",
     "read_value_head",
+    "save_value_head",
     "PPO_KL_ESTIMATORS",
     "VALUE_HEAD_FILE",
 ]
@@ -322,8 +323,7 @@ class PolicyWithValueHead(nn.Module):
         own = dict(state_dict) if state_dict is not None else self.state_dict()
         policy_state = {k[len("policy.") :]: v for k, v in own.items() if k.startswith("policy.")}
         save_model_dir(self.policy, folder, state_dict=policy_state)
-        weight = own["value_head.weight"].detach().to("cpu").contiguous().clone()
-        save_file({"weight": weight}, str(folder / VALUE_HEAD_FILE), metadata={"format": "pt"})
+        save_value_head(own["value_head.weight"], folder)
         return folder
 
     def load_weights(self, path: str | os.PathLike[str], /) -> None:
@@ -361,6 +361,30 @@ def _logprobs_of(
         chunk_size=chunk_size,
         entropy=entropy,
     )
+
+
+def save_value_head(weight: Tensor, folder: str | os.PathLike[str]) -> Path:
+    """Write ``value_head.safetensors`` (one tensor, ``weight``) into a model directory.
+
+    Args:
+        weight: ``(1, D)`` the value head's weight.
+        folder: The (existing) model directory.
+
+    Returns:
+        The file written.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> save_value_head(torch.ones(1, 4), folder).name
+        'value_head.safetensors'
+        >>> read_value_head(folder, 4)
+        tensor([[1., 1., 1., 1.]])
+    """
+    file = Path(folder) / VALUE_HEAD_FILE
+    tensor = weight.detach().to("cpu").contiguous().clone()
+    save_file({"weight": tensor}, str(file), metadata={"format": "pt"})
+    return file
 
 
 def read_value_head(folder: str | os.PathLike[str], width: int) -> Tensor:

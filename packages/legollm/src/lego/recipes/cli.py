@@ -6,6 +6,7 @@
     legollm align dpo --config examples/align/dpo-tiny.yaml     # preference tuning (DPO...)
     legollm align reward --config examples/align/reward-tiny.yaml  # a reward model
     legollm align grpo --config examples/align/grpo-tiny.yaml   # GRPO with verifiable rewards
+    legollm align ppo --config examples/align/ppo-tiny.yaml     # RLHF: PPO, a reward model
     legollm generate --model runs/tiny --prompt "def "          # continue a prompt
     legollm chat --model runs/sft --template chatml              # talk to a model
     legollm serve --model runs/sft                               # OpenAI API + chat page
@@ -42,6 +43,7 @@ from lego.recipes.configs import read_recipe_config, shipped_configs
 from lego.recipes.finetune import FinetuneConfig, run_finetune
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
 from lego.recipes.pipeline import PipelineConfig, run_pipeline
+from lego.recipes.ppo import PPORecipeConfig, run_ppo, score_rise
 from lego.recipes.pretrain import PretrainConfig, run_pretrain
 from lego.recipes.serve import add_serve_command, run_serve
 from lego.recipes.tuning import TuningConfig, TuningResult, summary
@@ -60,6 +62,7 @@ legollm align dpo --config examples/align/dpo-tiny.yaml resume=auto
 legollm align reward --config examples/align/reward-tiny.yaml
 python examples/align/make_grpo_tiny.py runs/grpo-tiny-model
 legollm align grpo --config examples/align/grpo-tiny.yaml
+legollm align ppo --config examples/align/ppo-tiny.yaml
 legollm generate --model runs/tiny --prompt "def " --top-k 40
 legollm chat --model runs/sft --template chatml
 legollm serve --model runs/sft --port 8000
@@ -133,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     align = commands.add_parser(
         "align",
-        help="alignment: dpo (DPO and its loss types), reward (a reward model) or grpo (RL "
-        "with verifiable rewards)",
-        description="Tune on prompt/chosen/rejected records (dpo, reward) or on prompts with "
-        "checkable answers (grpo). " + _TUNING,
+        help="alignment: dpo (DPO and its loss types), reward (a reward model), grpo (RL "
+        "with verifiable rewards) or ppo (RLHF against a reward model)",
+        description="Tune on prompt/chosen/rejected records (dpo, reward), on prompts with "
+        "checkable answers (grpo) or on prompts scored by a reward model (ppo). " + _TUNING,
         epilog="examples:\n  legollm align dpo --config examples/align/dpo-tiny.yaml\n"
         "  legollm align reward --config examples/align/reward-tiny.yaml\n"
-        "  legollm align grpo --config examples/align/grpo-tiny.yaml",
+        "  legollm align grpo --config examples/align/grpo-tiny.yaml\n"
+        "  legollm align ppo --config examples/align/ppo-tiny.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     methods = align.add_subparsers(dest="method", required=True, metavar="METHOD")
@@ -167,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
         "generated task (data: {task: sort}) or prompt/answer records, rewarded by an "
         "exact-answer verifier; logs the held-out accuracy before and after. " + _TUNING,
         example="legollm align grpo --config examples/align/grpo-tiny.yaml grpo.temperature=0.8",
+    )
+    _config_command(
+        methods,
+        "ppo",
+        help_text="PPO (RLHF): a value head, the KL penalty, GAE, against a reward model",
+        description="Proximal policy optimisation with lego-align's PPOTrainer: one "
+        "completion per prompt, scored by the reward model that `legollm align reward` "
+        "trained (reward_model: its out_dir/model), a per-token KL penalty to the "
+        "reference, GAE and clipped policy and value losses; out_dir/model is the policy "
+        "with value_head.safetensors. " + _TUNING,
+        example="legollm align ppo --config examples/align/ppo-tiny.yaml ppo.kl_coef=0.1",
     )
     add_generate_command(commands)
     add_chat_command(commands)
@@ -204,6 +219,16 @@ def _main(argv: list[str]) -> int:
         accuracy = held_out_accuracy(tuned.out_dir) if tuned.finished else None
         if accuracy is not None:
             print(f"held-out accuracy: {accuracy[0]:.3f} before GRPO, {accuracy[1]:.3f} after")
+        return code
+    if args.command == "align" and args.method == "ppo":
+        ppo = read_recipe_config(PPORecipeConfig, args.config, args.overrides)
+        tuned = run_ppo(ppo)
+        code = _tuned(tuned, ppo, ["align", "ppo"], args, _PPO_KEYS)
+        rise = score_rise(tuned.out_dir) if tuned.finished else None
+        if rise is not None:
+            print(
+                f"reward model score: {rise[0]:.3f} over the first steps, {rise[1]:.3f} at the end"
+            )
         return code
     if args.command == "align":
         reward = read_recipe_config(RewardRecipeConfig, args.config, args.overrides)
@@ -249,6 +274,11 @@ _GRPO_KEYS = {
     "reward": "reward",
     "val_reward": "val_reward",
     "val_accuracy": "val_accuracy",
+}
+_PPO_KEYS = {
+    "objective/scores": "objective/scores",
+    "objective/kl": "objective/kl",
+    "loss/value_avg": "loss/value_avg",
 }
 _REWARD_KEYS = {
     "loss": "loss",
