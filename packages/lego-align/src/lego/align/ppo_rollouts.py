@@ -116,8 +116,8 @@ class PPOBatchSource:
         prompts: All training prompts (every rank takes its share).
         model: The policy with its value head (unwrapped: not the DDP module).
         tokenizer: Decodes the completions for reward functions.
-        score: The reward: a [`TokenScorer`][lego.align.ppo_rollouts.TokenScorer] (a reward
-            model on token ids) or ``RewardFunctions`` (on the decoded text).
+        score: The reward: a ``TokenScorer`` (a reward model on token
+            ids) or ``RewardFunctions`` (on the decoded text).
         config: The PPO settings.
         grad_accum: Micro-batches per optimizer step (lego-train's ``grad_accum``).
         pad_id: The padding id.

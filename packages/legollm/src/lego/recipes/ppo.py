@@ -246,7 +246,7 @@ def run_ppo(config: PPORecipeConfig) -> TuningResult:
 
     Returns:
         The [`TuningResult`][lego.recipes.tuning.TuningResult];
-        [`score_rise()`][lego.recipes.ppo.score_rise] reads the score's rise from its
+        ``score_rise()`` reads the score's rise from its
         ``out_dir``.
     """
     return build_ppo(config).run()
