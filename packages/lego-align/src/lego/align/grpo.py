@@ -55,6 +55,7 @@ from lego.align.rollouts import (
     GRPOBatchSource,
     GRPOPrompt,
     _eval_metrics,
+    check_context,
     completion_logprobs,
     encode_prompts,
     score_prompts,
@@ -580,7 +581,11 @@ class GRPOTrainer(TrainerRun):
                 eval_counts["prompts"] = len(held)
             self.eval_prompts = held
             counts.update({f"eval_{k}": v for k, v in eval_counts.items()})
-        _check_context(model, self.train_prompts + (self.eval_prompts or []), config)
+        check_context(
+            model,
+            self.train_prompts + (self.eval_prompts or []),
+            config.max_completion_length,
+        )
 
         device = pick_device(train.device)
         info = init_distributed(device)
@@ -675,20 +680,3 @@ class GRPOTrainer(TrainerRun):
     def evaluate(self) -> dict[str, float]:
         """Score the held-out prompts now (``val_*`` metrics; empty without held-out data)."""
         return {} if self.evaluation is None else self.evaluation.evaluate()
-
-
-def _check_context(model: nn.Module, prompts: Sequence[GRPOPrompt], config: GRPOConfig) -> None:
-    context = getattr(getattr(model, "config", None), "context_length", None)
-    if not isinstance(context, int) or not prompts:
-        return
-    longest = max(prompts, key=lambda p: len(p.ids))
-    need = len(longest.ids) + config.max_completion_length
-    if need > context:
-        raise ConfigError(
-            f"the prompt on line {longest.line} ({len(longest.ids)} tokens) plus "
-            f"max_completion_length={config.max_completion_length} needs {need} positions, "
-            f"more than the model's context of {context}",
-            key="max_prompt_length",
-            hint=f"lower max_prompt_length (prompts are cut from the left) or "
-            f"max_completion_length so that they add up to at most {context}",
-        )

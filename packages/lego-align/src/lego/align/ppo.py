@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lego.align.finetune import FinetuneSettings, prepare_model
-from lego.align.grpo import PLAIN, _check_context
+from lego.align.grpo import PLAIN
 from lego.align.policy_losses import ppo_policy_loss, ppo_value_loss
 from lego.align.ppo_rollouts import PPOBatchSource, TokenScorer
 from lego.align.reward import RewardModel
@@ -56,6 +56,7 @@ from lego.align.rewards import RewardFunction, RewardFunctions
 from lego.align.rollouts import (
     STAT_PREFIX,
     CompletionLogprobs,
+    check_context,
     completion_logprobs,
     encode_prompts,
     stop_and_pad_ids,
@@ -806,7 +807,7 @@ class PPOTrainer(TrainerRun):
             overflow=config.prompt_overflow,
             system_prompt=config.system_prompt,
         )
-        _check_context(model, self.train_prompts, cast(Any, config))
+        check_context(model, self.train_prompts, config.max_completion_length)
         self.reward, scorer, score_weight = self._reward(reward_model, model, config)
         if reference_model is not None and _vocab(reference_model) != _vocab(model):
             raise CompatibilityError(

@@ -43,13 +43,13 @@ from lego.align.rewards import RewardFunctions
 from lego.align.rollouts import (
     STAT_PREFIX,
     GRPOPrompt,
-    _finite,
-    _gather_rows,
-    _length_stats,
-    _param_device,
-    _reward_inputs,
     completion_logprobs,
+    finite_or_zero,
+    gather_rows,
     generation_seed,
+    length_stats,
+    param_device,
+    reward_inputs,
 )
 from lego.data.example_loader import ExampleLoader
 from lego.generate import rollout
@@ -374,7 +374,7 @@ class PPOBatchSource:
         """``(R,)`` one score per completion (a reward model, or reward functions)."""
         if isinstance(self.score, RewardFunctions):
             assert out.texts is not None
-            texts, columns = _reward_inputs(prompts, 1)
+            texts, columns = reward_inputs(prompts, 1)
             result = self.score(texts, list(out.texts), **columns)
             missing = torch.isnan(result.total)
             if bool(missing.any()):
@@ -402,7 +402,7 @@ class PPOBatchSource:
         config = self.config
         prompts = self._next_prompts()
         policy = self.model.policy
-        generator = torch.Generator(device=_param_device(policy))
+        generator = torch.Generator(device=param_device(policy))
         generator.manual_seed(generation_seed(config.seed, self.rank, self.rollouts))
         was_training = self.model.training
         self.model.eval()
@@ -461,23 +461,23 @@ class PPOBatchSource:
 
         # The rollout's metrics, exact over all ranks (TRL's names).
         keep = cmask.to(torch.float64)
-        kl_rows = _gather_rows((per_token.kl.double() * keep).sum(-1), self.device)
-        non_score = _gather_rows(
+        kl_rows = gather_rows((per_token.kl.double() * keep).sum(-1), self.device)
+        non_score = gather_rows(
             (-config.kl_coef * per_token.kl.double() * keep).sum(-1), self.device
         )
-        all_scores = _gather_rows(scores.double(), self.device)
-        entropy = _gather_rows((-old_logps.double() * keep).sum(-1), self.device)
-        lengths = _gather_rows(out.lengths.cpu(), self.device)
-        all_stopped = _gather_rows(stopped, self.device)
+        all_scores = gather_rows(scores.double(), self.device)
+        entropy = gather_rows((-old_logps.double() * keep).sum(-1), self.device)
+        lengths = gather_rows(out.lengths.cpu(), self.device)
+        all_stopped = gather_rows(stopped, self.device)
         stats = {
-            "objective/kl": _finite(kl_rows.mean()),
-            "objective/entropy": _finite(entropy.mean()),
-            "objective/non_score_reward": _finite(non_score.mean()),
-            "objective/rlhf_reward": _finite((all_scores + non_score).mean()),
-            "objective/scores": _finite(all_scores.mean()),
+            "objective/kl": finite_or_zero(kl_rows.mean()),
+            "objective/entropy": finite_or_zero(entropy.mean()),
+            "objective/non_score_reward": finite_or_zero(non_score.mean()),
+            "objective/rlhf_reward": finite_or_zero((all_scores + non_score).mean()),
+            "objective/scores": finite_or_zero(all_scores.mean()),
             "val/num_eos_tokens": float(all_stopped.sum()),
         }
-        stats.update(_length_stats(lengths, all_stopped))
+        stats.update(length_stats(lengths, all_stopped))
         self.rows = {
             "input_ids": ids.cpu(),
             "attention_mask": mask.cpu(),

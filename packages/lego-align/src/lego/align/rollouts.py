@@ -73,6 +73,12 @@ __all__ = [
     "encode_prompts",
     "stop_and_pad_ids",
     "generation_seed",
+    "check_context",
+    "reward_inputs",
+    "gather_rows",
+    "length_stats",
+    "finite_or_zero",
+    "param_device",
     "completion_logprobs",
     "CompletionLogprobs",
     "GRPOBatchSource",
@@ -234,8 +240,16 @@ def encode_prompts(
     return prompts, {"prompts": len(prompts), "truncated": truncated}
 
 
-def _reward_inputs(prompts: Sequence[GRPOPrompt], n: int) -> tuple[list[Any], dict[str, list[Any]]]:
-    """Each prompt and column repeated for its ``n`` completions (prompt-major)."""
+def reward_inputs(prompts: Sequence[GRPOPrompt], n: int) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Each prompt and column repeated for its ``n`` completions (prompt-major).
+
+    Args:
+        prompts: The prompts of a generation.
+        n: Completions per prompt.
+
+    Returns:
+        ``(prompts, columns)`` as reward functions receive them: one entry per completion.
+    """
     names: dict[str, None] = {}
     for p in prompts:
         names.update(dict.fromkeys(p.columns))
@@ -420,8 +434,16 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _gather_rows(x: Tensor, device: torch.device) -> Tensor:
-    """Concatenate ``x`` (the same shape on every rank) over the ranks, rank-major."""
+def gather_rows(x: Tensor, device: torch.device) -> Tensor:
+    """Concatenate ``x`` (the same shape on every rank) over the ranks, rank-major.
+
+    Args:
+        x: ``(R, ...)`` on this rank.
+        device: The device the collective runs on.
+
+    Returns:
+        ``(world * R, ...)`` on ``x``'s device (``x`` itself in one process).
+    """
     _, world = _world()
     if world == 1:
         return x
@@ -429,6 +451,36 @@ def _gather_rows(x: Tensor, device: torch.device) -> Tensor:
     parts = [torch.empty_like(moved) for _ in range(world)]
     dist.all_gather(parts, moved)
     return torch.cat(parts, dim=0).to(x.device)
+
+
+def check_context(
+    model: nn.Module, prompts: Sequence[GRPOPrompt], max_completion_length: int
+) -> None:
+    """Refuse, before training, a prompt that cannot be completed inside the model's context.
+
+    Args:
+        model: The policy (its ``config.context_length`` is read when it has one).
+        prompts: The encoded prompts.
+        max_completion_length: New tokens per completion at most.
+
+    Raises:
+        ConfigError: The longest prompt plus ``max_completion_length`` exceeds the context
+            (naming its line and what to lower).
+    """
+    context = getattr(getattr(model, "config", None), "context_length", None)
+    if not isinstance(context, int) or not prompts:
+        return
+    longest = max(prompts, key=lambda p: len(p.ids))
+    need = len(longest.ids) + max_completion_length
+    if need > context:
+        raise ConfigError(
+            f"the prompt on line {longest.line} ({len(longest.ids)} tokens) plus "
+            f"max_completion_length={max_completion_length} needs {need} positions, "
+            f"more than the model's context of {context}",
+            key="max_prompt_length",
+            hint=f"lower max_prompt_length (prompts are cut from the left) or "
+            f"max_completion_length so that they add up to at most {context}",
+        )
 
 
 def generation_seed(seed: int, rank: int, generation: int) -> int:
@@ -453,8 +505,17 @@ def generation_seed(seed: int, rank: int, generation: int) -> int:
 # -- the batch source -----------------------------------------------------------------------------
 
 
-def _length_stats(lengths: Tensor, stopped: Tensor) -> dict[str, float]:
-    """TRL's ``completions/*`` metrics from completion lengths and finish flags."""
+def length_stats(lengths: Tensor, stopped: Tensor) -> dict[str, float]:
+    """TRL's ``completions/*`` metrics from completion lengths and finish flags.
+
+    Args:
+        lengths: ``(R,)`` completion lengths in tokens.
+        stopped: ``(R,)`` bool: the completion ended on a stop token (not on the length cap).
+
+    Returns:
+        ``completions/mean_length``, ``min_length``, ``max_length``, ``clipped_ratio`` and
+        the same three for the terminated completions.
+    """
     lengths = lengths.double()
     terminated = lengths[stopped]
     if terminated.numel() == 0:
@@ -689,7 +750,7 @@ class GRPOBatchSource:
         config = self.config
         g = config.num_generations
         prompts = self._next_prompts()
-        generator = torch.Generator(device=_param_device(self.policy))
+        generator = torch.Generator(device=param_device(self.policy))
         generator.manual_seed(generation_seed(config.seed, self.rank, self.generation))
         out = rollout(
             self.policy,  # type: ignore[arg-type]
@@ -708,12 +769,12 @@ class GRPOBatchSource:
             generator=generator,
         )
         assert out.texts is not None
-        texts, columns = _reward_inputs(prompts, g)
+        texts, columns = reward_inputs(prompts, g)
         scores = self.rewards(texts, list(out.texts), **columns)
         self.last_prompts, self.last_rollout, self.last_scores = prompts, out, scores
 
         # Every statistic over all ranks: a group lives on one rank, the batch's std does not.
-        table = _gather_rows(scores.per_function, self.device)  # (R_all, F)
+        table = gather_rows(scores.per_function, self.device)  # (R_all, F)
         weights = torch.tensor(self.rewards.weights, dtype=torch.float32)
         total = (table * weights).nansum(dim=1)
         total[torch.isnan(table).all(dim=1)] = float("nan")
@@ -721,18 +782,18 @@ class GRPOBatchSource:
         rows = out.num_rows
         mine = slice(self.rank * rows, (self.rank + 1) * rows)
         advantages = adv.advantages[mine].to(torch.float32)  # (R,)
-        lengths = _gather_rows(out.lengths.cpu(), self.device)
-        stopped = _gather_rows(
+        lengths = gather_rows(out.lengths.cpu(), self.device)
+        stopped = gather_rows(
             torch.tensor([r == "stop" for r in out.finish_reasons], dtype=torch.bool), self.device
         )
         stats: dict[str, float] = {}
         for column, name in enumerate(self.rewards.names):
-            stats[f"rewards/{name}/mean"] = _finite(torch.nanmean(table[:, column]))
-            stats[f"rewards/{name}/std"] = _finite(nanstd(table[:, column]))
-        stats["reward"] = _finite(adv.metrics["reward"])
-        stats["reward_std"] = _finite(adv.metrics["reward_std"])
+            stats[f"rewards/{name}/mean"] = finite_or_zero(torch.nanmean(table[:, column]))
+            stats[f"rewards/{name}/std"] = finite_or_zero(nanstd(table[:, column]))
+        stats["reward"] = finite_or_zero(adv.metrics["reward"])
+        stats["reward_std"] = finite_or_zero(adv.metrics["reward_std"])
         stats["frac_reward_zero_std"] = float(adv.metrics["frac_reward_zero_std"])
-        stats.update(_length_stats(lengths, stopped))
+        stats.update(length_stats(lengths, stopped))
 
         ids, mask = out.sequences()  # (R, P + N)
         positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)
@@ -801,14 +862,28 @@ class GRPOBatchSource:
             self._all_buffers = {f"rank{r}": list(b) for r, b in enumerate(gathered)}
 
 
-def _finite(value: Tensor) -> float:
-    """A 0-dim tensor as a float; NaN (nothing scored) becomes 0 so metrics stay finite."""
+def finite_or_zero(value: Tensor) -> float:
+    """A 0-dim tensor as a float; NaN (nothing scored) becomes 0 so metrics stay finite.
+
+    Args:
+        value: A 0-dim tensor.
+
+    Returns:
+        Its value, or 0.0 when it is not finite.
+    """
     out = float(value)
     return out if math.isfinite(out) else 0.0
 
 
-def _param_device(model: object) -> torch.device:
-    """The first parameter's device (the CPU for a model without parameters)."""
+def param_device(model: object) -> torch.device:
+    """The first parameter's device (the CPU for a model without parameters).
+
+    Args:
+        model: Any object; only an ``nn.Module``'s parameters are looked at.
+
+    Returns:
+        The device.
+    """
     if isinstance(model, nn.Module):
         for parameter in model.parameters():
             return parameter.device
@@ -927,7 +1002,7 @@ def score_prompts(
         group = prompts[start : start + batch_size]
         generator = None
         if not greedy:
-            generator = torch.Generator(device=_param_device(model))
+            generator = torch.Generator(device=param_device(model))
             generator.manual_seed(generation_seed(seed, -1, number))
         out = rollout(
             model,  # type: ignore[arg-type]
@@ -944,7 +1019,7 @@ def score_prompts(
             generator=generator,
         )
         assert out.texts is not None
-        texts, columns = _reward_inputs(group, n)
+        texts, columns = reward_inputs(group, n)
         scores = rewards(texts, list(out.texts), **columns)
         table = scores.per_function
         scored = ~torch.isnan(table[:, column])
