@@ -36,7 +36,6 @@ after a kill and ``torchrun`` are lego-train's: the reference never changes duri
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -54,6 +53,7 @@ from torch import Tensor, nn
 from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.logprobs import build_preference_batch, sequence_logprobs
 from lego.align.losses import DPO_LOSS_TYPES, dpo_loss
+from lego.align.reference import check_vocabulary, frozen_reference
 from lego.align.run import TrainerRun, describe_pairs, preference_splits
 from lego.align.tokens import pair_count, preference_pad_id
 from lego.data.encode import TokenizedExample
@@ -63,7 +63,6 @@ from lego.data.records import RecordSource
 from lego.peft import LoraModel
 from lego.protocols import (
     IGNORE_INDEX,
-    CompatibilityError,
     ConfigError,
     DataError,
     FolderLock,
@@ -75,7 +74,7 @@ from lego.protocols import (
 from lego.protocols.chat import get_chat_template
 from lego.train import ObjectiveOutput, TrainConfig
 from lego.train.checkpoint import model_signature
-from lego.train.distributed import init_distributed, pick_device, resolve_strategy, wrap_model
+from lego.train.distributed import init_distributed, pick_device, resolve_strategy
 
 __all__ = [
     "DPOConfig",
@@ -699,7 +698,7 @@ class DPOTrainer(TrainerRun):
             tokenizer, chat, eos_token=config.eos_token, pad_token=config.pad_token
         )
         if reference_model is not None:
-            _check_vocabulary(model, reference_model)
+            check_vocabulary(model, reference_model)
         self.train_pairs, self.eval_pairs, report = preference_splits(
             train_data,
             eval_data,
@@ -718,25 +717,17 @@ class DPOTrainer(TrainerRun):
         info = init_distributed(device)
         self.model = prepare_model(model, config)
         adapter = self.model if isinstance(self.model, LoraModel) else None
-        mode = "model" if reference_model is not None else config.reference_mode()
-        if mode == "adapter" and adapter is None:
-            raise ConfigError(
-                "reference: adapter, but the model holds no LoRA adapter",
-                key="reference",
-                hint="use finetune: lora / qlora, or reference: copy or precomputed",
-            )
+        mode, reference = frozen_reference(
+            self.model,
+            mode=config.reference_mode(),
+            reference_model=reference_model,
+            adapter=adapter,
+            device=device,
+            info=info,
+            strategy=resolve_strategy(train.strategy, info),
+            alternatives="reference: copy or precomputed",
+        )
         self.reference_mode = mode
-        reference: nn.Module | None = None
-        if mode == "model":
-            assert reference_model is not None
-            reference = reference_model
-        elif mode == "copy":
-            reference = copy.deepcopy(self.model)
-        if reference is not None:
-            reference.requires_grad_(False).eval().to(device)
-            if mode == "copy" and resolve_strategy(train.strategy, info) == "fsdp":
-                # Sharded like the policy: each rank holds 1/world of the frozen copy.
-                reference = wrap_model(reference, "fsdp", device)
 
         self.cache_file: Path | None = None
         train_reference: tuple[Tensor, Tensor] | None = None
@@ -834,25 +825,3 @@ class DPOTrainer(TrainerRun):
             )
         self.cache_file = cache.path(key)
         return loaded
-
-
-def _check_vocabulary(policy: nn.Module, reference: nn.Module) -> None:
-    def vocab(model: nn.Module) -> int | None:
-        value = getattr(getattr(model, "config", None), "vocab_size", None)
-        return value if isinstance(value, int) else None
-
-    mine, theirs = vocab(policy), vocab(reference)
-    if mine is None or theirs is None:
-        raise CompatibilityError(
-            "cannot compare the vocabularies of the policy and the reference model (no "
-            "config.vocab_size)",
-            key="reference_model",
-            hint="give models whose config has vocab_size",
-        )
-    if mine != theirs:
-        raise CompatibilityError(
-            f"the reference model's vocabulary ({theirs} ids) differs from the policy's "
-            f"({mine} ids): their log-probabilities are not comparable",
-            key="reference_model",
-            hint="use a reference with the policy's tokenizer (e.g. the policy's base model)",
-        )

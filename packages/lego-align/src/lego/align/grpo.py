@@ -35,20 +35,17 @@ logged every ``eval_every`` steps
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from lego.align.advantages import ADVANTAGE_SCALES
-from lego.align.dpo import _check_vocabulary
 from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.policy_losses import GRPO_LOSS_TYPES, grpo_loss
+from lego.align.reference import check_vocabulary, frozen_reference
 from lego.align.rewards import RewardFunction, RewardFunctions
 from lego.align.rollouts import (
     STAT_PREFIX,
@@ -113,6 +110,7 @@ class GRPOObjective:
             ``max_completion_length``.
 
     Example:
+        >>> import torch
         >>> objective = GRPOObjective(loss_type="dapo")
         >>> objective.units({"completion_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])})
         3
@@ -598,29 +596,19 @@ class GRPOTrainer(TrainerRun):
             )
         self.model = prepare_model(model, config)
         adapter = self.model if isinstance(self.model, LoraModel) else None
-        reference: nn.Module | None = None
-        mode: str = "none"
         if reference_model is not None:
-            _check_vocabulary(model, reference_model)
+            check_vocabulary(model, reference_model)
+        mode, reference = "none", None
         if config.beta > 0:
-            if reference_model is not None:
-                mode, reference = "model", reference_model
-            else:
-                mode = config.reference_mode()
-                if mode == "adapter" and adapter is None:
-                    raise ConfigError(
-                        "reference: adapter, but the model holds no LoRA adapter",
-                        key="reference",
-                        hint="use finetune: lora / qlora, or reference: copy",
-                    )
-                if mode == "copy":
-                    reference = copy.deepcopy(self.model)
-            if reference is not None:
-                reference.requires_grad_(False).eval().to(device)
-                if mode == "copy" and info.distributed:  # as DDP does with the policy
-                    with torch.no_grad():
-                        for tensor in reference.state_dict().values():
-                            dist.broadcast(tensor, src=0)
+            mode, reference = frozen_reference(
+                self.model,
+                mode=config.reference_mode(),
+                reference_model=reference_model,
+                adapter=adapter,
+                device=device,
+                info=info,
+                strategy=resolve_strategy(train.strategy, info),
+            )
         self.reference_mode = mode
 
         self.model.to(device)

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -51,6 +50,7 @@ from lego.align.finetune import FinetuneSettings, prepare_model
 from lego.align.grpo import PLAIN
 from lego.align.policy_losses import ppo_policy_loss, ppo_value_loss
 from lego.align.ppo_rollouts import PPOBatchSource, TokenScorer
+from lego.align.reference import check_vocabulary, frozen_reference, vocab_size
 from lego.align.reward import RewardModel
 from lego.align.rewards import RewardFunction, RewardFunctions
 from lego.align.rollouts import (
@@ -680,11 +680,6 @@ class PPOConfig(FinetuneSettings):
 # -- the reward -----------------------------------------------------------------------------------
 
 
-def _vocab(model: nn.Module) -> int | None:
-    value = getattr(getattr(model, "config", None), "vocab_size", None)
-    return value if isinstance(value, int) else None
-
-
 def _model_scorer(reward: nn.Module) -> TokenScorer:
     def score(ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         device = next(iter(reward.parameters())).device
@@ -809,13 +804,8 @@ class PPOTrainer(TrainerRun):
         )
         check_context(model, self.train_prompts, config.max_completion_length)
         self.reward, scorer, score_weight = self._reward(reward_model, model, config)
-        if reference_model is not None and _vocab(reference_model) != _vocab(model):
-            raise CompatibilityError(
-                f"the reference model's vocabulary ({_vocab(reference_model)} ids) differs "
-                f"from the policy's ({_vocab(model)} ids)",
-                key="reference_model",
-                hint="use a reference with the policy's tokenizer (e.g. its base model)",
-            )
+        if reference_model is not None:
+            check_vocabulary(model, reference_model)
 
         device = pick_device(train.device)
         info = init_distributed(device)
@@ -834,27 +824,17 @@ class PPOTrainer(TrainerRun):
             init_std=config.value_init_std,
             init_weight=score_weight,
         )
-        reference: nn.Module | None = None
-        mode = "none"
+        mode, reference = "none", None
         if config.kl_coef > 0:
-            if reference_model is not None:
-                mode, reference = "model", reference_model
-            else:
-                mode = config.reference_mode()
-                if mode == "adapter" and adapter is None:
-                    raise ConfigError(
-                        "reference: adapter, but the model holds no LoRA adapter",
-                        key="reference",
-                        hint="use finetune: lora / qlora, or reference: copy",
-                    )
-                if mode == "copy":
-                    reference = copy.deepcopy(policy)
-            if reference is not None:
-                reference.requires_grad_(False).eval().to(device)
-                if mode == "copy" and info.distributed:  # as DDP does with the policy
-                    with torch.no_grad():
-                        for tensor in reference.state_dict().values():
-                            dist.broadcast(tensor, src=0)
+            mode, reference = frozen_reference(
+                policy,
+                mode=config.reference_mode(),
+                reference_model=reference_model,
+                adapter=adapter,
+                device=device,
+                info=info,
+                strategy=resolve_strategy(train.strategy, info),
+            )
         self.reference_mode = mode
         self.model.to(device)
         if isinstance(self.reward, nn.Module):
@@ -927,7 +907,7 @@ class PPOTrainer(TrainerRun):
         if isinstance(reward, (str, os.PathLike)):
             reward = load_reward_model(reward, model, head_name=config.head_name)
         if isinstance(reward, nn.Module):
-            mine, theirs = _vocab(model), _vocab(reward)
+            mine, theirs = vocab_size(model), vocab_size(reward)
             if mine is not None and theirs is not None and mine != theirs:
                 raise CompatibilityError(
                     f"the reward model's vocabulary ({theirs} ids) differs from the policy's "
