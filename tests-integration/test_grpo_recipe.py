@@ -98,7 +98,7 @@ def test_grpo_example_beats_the_warm_up_model_on_held_out_problems(
     # what the report plots is logged; the curves are drawn
     train = [r for r in _records(run) if r.get("split") == "train"]
     assert len(train) == 60 // config.log_every
-    for key in ("reward", "frac_reward_zero_std", "completions/mean_length"):
+    for key in ("reward", "rewards/exact_answer/mean", "completions/mean_length", "entropy"):
         assert all(key in r for r in train), key
     assert all(r["clip_ratio/region_mean"] == 0.0 for r in train)  # on-policy: ratio 1
     assert 0.0 < sum(r["frac_reward_zero_std"] for r in train) / len(train) < 1.0

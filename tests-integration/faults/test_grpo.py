@@ -10,7 +10,8 @@ file that existed before (the model directory, the records) is byte-identical af
   the check a resume makes, and ``resume=auto`` finishes the run (the warm-up is not
   trained again once its model is written);
 - bad settings: a misspelt key (the closest key suggested), ``num_generations`` < 2, an
-  unknown task, a task and files at once, a completion too long for the context;
+  unknown task, a task and files at once, a completion too long for the context, a
+  warm-up schedule longer than the warm-up (all before ``out_dir`` exists);
 - missing files (the model, the records) and bad records (not JSON, no answer): exit 2,
   one message naming the file and the line, before ``out_dir`` exists.
 """
@@ -35,6 +36,7 @@ SMALL = (
     "eval_every=0",
     "plots=false",
     "sft.max_steps=4",
+    "sft.schedule.warmup_steps=1",
     "sft.batch_size=8",
     "data.train_count=64",
     "data.eval_count=8",
@@ -82,7 +84,7 @@ def test_sigint_during_grpo_saves_and_resume_finishes(tiny: Path, tmp_path: Path
     run = tmp_path / "run"
     process = harness.start(grpo(tiny, run, "max_steps=100000", "checkpoint_every=2"), cwd=tmp_path)
     try:
-        harness.run_until(process, "train: 3 of 100000")
+        harness.run_until(process, "train: 3 of 100,000")
         second = harness.run(grpo(tiny, run, "resume=auto"), cwd=tmp_path)
         harness.assert_one_message(second, prog="legollm", phrase="another process")
         result = harness.interrupt(process, signal.SIGINT)
@@ -115,7 +117,7 @@ def test_sigterm_during_the_warm_up_saves_and_resume_finishes(tiny: Path, tmp_pa
         cwd=tmp_path,
     )
     try:
-        harness.run_until(process, "train: 3 of 100000")
+        harness.run_until(process, "train: 3 of 100,000")
         result = harness.interrupt(process, signal.SIGTERM)
     finally:
         if process.poll() is None:
@@ -153,6 +155,7 @@ def test_sigterm_during_the_warm_up_saves_and_resume_finishes(tiny: Path, tmp_pa
         ("data.train=prompts.jsonl", "both a task"),
         ("grpo.max_completion_length=60", "more than the model's context"),
         ("reward.extract=regex", "reward.pattern is empty"),
+        ("sft.schedule.warmup_steps=10", "sft.schedule.warmup_steps"),
     ],
 )
 def test_a_bad_setting_is_one_message(

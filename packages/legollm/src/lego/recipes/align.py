@@ -551,6 +551,41 @@ class GRPORecipeConfig(TuningConfig):
                 key="output",
                 hint="set output: merged, or sft: null (start from a model that is warmed)",
             )
+        if self.sft is not None:
+            self.warmup_train_config()  # lego-train's own checks of the warm-up stage
+
+    def warmup_train_config(self, train: TrainConfig | None = None) -> TrainConfig:
+        """lego-train's settings of the warm-up stage (in ``out_dir/sft``).
+
+        Args:
+            train: The GRPO stage's settings (default: this config's).
+
+        Returns:
+            ``train`` with the warm-up's steps, optimizer and schedule, no evaluation, one
+            micro-batch per step, ``resume=auto`` when the run resumes.
+
+        Raises:
+            ConfigError: No ``sft:`` section, or settings lego-train refuses (a warm-up
+                schedule longer than ``sft.max_steps``), named under ``sft.``.
+        """
+        if self.sft is None:
+            raise ConfigError("sft: null has no warm-up stage", key="sft")
+        base = self.train_config() if train is None else train
+        try:
+            return dataclasses.replace(
+                base,
+                out_dir=str(Path(base.out_dir) / SFT_STAGE_DIR),
+                max_steps=self.sft.max_steps,
+                grad_accum=1,
+                optim=self.sft.optim,
+                schedule=self.sft.schedule,
+                eval_every=0,
+                resume="auto" if base.resume else "",
+                overwrite=False,
+            )
+        except ConfigError as exc:
+            key = f"sft.{exc.key}" if exc.key else "sft"
+            raise ConfigError(exc.message, key=key, hint=exc.hint) from None
 
     def reward_function(self) -> RewardFunction:
         """The exact-answer reward for this config's records."""
@@ -723,17 +758,7 @@ class GRPOStages:
             finetune="full",
             seed=self.config.seed,
         )
-        train = dataclasses.replace(
-            self.train,
-            out_dir=str(stage),
-            max_steps=sft.max_steps,
-            grad_accum=1,
-            optim=sft.optim,
-            schedule=sft.schedule,
-            eval_every=0,
-            resume="auto" if resuming else "",
-            overwrite=False,
-        )
+        train = self.config.warmup_train_config(self.train)
         self.echo(f"warm-up: {sft.max_steps} steps of supervised fine-tuning in {stage}")
         trainer = SFTTrainer(
             model=self.source.model,
