@@ -10,6 +10,7 @@
     legollm generate --model runs/tiny --prompt "def "          # continue a prompt
     legollm chat --model runs/sft --template chatml              # talk to a model
     legollm serve --model runs/sft                               # OpenAI API + chat page
+    legollm eval harness --model runs/sft --tasks lego_offline   # benchmark tasks, offline
     legollm configs                                              # the shipped configs
 
 Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted for sections
@@ -40,6 +41,7 @@ from lego.recipes.align import (
     run_reward,
 )
 from lego.recipes.configs import read_recipe_config, shipped_configs
+from lego.recipes.evaluate import add_eval_command, run_eval
 from lego.recipes.finetune import FinetuneConfig, run_finetune
 from lego.recipes.generate import add_chat_command, add_generate_command, run_chat, run_generate
 from lego.recipes.pipeline import PipelineConfig, run_pipeline
@@ -66,6 +68,8 @@ legollm align ppo --config examples/align/ppo-tiny.yaml
 legollm generate --model runs/tiny --prompt "def " --top-k 40
 legollm chat --model runs/sft --template chatml
 legollm serve --model runs/sft --port 8000
+legollm eval perplexity --model runs/sft --text held-out.txt
+legollm eval harness --model runs/sft --tasks lego_offline --limit 20
 legollm configs"""
 
 
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(commands)
     add_chat_command(commands)
     add_serve_command(commands)
+    add_eval_command(commands)
     commands.add_parser(
         "configs",
         help="list the shipped configs",
@@ -206,6 +211,8 @@ def _main(argv: list[str]) -> int:
         return run_chat(args, sys.stdout, sys.stdin)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "eval":
+        return run_eval(args, sys.stdout)
     if args.command == "finetune":
         finetune = read_recipe_config(FinetuneConfig, args.config, args.overrides)
         return _tuned(run_finetune(finetune), finetune, ["finetune"], args, _SFT_KEYS)
