@@ -33,16 +33,20 @@ internals, nor this package.
 from lego.recipes.__about__ import __version__
 from lego.recipes.align import (
     DPORecipeConfig,
+    GRPORecipeConfig,
     RewardRecipeConfig,
     build_dpo,
+    build_grpo,
     build_reward,
     run_dpo,
+    run_grpo,
     run_reward,
 )
 from lego.recipes.configs import find_config, read_recipe_config, shipped_configs
 from lego.recipes.finetune import FinetuneConfig, build_finetune, run_finetune
 from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 from lego.recipes.pipeline import PipelineConfig, PipelineResult, ReportSpec, run_pipeline
+from lego.recipes.ppo import PPORecipeConfig, build_ppo, run_ppo
 from lego.recipes.pretrain import (
     DataSpec,
     ModelSpec,
@@ -80,6 +84,12 @@ __all__ = [
     "RewardRecipeConfig",
     "build_reward",
     "run_reward",
+    "GRPORecipeConfig",
+    "build_grpo",
+    "run_grpo",
+    "PPORecipeConfig",
+    "build_ppo",
+    "run_ppo",
     # the pipeline
     "PipelineConfig",
     "ReportSpec",
