@@ -23,13 +23,15 @@ is an error (held-out scores count each problem once).
 
 Example:
     >>> rows = task_rows("addition", count=2, seed=0, max_value=9)
-    >>> [sorted(row) for row in rows][0]
+    >>> row = rows[0]
+    >>> sorted(row)
     ['answer', 'completion', 'prompt', 'task']
-    >>> a, b = rows[0]["prompt"].rstrip("=").split("+")
-    >>> int(a) + int(b) == int(rows[0]["answer"])
+    >>> a, b = row["prompt"].rstrip("=").split("+")
+    >>> int(a) + int(b) == int(row["answer"])
     True
-    >>> task_rows("sort", count=1, seed=0)[0]["completion"][0]  # lists: a space first
-    ' '
+    >>> (listed,) = task_rows("sort", count=1, seed=0)
+    >>> listed["completion"].startswith(" ")  # lists: a space first
+    True
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ Example:
     ...         self.config = ModelConfig(vocab_size=10, context_length=16)
     ...     def forward(self, ids, *, attention_mask=None, position_ids=None, kv_cache=None):
     ...         return 20.0 * nn.functional.one_hot((ids + 1) % 10, 10).float()
-    >>> [(round(lp, 3), greedy) for lp, greedy in score_continuations(
+    >>> scores = [(round(lp, 3), greedy) for lp, greedy in score_continuations(
     ...     Counter(), [([1, 2], [3, 4]), ([5], [7])], batch_size=2)]
+    >>> scores
     [(0.0, True), (-20.0, False)]
 """
 

@@ -36,7 +36,8 @@ Example:
     >>> result = perplexity(Uniform(), list(range(8)) * 3, max_length=4, stride=2)
     >>> result.num_tokens, round(result.perplexity, 6)
     (23, 8.0)
-    >>> [(w.start, w.score_from, w.end) for w in sliding_windows(8, max_length=4, stride=2)]
+    >>> spans = [(w.start, w.score_from, w.end) for w in sliding_windows(8, max_length=4, stride=2)]
+    >>> spans
     [(0, 1, 5), (2, 5, 7), (3, 7, 8)]
 """
 
@@ -128,7 +129,9 @@ def sliding_windows(num_tokens: int, *, max_length: int, stride: int) -> list[Wi
         DataError: When ``num_tokens < 2``.
 
     Example:
-        >>> [(w.start, w.score_from, w.end) for w in sliding_windows(6, max_length=3, stride=3)]
+        >>> windows = sliding_windows(6, max_length=3, stride=3)
+        >>> spans = [(w.start, w.score_from, w.end) for w in windows]
+        >>> spans
         [(0, 1, 4), (2, 4, 6)]
     """
     _check_window(max_length, stride)

@@ -56,7 +56,8 @@ def chosen_logprobs(logits: Tensor, tokens: Tensor, *, top: int = 0) -> TokenLog
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
         >>> out = chosen_logprobs(logits, torch.tensor([2, 1]), top=2)
-        >>> [round(x, 4) for x in out.logprob.tolist()]
+        >>> rounded = [round(x, 4) for x in out.logprob.tolist()]
+        >>> rounded
         [-1.4076, -1.0986]
         >>> out.top_ids[0].tolist(), out.top_logprobs.shape
         ([0, 2], torch.Size([2, 2]))

@@ -7,7 +7,7 @@ the ids that end it, and the text machinery: lego-generate's
 [`TextStreamDecoder`][lego.generate.TextStreamDecoder] for whole UTF-8 characters and a
 hold-back of ``len(longest stop string) - 1`` characters, so a stop string is never sent,
 even in part (the same rule as [`lego.generate.stream()`][lego.generate.stream], with
-[`StopStrings.cut()`][lego.generate.StopStrings.cut] to cut it).
+``StopStrings.cut()`` (lego-generate) to cut it).
 
 Penalties count the *generated* tokens only, as OpenAI's API and vLLM define
 ``presence_penalty`` and ``frequency_penalty`` (lego-generate's ``generate()`` counts the
