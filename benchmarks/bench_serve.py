@@ -18,6 +18,11 @@ For each concurrency level the two servers alternate ABBA (ours, peer, peer, our
 side reports its best run: aggregate output tokens/s, median and p99 time to first token
 (TTFT). The CPU seconds each server process used during its own runs, and during the other
 side's (idle), are read from ``/proc``.
+
+The full run measures GPT-2 124M (2 runs per side and level) and the 0.43B Llama shape (one
+run per side and level); ``BENCH_SERVE_MODELS=gpt2`` (or ``llama``) limits it to one model.
+``--quick`` runs GPT-2 alone with 32 new tokens and one run per side. On a quiet 2-core machine
+the full run takes about 10 minutes; at a load average of 10 it took 38.
 """
 
 from __future__ import annotations
