@@ -21,8 +21,8 @@ side's (idle), are read from ``/proc``.
 
 The full run measures GPT-2 124M (2 runs per side and level) and the 0.43B Llama shape (one
 run per side and level); ``BENCH_SERVE_MODELS=gpt2`` (or ``llama``) limits it to one model.
-``--quick`` runs GPT-2 alone with 32 new tokens and one run per side. On a quiet 2-core machine
-the full run takes about 10 minutes; at a load average of 10 it took 38.
+``--quick`` runs GPT-2 alone with 32 new tokens and one run per side (2 min 50 s at load 7.7).
+The full run took 38 minutes at a load average of 8 to 12 (not yet timed on a quiet machine).
 """
 
 from __future__ import annotations
