@@ -7,7 +7,7 @@ exact-match accuracy before and after. The test asserts that GRPO clearly beats 
 warm-up (SFT-only) model on the same held-out problems, measured twice: from the run's
 ``metrics.jsonl`` and by scoring the two model directories the run wrote (greedy, with
 lego-align's ``evaluate_completions``). Fixed seeds: the margin asserted is well below the
-one measured on this machine (0.48 -> 0.64 after 60 steps).
+one measured on this machine (0.480 -> 0.585 at step 30 -> 0.630 at step 60).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "align" / "grpo-tiny.yaml"
 MAKE = ROOT / "examples" / "align" / "make_grpo_tiny.py"
 MARGIN = 0.07
-"""The least rise of held-out accuracy asserted (measured: about +0.15)."""
+"""The least rise of held-out accuracy asserted (measured: +0.15 after 60 GRPO steps)."""
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,44 @@ def test_grpo_example_beats_the_warm_up_model_on_held_out_problems(
     assert (run / "model" / "generation_config.json").is_file()
     warm_records = _records(run / "sft")
     assert [r["step"] for r in warm_records if r.get("split") == "train"][-1] == 370
+
+
+def test_grpo_on_jsonl_records_then_without_warm_up(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``data.train`` / ``data.eval`` files instead of a task; then ``sft: null``."""
+    monkeypatch.chdir(workdir)
+    config = read_recipe_config(GRPORecipeConfig, EXAMPLE, [])
+    rows = config.data.task_records("train", 64)
+    held = config.data.task_records("test", 8)
+    for name, records in (("prompts.jsonl", rows), ("held.jsonl", held)):
+        lines = [json.dumps({k: r[k] for k in ("prompt", "completion", "answer")}) for r in records]
+        (workdir / name).write_text("\n".join(lines) + "\n")
+    small = [
+        "data.task=''",
+        "progress=plain",
+        "plots=false",
+        "max_steps=2",
+        "eval_every=2",
+        "log_every=1",
+        "sft.max_steps=3",
+        "sft.schedule.warmup_steps=1",
+        "schedule.warmup_steps=1",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=4",
+    ]
+    files = ["data.train=prompts.jsonl", "data.eval=held.jsonl", "out_dir=runs/files"]
+    assert _main(["align", "grpo", "--config", str(EXAMPLE), *small, *files]) == 0
+    run = workdir / "runs" / "files"
+    assert (run / "sft" / "model" / "model.safetensors").is_file()
+    val = [r for r in _records(run) if r.get("split") == "val"]
+    assert [r["step"] for r in val] == [0, 2]
+    assert all(r["val_completions"] == 8.0 for r in val)
+    assert "held-out accuracy:" in capsys.readouterr().out
+
+    # the tuned model, already warmed up: GRPO at once, no sft/ folder
+    again = ["data.train=prompts.jsonl", "sft=null", "model=runs/files/model", "out_dir=runs/b"]
+    assert _main(["align", "grpo", "--config", str(EXAMPLE), *small, *again]) == 0
+    assert not (workdir / "runs" / "b" / "sft").exists()
+    assert (workdir / "runs" / "b" / "model" / "config.json").is_file()
+    assert held_out_accuracy(workdir / "runs" / "b") is None  # no held-out records given
