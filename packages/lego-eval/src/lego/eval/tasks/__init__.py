@@ -27,8 +27,9 @@ exactly what it writes).
 
 Example:
     >>> names = sorted(path.name for path in tasks_dir().glob("*.yaml"))
-    >>> names[:2]
-    ['lego_arithmetic_exact.yaml', 'lego_arithmetic_mc.yaml']
+    >>> first, second = names[:2]
+    >>> first, second
+    ('lego_arithmetic_exact.yaml', 'lego_arithmetic_mc.yaml')
     >>> OFFLINE_TASKS
     ('lego_arithmetic_mc', 'lego_arithmetic_exact', 'lego_sort_exact', 'lego_stdlib_ppl')
 """
