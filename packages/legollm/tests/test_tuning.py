@@ -21,6 +21,7 @@ from lego.protocols.layout import LEGO_TOKENIZER_FILE
 from lego.protocols.locks import LOCK_FILE
 from lego.recipes.align import (
     DPORecipeConfig,
+    GRPORecipeConfig,
     RewardRecipeConfig,
     preference_stop_ids,
     run_dpo,
@@ -30,6 +31,7 @@ from lego.recipes.cli import main
 from lego.recipes.configs import read_recipe_config
 from lego.recipes.finetune import FinetuneConfig, build_finetune, run_finetune
 from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
+from lego.recipes.ppo import PPORecipeConfig
 from lego.recipes.tuning import CURVES_FILE, add_special_tokens, grow_vocabulary
 from lego.tokenize import CharTokenizer, RegexBPETokenizer, load
 from lego.train.state import RunState
@@ -46,6 +48,10 @@ def _config_class(name: str) -> type[Any]:
         return FinetuneConfig
     if name.startswith("dpo"):
         return DPORecipeConfig
+    if name.startswith("grpo"):
+        return GRPORecipeConfig
+    if name.startswith("ppo"):
+        return PPORecipeConfig
     return RewardRecipeConfig
 
 
@@ -53,6 +59,10 @@ def _config_class(name: str) -> type[Any]:
 def test_every_example_config_reads(path: Path) -> None:
     config = read_recipe_config(_config_class(path.name), path, [])
     assert config.model
+    if isinstance(config, GRPORecipeConfig) and config.data.task:
+        # a generated task; GRPO's steps are cheap (100 in about a minute and a half)
+        assert config.max_steps <= 100
+        return
     assert config.data.train.endswith(".jsonl")
     assert config.max_steps <= 60  # the examples run in well under two minutes
 
