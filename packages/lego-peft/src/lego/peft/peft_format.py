@@ -320,7 +320,8 @@ def _mismatch(
     *,
     path: str | os.PathLike[str] | None,
 ) -> CompatibilityError:
-    def listed(names: list[str]) -> str:
+    def listed(names: list[str]) -> str:  # sorted: the same message whatever the file's order
+        names = sorted(names)
         return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
     parts = []
