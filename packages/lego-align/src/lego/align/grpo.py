@@ -58,7 +58,7 @@ from lego.align.rollouts import (
     score_prompts,
     stop_and_pad_ids,
 )
-from lego.align.run import DataReport, TrainerRun
+from lego.align.run import TrainerRun
 from lego.data.records import RecordSource
 from lego.peft import LoraModel
 from lego.protocols import (
@@ -73,7 +73,7 @@ from lego.protocols import (
     check_int,
 )
 from lego.protocols.chat import ChatTemplate, get_chat_template
-from lego.train import ObjectiveOutput, TrainConfig, Trainer
+from lego.train import ObjectiveOutput, TrainConfig
 from lego.train.distributed import (
     all_reduce_sum,
     init_distributed,
@@ -640,30 +640,28 @@ class GRPOTrainer(TrainerRun):
             chunk_size=config.chunk_size,
             entropy=config.log_entropy,
         )
-        self.trainer = Trainer(
+        held_out = f", {len(self.eval_prompts)} held out" if self.eval_prompts else ""
+        self._start(
             model=self.model,
-            train_data=self.source,
-            eval_data=None,
-            config=train,
-            callbacks=[*callbacks],
+            objective=self.objective,
+            train_loader=self.source,
+            eval_loader=None,
+            train=train,
             tokenizer=tokenizer,
+            callbacks=callbacks,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
             lock=lock,
-            objective=self.objective,
+            counts=counts,
+            message=f"GRPO data: {train_counts['prompts']} prompts ({train_counts['truncated']} "
+            f"cut from the left){held_out}; G={config.num_generations}, "
+            f"{config.prompts_per_step} prompts per step; loss {config.loss_type}, "
+            f"beta {config.beta}, reference: {mode}",
         )
         self.evaluation: GRPOEvaluation | None = None
-        if self.eval_prompts:
+        if self.eval_prompts:  # after the data report, before the user's callbacks
             self.evaluation = GRPOEvaluation(self, self.eval_prompts, train.eval_every)
-            self.trainer.callbacks.insert(0, self.evaluation)
-        self.trainer.callbacks.insert(0, DataReport(self.trainer, counts))
-        held_out = f", {len(self.eval_prompts)} held out" if self.eval_prompts else ""
-        self.trainer.message(
-            f"GRPO data: {train_counts['prompts']} prompts ({train_counts['truncated']} cut "
-            f"from the left){held_out}; G={config.num_generations}, "
-            f"{config.prompts_per_step} prompts per step; loss {config.loss_type}, "
-            f"beta {config.beta}, reference: {mode}"
-        )
+            self.trainer.callbacks.insert(1, self.evaluation)
 
     def evaluate(self) -> dict[str, float]:
         """Score the held-out prompts now (``val_*`` metrics; empty without held-out data)."""

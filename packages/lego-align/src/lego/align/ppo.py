@@ -61,7 +61,7 @@ from lego.align.rollouts import (
     encode_prompts,
     stop_and_pad_ids,
 )
-from lego.align.run import DataReport, TrainerRun
+from lego.align.run import TrainerRun
 from lego.data.records import RecordSource
 from lego.peft import LoraModel
 from lego.protocols import (
@@ -77,7 +77,7 @@ from lego.protocols import (
     check_int,
 )
 from lego.protocols.chat import ChatTemplate, get_chat_template
-from lego.train import ObjectiveOutput, TrainConfig, Trainer
+from lego.train import ObjectiveOutput, TrainConfig
 from lego.train.checkpoint import load_model_dir, save_model_dir
 from lego.train.distributed import init_distributed, pick_device, resolve_strategy
 
@@ -864,27 +864,24 @@ class PPOTrainer(TrainerRun):
             chunk_size=config.chunk_size,
             entropy=config.log_entropy,
         )
-        self.trainer = Trainer(
+        reward_kind = "reward functions" if isinstance(self.reward, RewardFunctions) else "model"
+        steps = config.num_ppo_epochs * config.num_mini_batches
+        self._start(
             model=self.model,
-            train_data=self.source,
-            eval_data=None,
-            config=train,
-            callbacks=[*callbacks],
+            objective=self.objective,
+            train_loader=self.source,
+            eval_loader=None,
+            train=train,
             tokenizer=tokenizer,
+            callbacks=callbacks,
             tokenizer_hash=tokenizer_hash,
             console_stream=console_stream,
             lock=lock,
-            objective=self.objective,
-        )
-        data = {f"train_{k}": v for k, v in counts.items()}
-        self.trainer.callbacks.insert(0, DataReport(self.trainer, data))
-        reward_kind = "reward functions" if isinstance(self.reward, RewardFunctions) else "model"
-        steps = config.num_ppo_epochs * config.num_mini_batches
-        self.trainer.message(
-            f"PPO data: {counts['prompts']} prompts ({counts['truncated']} cut from the left); "
-            f"{config.prompts_per_step} prompts per rollout, {steps} optimizer steps each; "
-            f"reward: {reward_kind}; kl_coef {config.kl_coef} ({config.kl_estimator}), "
-            f"reference: {mode}"
+            counts={f"train_{k}": v for k, v in counts.items()},
+            message=f"PPO data: {counts['prompts']} prompts ({counts['truncated']} cut from the "
+            f"left); {config.prompts_per_step} prompts per rollout, {steps} optimizer steps "
+            f"each; reward: {reward_kind}; kl_coef {config.kl_coef} ({config.kl_estimator}), "
+            f"reference: {mode}",
         )
 
     @property

@@ -22,7 +22,7 @@ from torch import nn
 from lego.data.example_loader import ExampleLoader
 from lego.data.preference import PreferenceDataset
 from lego.data.records import RecordSource, SplitName
-from lego.protocols import FolderLock, Tokenizer, TrainerCallback, TrainerState
+from lego.protocols import BatchSource, FolderLock, Tokenizer, TrainerCallback, TrainerState
 from lego.train import Objective, TrainConfig, Trainer
 from lego.train.distributed import DistInfo
 from lego.train.state import RunState
@@ -97,8 +97,8 @@ class TrainerRun:
         *,
         model: nn.Module,
         objective: Objective,
-        train_loader: ExampleLoader[Any, Any],
-        eval_loader: ExampleLoader[Any, Any] | None,
+        train_loader: BatchSource[Any],
+        eval_loader: BatchSource[Any] | None,
         train: TrainConfig,
         tokenizer: Tokenizer,
         callbacks: Sequence[TrainerCallback],
@@ -108,7 +108,11 @@ class TrainerRun:
         counts: Mapping[str, int],
         message: str,
     ) -> None:
-        """Build lego-train's ``Trainer``; log ``counts`` at the start; print ``message``."""
+        """Build lego-train's ``Trainer``; log ``counts`` at the start; print ``message``.
+
+        ``train_loader`` is any lego-train batch source: an ``ExampleLoader`` of records, or
+        the GRPO / PPO rollout sources that generate their batches.
+        """
         self.trainer = Trainer(
             model=model,
             train_data=train_loader,
