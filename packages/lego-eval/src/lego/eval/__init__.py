@@ -19,6 +19,11 @@ With ``model`` any ``lego.protocols.CausalLM`` and ``tokenizer`` its tokenizer::
   [`evaluate_core()`][lego.eval.core.evaluate_core] /
   [`evaluate_task()`][lego.eval.core.evaluate_task],
   [`CoreResult`][lego.eval.core.CoreResult], [`TaskScore`][lego.eval.core.TaskScore].
+- LLM-as-judge: [`judge_answers()`][lego.eval.judge.judge_answers] (single 1-10 ratings or
+  pairwise with positions swapped) through a
+  [`JudgeClient`][lego.eval.judge_client.JudgeClient] (any OpenAI-compatible endpoint), its
+  [`JudgeResult`][lego.eval.judge.JudgeResult], templates from
+  [`load_template()`][lego.eval.judge.load_template].
 - lm-evaluation-harness: ``lego.eval.harness`` (with the ``harness`` extra; never imported
   here).
 """
@@ -33,6 +38,16 @@ from lego.eval.core import (
     load_examples,
     render_prompts,
 )
+from lego.eval.judge import (
+    JudgeResult,
+    JudgeTemplate,
+    Question,
+    judge_answers,
+    load_answers,
+    load_questions,
+    load_template,
+)
+from lego.eval.judge_client import JudgeClient, JudgeError
 from lego.eval.perplexity import (
     PerplexityResult,
     Window,
@@ -59,4 +74,14 @@ __all__ = [
     "TaskScore",
     "load_examples",
     "render_prompts",
+    # LLM-as-judge
+    "judge_answers",
+    "JudgeClient",
+    "JudgeError",
+    "JudgeResult",
+    "JudgeTemplate",
+    "Question",
+    "load_questions",
+    "load_answers",
+    "load_template",
 ]
