@@ -8,11 +8,18 @@ file (``examples/pipelines/tiny.yaml``) holds every
 1. the tokenizer is trained and the corpus prepared (cached, see
    [`prepare_data()`][lego.recipes.pretrain.prepare_data]);
 2. the model is pretrained into ``runs_dir/<timestamp>/`` with checkpoints;
-3. samples are generated with greedy, top-k and top-p decoding (lego-generate);
-4. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
+3. the final model is evaluated (lego-eval, the ``eval:`` section,
+   [`EvalSpec`][lego.recipes.pipeline_eval.EvalSpec]): held-out perplexity and bits per
+   byte of the validation split, checked against the trainer's logged validation loss, and
+   the offline task scores, CORE-style, into ``eval.json``
+   ([`lego.recipes.pipeline_eval`][lego.recipes.pipeline_eval]); ``eval: {enabled: false}``
+   skips it;
+4. samples are generated with greedy, top-k and top-p decoding (lego-generate);
+5. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
    ``attention.png`` (every head of every layer on one sample, from the explicit math
-   attention) are drawn, and ``report.md`` collects the configuration, the figures and the
-   samples; the final model directory (with its tokenizer) is copied to ``model/``.
+   attention) are drawn, and ``report.md`` collects the configuration, the figures, the
+   evaluation's tables and the samples; the final model directory (with its tokenizer) is
+   copied to ``model/``.
 
 Everything the later stages need is checked before training starts (the report's prompts
 and ``max_new_tokens`` against the model's context, matplotlib for the pictures), and each
@@ -23,7 +30,9 @@ result, not from a file).
 When the command is interrupted (Ctrl-C: the trainer saves a checkpoint and stops), running
 the same command again finds the newest unfinished run with the same configuration and
 continues it from its last checkpoint; a finished run is never touched again, so the next
-command starts a new one. ``out_dir=...`` pins the run directory instead.
+command starts a new one. ``out_dir=...`` pins the run directory instead. Ctrl-C during the
+evaluation exits 130 too, keeping the parts already in ``eval.json``; the same command
+computes only the rest (a finished evaluation is not redone).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +54,9 @@ import lego.arch
 from lego.protocols import (
     Config,
     ConfigError,
+    Interrupted,
     LegoError,
+    Terminated,
     Tokenizer,
     TrainingError,
     atomic_write_text,
@@ -56,6 +68,7 @@ from lego.protocols import (
     write_errors,
 )
 from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
+from lego.recipes.pipeline_eval import EVAL_FILE, EvalSpec, run_evaluation
 from lego.recipes.preflight import check_fits_context, early_model_config
 from lego.recipes.pretrain import PretrainConfig, build_pretraining
 from lego.recipes.report import check_report_dependencies, write_report
@@ -118,15 +131,18 @@ class ReportSpec(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig(PretrainConfig):
-    """A pipeline config: a pretrain config, where runs go, and the report.
+    """A pipeline config: a pretrain config, where runs go, the evaluation and the report.
 
     Attributes:
         runs_dir: The folder of timestamped run directories (used unless ``out_dir`` is set).
         report: The [`ReportSpec`][lego.recipes.pipeline.ReportSpec].
+        eval: The [`EvalSpec`][lego.recipes.pipeline_eval.EvalSpec] (``enabled: false``
+            skips the evaluation stage).
     """
 
     runs_dir: str = "runs"
     report: ReportSpec = field(default_factory=ReportSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
     out_dir: str = ""
 
     def validate(self) -> None:
@@ -145,13 +161,23 @@ class PipelineConfig(PretrainConfig):
                 tokenizer exists: the least a prompt takes).
 
         Raises:
-            ConfigError: A prompt plus ``report.max_new_tokens`` exceeds the context, or
-                matplotlib (for the pictures) is missing.
+            ConfigError: A prompt plus ``report.max_new_tokens`` exceeds the context,
+                the evaluation's window does not fit it or has no validation split to
+                score, or matplotlib (for the pictures) is missing.
         """
         for length in prompt_tokens:
             check_fits_context(
                 length, self.report.max_new_tokens, context, key="report.max_new_tokens"
             )
+        if self.eval.enabled:
+            self.eval.window(context)
+            if self.data.corpus and self.data.val_fraction == 0:
+                raise ConfigError(
+                    "the evaluation's held-out perplexity needs a validation split, but "
+                    "data.val_fraction is 0",
+                    key="data.val_fraction",
+                    hint="set data.val_fraction (e.g. 0.05), or eval.enabled: false",
+                )
         check_report_dependencies()
 
     def pretrain_config(self, out_dir: Path) -> PretrainConfig:
@@ -164,7 +190,7 @@ class PipelineConfig(PretrainConfig):
             The recipe config.
         """
         data = self.to_dict()
-        for key in ("runs_dir", "report"):
+        for key in ("runs_dir", "report", "eval"):
             data.pop(key)
         data["out_dir"] = str(out_dir)
         if not data.get("overwrite"):  # overwrite=true: start the run over, on purpose
@@ -174,7 +200,7 @@ class PipelineConfig(PretrainConfig):
     def fingerprint(self) -> str:
         """A hash of everything that shapes the run (not where it goes or how long it is)."""
         data = self.to_dict()
-        for key in ("runs_dir", "out_dir", "resume", "max_steps", "progress", "report"):
+        for key in ("runs_dir", "out_dir", "resume", "max_steps", "progress", "report", "eval"):
             data.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -282,10 +308,12 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         which): the same command continues.
 
     Raises:
-        ConfigError: Bad settings (the report's included, checked before the tokenizer is
-            trained or the data prepared), matplotlib missing, an unwritable run directory,
-            a run directory another process is writing.
+        ConfigError: Bad settings (the report's and the evaluation's included, checked
+            before the tokenizer is trained or the data prepared), matplotlib missing, an
+            unwritable run directory, a run directory another process is writing.
         TrainingError: Training failed, or the disk filled up (the run can be continued).
+        Interrupted: SIGINT or SIGTERM during the evaluation (exit 130 / 143): the parts
+            in ``eval.json`` are kept and the same command computes the rest.
     """
     early = early_model_config(config.pretrain_config(Path(config.runs_dir) / "check"))
     config.check_later_stages(context=int(early.context_length), prompt_tokens=[1])
@@ -334,6 +362,13 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
                 **done,
             )
         model_dir = _final_model_dir(run_dir)
+        evaluation = None
+        if config.eval.enabled:
+            evaluation = _evaluate(
+                config, run_dir, model_dir, pretraining.data.path, state.step, echo
+            )
+        else:
+            (run_dir / EVAL_FILE).unlink(missing_ok=True)  # from an earlier, enabled try
         report = write_report(
             run_dir=run_dir,
             model_dir=model_dir,
@@ -341,6 +376,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
             state=state,
             baseline=baseline,
             train_seconds=seconds,
+            evaluation=evaluation,
             echo=echo,
         )
         _write_record(run_dir, config, _DONE)
@@ -353,6 +389,35 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         baseline=baseline,
         **done,
     )
+
+
+def _evaluate(
+    config: PipelineConfig,
+    run_dir: Path,
+    model_dir: Path,
+    data_path: Path,
+    step: int,
+    echo: Any,
+) -> dict[str, Any]:
+    """Run the evaluation stage; a signal during it becomes ``Interrupted`` (130 / 143)."""
+    try:
+        return run_evaluation(
+            run_dir=run_dir,
+            model_dir=model_dir,
+            data_path=data_path,
+            spec=config.eval,
+            train_context=config.data.context_length,
+            step=step,
+            echo=echo,
+        )
+    except KeyboardInterrupt as stop:
+        signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+        raise Interrupted(
+            f"stopped during the evaluation: the model is in {model_dir}, the parts measured "
+            f"so far in {run_dir / EVAL_FILE}",
+            signum=signum,
+            hint="run the same command again: it computes only the rest and writes the report",
+        ) from None
 
 
 def _final_model_dir(run_dir: Path) -> Path:

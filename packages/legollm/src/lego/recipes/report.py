@@ -5,8 +5,10 @@ lego-arch and its tokenizer with lego-tokenize, generates samples with lego-gene
 top-k and top-p, seeded), draws the loss curves (lego-train's
 [`plot_run()`][lego.train.plot.plot_run], with the baseline it is given) and the attention
 heatmaps of one sample (every head of every layer, from ``DecoderLM.attention_weights``: the
-explicit math attention), and writes ``report.md`` beside them. matplotlib comes from the
-``plot`` extra (``pip install "legollm[plot]"``).
+explicit math attention), and writes ``report.md`` beside them, with the evaluation's tables
+(held-out perplexity, the trainer check, the offline task scores:
+[`report_lines()`][lego.recipes.pipeline_eval.report_lines]) when the pipeline evaluated.
+matplotlib comes from the ``plot`` extra (``pip install "legollm[plot]"``).
 
 The fine-tuning and alignment recipes draw their curves with the same machinery:
 [`plot_curves()`][lego.recipes.report.plot_curves] puts one panel per metric (training and
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ from lego.generate import generate
 from lego.protocols import ConfigError, atomic_write_text, temporary_name, write_errors
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
 from lego.recipes.loading import load_model
+from lego.recipes.pipeline_eval import report_lines
 from lego.tokenize import load as load_tokenizer_file
 from lego.train.monitor import read_metrics
 from lego.train.plot import matplotlib_modules, plot_run
@@ -163,6 +166,7 @@ def write_report(
     state: RunState,
     baseline: float,
     train_seconds: float,
+    evaluation: Mapping[str, Any] | None = None,
     echo: Callable[[str], Any] = print,
 ) -> Path:
     """Generate samples, draw the pictures and write ``report.md`` into the run directory.
@@ -174,6 +178,7 @@ def write_report(
         state: The trainer's final state.
         baseline: Unigram entropy of the validation tokens (nats/token; NaN if none).
         train_seconds: Wall time of this invocation's training.
+        evaluation: The evaluation stage's ``eval.json`` content (None: no section).
         echo: Where progress lines go.
 
     Returns:
@@ -230,9 +235,10 @@ def write_report(
         "`attention.png`: every head of every layer on the first "
         f"{len(greedy)} tokens of the first greedy sample (rows are queries, columns keys).",
         "",
-        "## Samples",
-        "",
     ]
+    if evaluation is not None:
+        lines += report_lines(evaluation)
+    lines += ["## Samples", ""]
     for sample in samples:
         lines += [f"### {sample.strategy}, prompt {sample.prompt!r}", "", "```text"]
         lines += [sample.prompt + sample.text, "```", ""]
@@ -243,7 +249,8 @@ def write_report(
         "`model.safetensors`, `lego-tokenizer.json`, `tokenizer.json` when expressible); "
         f"`legollm generate --model {run_dir} --prompt 'def '` continues a prompt",
         "- `checkpoints/`: the last checkpoints (`latest` names the newest)",
-        "- `metrics.jsonl`: every logged record; `pipeline.json`: the configuration",
+        "- `metrics.jsonl`: every logged record; `pipeline.json`: the configuration"
+        + ("; `eval.json`: the evaluation (`eval/`: its task rows)" if evaluation else ""),
         "",
         "## Configuration",
         "",
