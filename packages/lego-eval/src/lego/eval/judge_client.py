@@ -193,10 +193,13 @@ class JudgeClient:
 
 
 def _read_quietly(err: urllib.error.HTTPError) -> bytes:
+    """The error response's body (empty when unreadable); the connection is closed."""
     try:
         return err.read()
     except (OSError, http.client.HTTPException):
         return b""
+    finally:
+        err.close()
 
 
 def _excerpt(raw: bytes, size: int = 200) -> str:
