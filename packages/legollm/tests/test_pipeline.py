@@ -11,7 +11,8 @@ import pytest
 
 from lego.eval import load_examples
 from lego.eval.tasks import tasks_dir
-from lego.protocols import ConfigError
+from lego.protocols import ConfigError, Interrupted, Terminated
+from lego.recipes import pipeline
 from lego.recipes.pipeline import PIPELINE_FILE, PipelineConfig, ReportSpec, find_run_dir
 from lego.recipes.pipeline_eval import EvalSpec, core_tasks, report_lines
 
@@ -168,3 +169,18 @@ def test_the_report_section_shows_every_part() -> None:
     text = "\n".join(report_lines(skipped))
     assert "| measure |" not in text  # no table of nothing
     assert "CORE" not in text
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt(), 130), (Terminated(), 143)])
+def test_a_signal_during_the_evaluation_says_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: KeyboardInterrupt, code: int
+) -> None:
+    def stopped(**kwargs: Any) -> dict[str, Any]:
+        raise stop
+
+    monkeypatch.setattr(pipeline, "run_evaluation", stopped)
+    with pytest.raises(Interrupted) as caught:
+        pipeline._evaluate(_config(tmp_path), tmp_path, tmp_path / "model", tmp_path, 10, print)
+    assert caught.value.exit_code == code
+    assert "stopped during the evaluation" in caught.value.message
+    assert "computes only the rest" in str(caught.value.hint)
