@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torchrun_cli import torchrun_legollm
 
 from lego.align.rollouts import evaluate_completions
 from lego.recipes.align import GRPORecipeConfig, held_out_accuracy
@@ -147,3 +149,47 @@ def test_grpo_on_jsonl_records_then_without_warm_up(
     assert not (workdir / "runs" / "b" / "sft").exists()
     assert (workdir / "runs" / "b" / "model" / "config.json").is_file()
     assert held_out_accuracy(workdir / "runs" / "b") is None  # no held-out records given
+
+
+def test_grpo_recipe_under_torchrun_writes_one_run_and_resumes(workdir: Path) -> None:
+    """2 ranks: each generates half of every step's prompts; rank 0 writes the one run folder."""
+    small = [
+        "progress=plain",
+        "plots=false",
+        "eval_every=2",
+        "log_every=1",
+        "checkpoint_every=1",
+        "strategy=ddp",
+        "data.train_count=64",
+        "data.eval_count=8",
+        "sft.max_steps=3",
+        "sft.batch_size=8",
+        "sft.schedule.warmup_steps=1",
+        "schedule.warmup_steps=1",
+        "grpo.prompts_per_step=4",
+        "grpo.num_generations=4",
+        "out_dir=runs/ddp",
+    ]
+    torchrun_legollm(workdir, "align", "grpo", "--config", str(EXAMPLE), *small, "max_steps=2")
+    run = workdir / "runs" / "ddp"
+    state = json.loads((run / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    data = torch.load(run / "checkpoints" / "step-00000002" / "data.pt", weights_only=True)
+    assert data["world_size"] == 2
+    assert (run / "model" / "model.safetensors").is_file()
+    assert (run / "sft" / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (workdir / "runs").iterdir() if p.name.startswith("ddp")) == [
+        "ddp"
+    ]
+    train = [r for r in _records(run) if r.get("split") == "train"]
+    assert [r["step"] for r in train] == [1, 2]  # one line per step: rank 0 writes
+
+    # resumed to 4 steps: the warm-up is not trained again, GRPO continues from step 2
+    resumed = torchrun_legollm(
+        workdir, "align", "grpo", "--config", str(EXAMPLE), *small, "max_steps=4", "resume=auto"
+    )
+    assert "warm-up: done earlier" in resumed.stderr
+    records = _records(run)
+    assert [r["step"] for r in records if r.get("split") == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r.get("split") == "val"] == [0, 2, 4]
+    assert all(r["val_completions"] == 8.0 for r in records if r.get("split") == "val")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from torchrun_cli import torchrun_legollm
 
 from lego.align import VALUE_HEAD_FILE, read_value_head
 from lego.recipes.align import RewardRecipeConfig, run_reward
@@ -94,3 +95,35 @@ def test_ppo_example_raises_the_reward_models_score(
     saved = json.loads((model / "config.json").read_text())
     assert saved["architectures"] == ["LlamaForCausalLM"]  # the policy, not the reward model
     assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_ppo_recipe_under_torchrun_writes_one_run_and_resumes(workdir: Path) -> None:
+    """2 ranks: each rolls out half of every rollout's prompts; rank 0 writes the one run."""
+    small = [
+        "progress=plain",
+        "plots=false",
+        "log_every=1",
+        "checkpoint_every=1",
+        "strategy=ddp",
+        "out_dir=runs/ppo-ddp",
+    ]
+    config = str(EXAMPLES / "ppo-tiny.yaml")
+    torchrun_legollm(workdir, "align", "ppo", "--config", config, *small, "max_steps=3")
+    run = workdir / "runs" / "ppo-ddp"
+    last = run / "checkpoints" / "step-00000003"
+    assert json.loads((last / "trainer_state.json").read_text())["world_size"] == 2
+    data = torch.load(last / "data.pt", weights_only=True)
+    assert sorted(data["rows"]) == ["rank0", "rank1"]  # inside the first rollout: both ranks'
+    assert data["rows"]["rank0"]["input_ids"].shape[0] == 8  # half of the 16 prompts
+    assert (run / "model" / VALUE_HEAD_FILE).is_file()
+    assert sorted(p.name for p in (workdir / "runs").iterdir() if "ddp" in p.name) == ["ppo-ddp"]
+    assert [r["step"] for r in _records(run) if r["split"] == "train"] == [1, 2, 3]
+
+    # resumed inside the rollout, to 6 steps (the rest of rollout 1, then rollout 2)
+    torchrun_legollm(
+        workdir, "align", "ppo", "--config", config, *small, "max_steps=6", "resume=auto"
+    )
+    train = [r for r in _records(run) if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(r["objective/scores"] == train[0]["objective/scores"] for r in train[:4])
+    assert train[4]["objective/scores"] != train[0]["objective/scores"]  # a new rollout

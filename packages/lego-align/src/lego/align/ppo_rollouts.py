@@ -2,8 +2,10 @@ r"""PPO's online data: one completion per prompt, scored, turned into per-token 
 
 [`PPOBatchSource`][lego.align.ppo_rollouts.PPOBatchSource] is lego-train's batch source of
 the PPO trainer. For each *rollout* it takes this rank's ``prompts_per_step / world_size``
-prompts (lego-data's seeded, rank-sharded ``ExampleLoader``), samples one completion of each
-with lego-generate's ``rollout()`` (the policy in eval mode), and, with no gradient:
+prompts (its contiguous share of the rollout's global prompt list,
+[`PromptShares`][lego.align.rollouts.PromptShares]), samples one completion of each with
+lego-generate's ``rollout()`` (the policy in eval mode, every row from its own seed:
+[`sample_completions()`][lego.align.rollouts.sample_completions]), and, with no gradient:
 
 1. runs the policy with its value head once over ``prompt + completion``: the completion
    tokens' log-probabilities under ``logits / temperature`` (``old_logps``) and the values
@@ -16,20 +18,31 @@ with lego-generate's ``rollout()`` (the policy in eval mode), and, with no gradi
    ``r_t = -\beta\,\mathrm{KL}_t + [t = t_{end}]\,s`` (optionally
    [`whiten()`][lego.align.advantages.whiten]\ ed without moving the mean);
 5. [`gae()`][lego.align.advantages.gae] (``gamma``, ``lam``): advantages and returns;
-   the advantages whitened over the rollout's completion tokens (this rank's, as TRL).
+   the advantages whitened over the rollout's completion tokens of all ranks
+   ([`whiten_global()`][lego.align.ppo_rollouts.whiten_global]; TRL whitens each rank's).
 
 The rollout's rows are then handed out ``num_ppo_epochs`` times, each epoch in a new seeded
 order, as ``num_mini_batches`` minibatches of ``grad_accum`` micro-batches: lego-train's
 Trainer takes ``grad_accum`` micro-batches per optimizer step, so a rollout serves
-``num_ppo_epochs * num_mini_batches`` steps. ``state_dict()`` makes resume exact: the
-prompt position, the rollout count (each rollout's sampler and each epoch's order are
-seeded from the run's seed, the rank and the count), and, when a checkpoint falls inside a
-rollout, the rollout's rows themselves (every rank's, gathered on rank 0).
+``num_ppo_epochs * num_mini_batches`` steps. The order is stratified: the rows fall in
+``grad_accum`` blocks of ``num_mini_batches`` micro-batches' worth of consecutive rows;
+each epoch every block shuffles its rows (seeded per block, epoch and rollout) and deals
+them out as one micro-batch of each minibatch, the blocks in order.
+``state_dict()`` makes resume exact: the prompt position, the rollout count (each row's
+sampler and each block's order are seeded from the run's seed, the count and the row's or
+block's global place), and, when a checkpoint falls inside a rollout, the rollout's rows
+themselves (every rank's, gathered on rank 0).
+
+Under ``torchrun`` rank ``r`` rolls out prompts ``[r * local, (r + 1) * local)`` of the
+rollout's global list with the seeds one process uses for them, whitening and metrics are
+over all ranks, and a rank's minibatch ``m`` is its blocks' share of one process's: ``W``
+ranks with ``grad_accum = A`` compute what one process with ``grad_accum = W * A`` computes
+(the same completions, advantages, micro-batches and weights, up to float rounding).
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,26 +56,28 @@ from lego.align.rewards import RewardFunctions
 from lego.align.rollouts import (
     STAT_PREFIX,
     GRPOPrompt,
+    PromptShares,
+    check_layout,
     completion_logprobs,
     finite_or_zero,
+    gather_on_rank0,
     gather_rows,
-    generation_seed,
+    hashed_seed,
     length_stats,
-    param_device,
     reward_inputs,
+    sample_completions,
 )
-from lego.data.example_loader import ExampleLoader
-from lego.generate import rollout
 from lego.generate.rollout import Rollout
 from lego.peft import LoraModel
 from lego.protocols import ConfigError, DataError, Tokenizer, TrainingError, check_int
+from lego.train.distributed import all_reduce_sum
 
 if TYPE_CHECKING:
     from lego.align.ppo import PolicyWithValueHead, PPOConfig
 
-__all__ = ["PPOBatchSource", "TokenScorer", "order_seed"]
+__all__ = ["PPOBatchSource", "TokenScorer", "order_seed", "whiten_global"]
 
-_SOURCE_VERSION = 1
+_SOURCE_VERSION = 2  # 2: prompts sliced from one global order, per-row seeds, stratified order
 
 TokenScorer = Callable[[Tensor, Tensor, Tensor], Tensor]
 """A reward model as a function ``(input_ids, attention_mask, position_ids) -> (B,) scores``."""
@@ -82,12 +97,13 @@ ROW_KEYS = (
 """The per-row tensors of a rollout (what a micro-batch selects rows of)."""
 
 
-def order_seed(seed: int, rank: int, rollout_index: int, epoch: int) -> int:
-    """The seed of one PPO epoch's row order on one rank.
+def order_seed(seed: int, block: int, rollout_index: int, epoch: int) -> int:
+    """The seed of one block's row order in one PPO epoch (the same whatever the ranks).
 
     Args:
         seed: The run's seed.
-        rank: The rank.
+        block: The block's global number (rows ``[block * S, (block + 1) * S)`` of the
+            rollout's global rows, ``S = num_mini_batches * rows per micro-batch``).
         rollout_index: The rollout's number (0-based).
         epoch: The PPO epoch within the rollout (0-based).
 
@@ -98,9 +114,56 @@ def order_seed(seed: int, rank: int, rollout_index: int, epoch: int) -> int:
         >>> order_seed(0, 0, 0, 0) != order_seed(0, 0, 0, 1)
         True
     """
-    text = f"lego-align-ppo-order/{seed}/{rank}/{rollout_index}/{epoch}"
-    digest = hashlib.sha256(text.encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return hashed_seed("lego-align-ppo-order", seed, block, rollout_index, epoch)
+
+
+def whiten_global(
+    x: Tensor, mask: Tensor, device: torch.device, *, shift_mean: bool = True, eps: float = 1e-8
+) -> Tensor:
+    r"""[`whiten()`][lego.align.advantages.whiten] over the masked positions of all ranks.
+
+    The mean and the unbiased variance come from sums reduced over the ranks (two
+    all-reduces), so every rank standardises with the statistics of the whole batch, as one
+    process holding every rank's rows does; in one process this is ``whiten()``.
+
+    Args:
+        x: ``(B, T)`` this rank's values.
+        mask: ``(B, T)`` the positions that count.
+        device: Where the collectives run.
+        shift_mean: Subtract the mean (True) or keep it.
+        eps: Added to the variance.
+
+    Returns:
+        ``(B, T)`` whitened ``x``, 0 outside ``mask``.
+
+    Raises:
+        ConfigError: Fewer than two positions masked in over all ranks.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 3.0, 9.0]])
+        >>> whiten_global(x, torch.tensor([[1, 1, 0]]), torch.device("cpu"))
+        tensor([[-0.7071,  0.7071,  0.0000]])
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return whiten(x, mask, shift_mean=shift_mean, eps=eps)
+    keep = mask.bool()
+    m = keep.to(torch.float64)
+    values = x.double()
+    total, count = all_reduce_sum([float((values * m).sum()), float(m.sum())], device)
+    if count < 2:
+        raise ConfigError(
+            f"whiten needs at least 2 positions in mask over all ranks, got {int(count)}",
+            key="mask",
+            tensor="mask",
+            hint="whiten over a batch with more than one real token",
+        )
+    mean = total / count
+    (square,) = all_reduce_sum([float((((values - mean) ** 2) * m).sum())], device)
+    variance = square / count * (count / (count - 1))
+    out = (values - mean) / math.sqrt(variance + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(keep, out, torch.zeros_like(out)).to(x.dtype)
 
 
 class PPOBatchSource:
@@ -129,7 +192,9 @@ class PPOBatchSource:
         device: Where the collectives run.
 
     Attributes:
-        loader: lego-data's ``ExampleLoader`` of this rank's prompts.
+        shares: The [`PromptShares`][lego.align.rollouts.PromptShares] (every rank walks
+            the same seeded prompt order and takes its slice); ``loader`` its
+            ``ExampleLoader``.
         rollouts: Rollouts made so far.
         position: Micro-batches of the current rollout handed out.
         rows: The current rollout's per-row tensors (on the CPU), or empty.
@@ -160,29 +225,25 @@ class PPOBatchSource:
         device: torch.device | None = None,
     ) -> None:
         check_int("grad_accum", grad_accum, minimum=1)
-        if config.prompts_per_step % world_size:
-            raise ConfigError(
-                f"prompts_per_step={config.prompts_per_step} does not split over "
-                f"{world_size} ranks",
-                key="prompts_per_step",
-                hint=f"use a multiple of {world_size}",
-            )
-        local = config.prompts_per_step // world_size
+        self.shares = PromptShares(
+            prompts,
+            per_step=config.prompts_per_step,
+            rank=rank,
+            world_size=world_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            unit="rollout",
+        )
+        local = self.shares.local
         parts = config.num_mini_batches * grad_accum
         if local % parts:
+            self.shares.close()
             raise ConfigError(
                 f"each rank rolls out {local} prompts per step, which do not split into "
                 f"num_mini_batches={config.num_mini_batches} x grad_accum={grad_accum} equal "
                 "micro-batches",
                 key="prompts_per_step",
                 hint="make prompts_per_step / ranks a multiple of num_mini_batches * grad_accum",
-            )
-        if len(prompts) < config.prompts_per_step:
-            raise DataError(
-                f"{len(prompts)} training prompts cannot fill one rollout of "
-                f"prompts_per_step={config.prompts_per_step}",
-                key="prompts_per_step",
-                hint="lower prompts_per_step or give more prompts",
             )
         self.prompts = list(prompts)
         self.model = model
@@ -198,23 +259,12 @@ class PPOBatchSource:
         self.reference = reference
         self.adapter = adapter
         self.device = device if device is not None else torch.device("cpu")
-        self.loader: ExampleLoader[GRPOPrompt, list[GRPOPrompt]] = ExampleLoader(
-            self.prompts,
-            batch_size=local,
-            collate_fn=list,
-            shuffle=config.shuffle,
-            seed=config.seed,
-            rank=rank,
-            world_size=world_size,
-            repeat=True,
-            drop_last=True,
-        )
+        self.loader = self.shares.loader
         self.rollouts = 0
         self.position = 0
         self.rows: dict[str, Tensor] = {}
         self.stats: dict[str, float] = {}
         self._all_rows: dict[str, dict[str, Tensor]] | None = None
-        self._prompt_iter: Iterator[list[GRPOPrompt]] | None = None
         self._orders: dict[int, Tensor] = {}
         self.last_prompts: list[GRPOPrompt] = []
         self.last_rollout: Rollout | None = None
@@ -240,23 +290,39 @@ class PPOBatchSource:
 
     def close(self) -> None:
         """Stop the prompt loader's thread."""
-        self.loader.close()
+        self.shares.close()
 
     # -- the order of the rows ------------------------------------------------------------
 
     def order(self, epoch: int) -> Tensor:
-        """The current rollout's row order in PPO epoch ``epoch`` (a seeded permutation).
+        """The current rollout's row order in PPO epoch ``epoch`` (stratified, seeded).
+
+        This rank's rows form ``grad_accum`` blocks of ``S = num_mini_batches * micro_size``
+        consecutive rows; block ``a`` (global number ``first / S + a``) permutes its rows
+        with [`order_seed()`][lego.align.ppo_rollouts.order_seed] and deals them out in
+        ``num_mini_batches`` parts: part ``m`` is micro-batch ``a`` of minibatch ``m``. A
+        rank's minibatch ``m`` is thus its blocks' part of one process's minibatch ``m``
+        (which has ``world_size`` times the blocks), micro-batch for micro-batch.
 
         Args:
             epoch: 0-based, below ``num_ppo_epochs``.
 
         Returns:
-            ``(R,)`` long row indices.
+            ``(R,)`` long row indices (minibatch-major).
         """
         if epoch not in self._orders:
-            generator = torch.Generator()
-            generator.manual_seed(order_seed(self.config.seed, self.rank, self.rollouts - 1, epoch))
-            self._orders[epoch] = torch.randperm(self.local, generator=generator)
+            m, size = self.config.num_mini_batches, self.micro_size
+            block = m * size
+            first = self.shares.first // block
+            perms = torch.empty((self.grad_accum, block), dtype=torch.long)  # (A, S)
+            for a in range(self.grad_accum):
+                generator = torch.Generator()
+                generator.manual_seed(
+                    order_seed(self.config.seed, first + a, self.rollouts - 1, epoch)
+                )
+                perms[a] = a * block + torch.randperm(block, generator=generator)
+            parts = perms.view(self.grad_accum, m, size)  # (A, M, micro): block a, part m
+            self._orders[epoch] = parts.transpose(0, 1).reshape(-1)  # (R,) minibatch-major
         return self._orders[epoch]
 
     def micro_batch(self, position: int) -> dict[str, Tensor]:
@@ -297,7 +363,7 @@ class PPOBatchSource:
                 saved = {f"rank{self.rank}": self._packed()}
         return {
             "version": _SOURCE_VERSION,
-            "prompts": self.loader.state_dict(),
+            "prompts": self.shares.state_dict(),
             "rollouts": self.rollouts,
             "position": self.position if unfinished else 0,
             "rows": saved,
@@ -320,16 +386,8 @@ class PPOBatchSource:
             DataError: A state from another layout (version, world size, sizes) or without
                 this rank's unfinished rollout.
         """
-        if state.get("version") != _SOURCE_VERSION or state.get("world_size") != self.world_size:
-            raise DataError(
-                f"the PPO data position was saved by another layout (version "
-                f"{state.get('version')}, {state.get('world_size')} ranks; this run: version "
-                f"{_SOURCE_VERSION}, {self.world_size} ranks)",
-                key="data.pt",
-                hint="resume with the same number of ranks, or start a fresh run",
-            )
-        self.loader.load_state_dict(dict(state["prompts"]))
-        self._prompt_iter = None
+        check_layout(state, name="PPO", version=_SOURCE_VERSION, world_size=self.world_size)
+        self.shares.load_state_dict(state["prompts"])
         self.rollouts = int(state["rollouts"])
         self.position = int(state["position"])
         self.rows, self.stats, self._orders, self._all_rows = {}, {}, {}, None
@@ -365,11 +423,6 @@ class PPOBatchSource:
 
     # -- one rollout ----------------------------------------------------------------------
 
-    def _next_prompts(self) -> list[GRPOPrompt]:
-        if self._prompt_iter is None:
-            self._prompt_iter = iter(self.loader)
-        return next(self._prompt_iter)
-
     def _scores(self, prompts: list[GRPOPrompt], out: Rollout, ids: Tensor, mask: Tensor) -> Tensor:
         """``(R,)`` one score per completion (a reward model, or reward functions)."""
         if isinstance(self.score, RewardFunctions):
@@ -400,27 +453,24 @@ class PPOBatchSource:
 
     def _rollout(self) -> None:
         config = self.config
-        prompts = self._next_prompts()
-        policy = self.model.policy
-        generator = torch.Generator(device=param_device(policy))
-        generator.manual_seed(generation_seed(config.seed, self.rank, self.rollouts))
+        prompts = self.shares.next()
         was_training = self.model.training
         self.model.eval()
         try:
-            out = rollout(
-                policy,  # type: ignore[arg-type]
-                [list(p.ids) for p in prompts],
+            out = sample_completions(
+                self.model.policy,
+                prompts,
                 n=1,
-                logprobs="raw",
+                seed=config.seed,
+                generation=self.rollouts,
+                first=self.shares.first,
                 max_new_tokens=config.max_completion_length,
-                do_sample=True,
                 temperature=config.temperature,
                 top_p=config.top_p,
-                top_k=config.top_k or None,
-                eos_token_id=list(self.stop_ids),
-                pad_token_id=self.pad_id,
+                top_k=config.top_k,
+                stop_ids=self.stop_ids,
+                pad_id=self.pad_id,
                 tokenizer=self.tokenizer,
-                generator=generator,
             )
             ids, mask = out.sequences()  # (R, P + N)
             positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)
@@ -455,9 +505,9 @@ class PPOBatchSource:
         )
         rewards = per_token.rewards  # (R, N)
         if config.whiten_rewards:
-            rewards = whiten(rewards, cmask, shift_mean=False)
+            rewards = whiten_global(rewards, cmask, self.device, shift_mean=False)
         advantages, returns = gae(rewards, values, cmask, gamma=config.gamma, lam=config.lam)
-        advantages = whiten(advantages, cmask)
+        advantages = whiten_global(advantages, cmask, self.device)
 
         # The rollout's metrics, exact over all ranks (TRL's names).
         keep = cmask.to(torch.float64)
@@ -518,7 +568,4 @@ class PPOBatchSource:
 
     def _gather_rows_on_rank0(self) -> None:
         """Rank 0 keeps every rank's rollout (its checkpoint resumes them all)."""
-        gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(self._packed(), gathered, dst=0)
-        if gathered is not None:
-            self._all_rows = {f"rank{r}": dict(b) for r, b in enumerate(gathered)}
+        self._all_rows = gather_on_rank0(self._packed(), self.rank, self.world_size)

@@ -9,14 +9,17 @@ r"""Online data for GRPO: prompts, rollouts scored by reward functions, and thei
   ``logits / temperature`` (TRL's GRPO scores the distribution it sampled from before the
   top-k / top-p filters), the log-softmax in chunks, with the per-token entropy on request.
 - [`GRPOBatchSource`][lego.align.rollouts.GRPOBatchSource]: lego-train's batch source of the
-  GRPO trainer. For each *generation* it takes this rank's prompts (lego-data's seeded,
-  rank-sharded ``ExampleLoader``), samples ``G`` completions of each with lego-generate's
-  ``rollout()`` (one shared prefill per prompt, the policy in eval mode), decodes them, calls
+  GRPO trainer. For each *generation* it takes this rank's contiguous share of the
+  generation's global prompt list ([`PromptShares`][lego.align.rollouts.PromptShares]),
+  samples ``G`` completions of each with lego-generate's ``rollout()`` (one shared prefill
+  per prompt, the policy in eval mode; every row from its own seed,
+  [`sample_completions()`][lego.align.rollouts.sample_completions]), decodes them, calls
   the reward functions, computes the group advantages, the reference model's log-probs
   (``beta > 0``) and the old policy's (``num_iterations > 1``), and splits the rows into
   ``grad_accum`` micro-batches, handed out ``num_iterations`` times (one optimizer step per
   pass). Its ``state_dict()`` makes resume exact: the prompt position, the generation count
-  (every generation's sampler is seeded from the run's seed, the rank and that count) and,
+  (every row's sampler is seeded from the run's seed, that count and the row's global
+  place: [`row_seed()`][lego.align.rollouts.row_seed]) and,
   when a checkpoint falls between two iterations of one generation, the generation's
   micro-batches themselves (every rank's, gathered on rank 0 when the generation is made).
 - [`evaluate_completions()`][lego.align.rollouts.evaluate_completions]: greedy (or sampled)
@@ -25,6 +28,13 @@ r"""Online data for GRPO: prompts, rollouts scored by reward functions, and thei
 
 Rows are prompt-major: row ``i * G + j`` is completion ``j`` of prompt ``i``, so a group never
 crosses a micro-batch boundary unless ``G`` does not divide the micro-batch, and never a rank.
+
+Under ``torchrun`` the ranks split each generation, not the run: rank ``r`` samples prompts
+``[r * local, (r + 1) * local)`` of the generation's global list with the seeds one process
+would use for them, and the rewards, group or batch statistics and metrics are gathered over
+all ranks rank-major. So ``W`` ranks with ``grad_accum = A`` compute what one process with
+``grad_accum = W * A`` computes (the same completions, advantages, micro-batches and weights,
+up to float rounding); the data-parallel update sums the gradients.
 """
 
 from __future__ import annotations
@@ -45,13 +55,15 @@ from lego.align.rewards import RewardFunction, RewardFunctions, RewardScores
 from lego.align.tokens import resolve_pad_id
 from lego.data.example_loader import ExampleLoader
 from lego.data.records import Record, RecordSource, load_records, require_field
-from lego.generate import rollout
+from lego.generate import LogitsProcessorList, Temperature, TopK, TopP, rollout
+from lego.generate.precision import sampling_copy
 from lego.generate.rollout import Rollout
 from lego.peft import LoraModel
 from lego.protocols import (
     CausalLM,
     ConfigError,
     DataError,
+    LogitsProcessor,
     Tokenizer,
     check_choice,
     check_float,
@@ -73,6 +85,13 @@ __all__ = [
     "encode_prompts",
     "stop_and_pad_ids",
     "generation_seed",
+    "hashed_seed",
+    "row_seed",
+    "RowSampler",
+    "sample_completions",
+    "PromptShares",
+    "check_layout",
+    "gather_on_rank0",
     "check_context",
     "reward_inputs",
     "gather_rows",
@@ -92,7 +111,7 @@ STAT_PREFIX = "stat/"
 
 PromptOverflow = Literal["truncate", "error"]
 
-_SOURCE_VERSION = 1
+_SOURCE_VERSION = 2  # 2: prompts sliced from one global order, one sampler seed per row
 
 
 # -- prompts ------------------------------------------------------------------------------------
@@ -483,13 +502,31 @@ def check_context(
         )
 
 
+def hashed_seed(*parts: object) -> int:
+    """A seed from a hash of ``parts`` (SHA-256: seeds of different parts do not collide).
+
+    Args:
+        parts: What the seed stands for (a name, the run's seed, counters).
+
+    Returns:
+        A seed in ``[0, 2**63)``.
+
+    Example:
+        >>> hashed_seed("x", 0, 1) != hashed_seed("x", 1, 0)
+        True
+    """
+    text = "/".join(str(part) for part in parts)
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
 def generation_seed(seed: int, rank: int, generation: int) -> int:
-    """The sampler seed of one generation on one rank (a hash: the streams do not overlap).
+    """The sampler seed of one batch of a sampled evaluation (a hash: streams do not overlap).
 
     Args:
         seed: The run's data seed.
-        rank: The rank.
-        generation: The generation's number (0-based).
+        rank: The rank (-1 for the held-out evaluation).
+        generation: The generation's (or evaluation batch's) number (0-based).
 
     Returns:
         A seed in ``[0, 2**63)``.
@@ -498,8 +535,294 @@ def generation_seed(seed: int, rank: int, generation: int) -> int:
         >>> generation_seed(0, 0, 0) != generation_seed(0, 0, 1)
         True
     """
-    digest = hashlib.sha256(f"lego-align-grpo/{seed}/{rank}/{generation}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return hashed_seed("lego-align-grpo", seed, rank, generation)
+
+
+def row_seed(seed: int, generation: int, prompt: int, sample: int) -> int:
+    """The sampler seed of one completion of a training generation, whatever the ranks.
+
+    The seed depends on the prompt's place in the generation's global prompt list (over all
+    ranks), not on the rank that samples it: the union of the ranks' completions is one
+    process's.
+
+    Args:
+        seed: The run's seed.
+        generation: The generation's (GRPO) or rollout's (PPO) number, 0-based.
+        prompt: The prompt's index in the generation's global prompt list.
+        sample: The completion's index among the prompt's ``n``.
+
+    Returns:
+        A seed in ``[0, 2**63)``.
+
+    Example:
+        >>> row_seed(0, 0, 1, 0) != row_seed(0, 0, 0, 1)
+        True
+    """
+    return hashed_seed("lego-align-rollout", seed, generation, prompt, sample)
+
+
+class RowSampler:
+    r"""A logits processor that samples every row from its own generator (Gumbel-max).
+
+    ``\arg\max_v (s_v - \log E_v)`` with ``E_v \sim \mathrm{Exp}(1)`` drawn from the row's
+    own generator is a sample of ``softmax(s)`` (the Gumbel-max trick), so a row's tokens
+    depend on its seed alone, never on the other rows of the batch: decode with greedy
+    argmax over the scores this returns. The warpers (temperature, top-k, top-p) apply
+    first, after the engine's penalties.
+
+    Args:
+        seeds: One seed per row (prompt-major, as ``rollout()`` lays the rows out).
+        temperature: Sampling temperature (> 0).
+        top_k: Top-k (0: off).
+        top_p: Nucleus mass in ``(0, 1]``.
+        device: Where the generators draw (the model's device).
+
+    Raises:
+        ConfigError: Called on a batch of another number of rows.
+
+    Example:
+        >>> sampler = RowSampler([1, 2], temperature=1.0)
+        >>> scores = sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
+        >>> scores.shape, bool(torch.isfinite(scores).all())
+        (torch.Size([2, 5]), True)
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        device: torch.device | None = None,
+    ) -> None:
+        self.generators: list[torch.Generator] = []
+        for s in seeds:
+            generator = torch.Generator(device=device if device is not None else "cpu")
+            generator.manual_seed(s)
+            self.generators.append(generator)
+        warpers: list[LogitsProcessor] = []
+        if temperature != 1.0:
+            warpers.append(Temperature(temperature=temperature))
+        if top_k:
+            warpers.append(TopK(top_k=top_k))
+        if top_p < 1.0:
+            warpers.append(TopP(top_p=top_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """The warped scores plus each row's Gumbel noise, ``(B, V)``; argmax samples."""
+        if int(scores.shape[0]) != len(self.generators):
+            raise ConfigError(
+                f"RowSampler has {len(self.generators)} row seeds, got a batch of "
+                f"{int(scores.shape[0])} rows",
+                key="seeds",
+                hint="give one seed per row (prompts x n)",
+            )
+        scores = self.warpers(input_ids, scores.float())  # (B, V)
+        noise = torch.empty_like(scores)  # (B, V)
+        for row, generator in enumerate(self.generators):
+            noise[row].exponential_(generator=generator)
+        tiny = torch.finfo(noise.dtype).tiny
+        return scores - noise.clamp_min_(tiny).log_()  # -log(Exp(1)) is Gumbel(0, 1)
+
+
+def sample_completions(
+    policy: nn.Module,
+    prompts: Sequence[GRPOPrompt],
+    *,
+    n: int,
+    seed: int,
+    generation: int,
+    first: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    tokenizer: Tokenizer,
+    repetition_penalty: float = 1.0,
+) -> Rollout:
+    """``n`` sampled completions of each prompt, each row from its own ``row_seed``.
+
+    One ``rollout()`` call (one shared prefill per prompt, raw log-probs); the row of
+    completion ``j`` of prompt ``i`` samples with
+    [`row_seed(seed, generation, first + i, j)`][lego.align.rollouts.row_seed] through a
+    [`RowSampler`][lego.align.rollouts.RowSampler], so splitting the prompts over ranks
+    (each rank passing its share and the share's ``first`` global index) gives the rows that
+    one process sampling them all gives.
+
+    Args:
+        policy: The policy (put in eval mode by ``rollout()``).
+        prompts: This rank's prompts.
+        n: Completions per prompt.
+        seed: The run's seed.
+        generation: The generation's (or rollout's) number.
+        first: The global index of ``prompts[0]`` in the generation's prompt list.
+        max_new_tokens: The longest completion.
+        temperature: Sampling temperature (> 0).
+        top_p: Nucleus mass.
+        top_k: Top-k (0: off).
+        stop_ids: Ids that finish a completion.
+        pad_id: The padding id.
+        tokenizer: Decodes the completions (``Rollout.texts``).
+        repetition_penalty: CTRL's penalty (1.0: off).
+
+    Returns:
+        The ``Rollout`` (prompt-major rows).
+    """
+    seeds = [
+        row_seed(seed, generation, first + i, j) for i in range(len(prompts)) for j in range(n)
+    ]
+    sampler = RowSampler(
+        seeds, temperature=temperature, top_k=top_k, top_p=top_p, device=param_device(policy)
+    )
+    return rollout(
+        policy,  # type: ignore[arg-type]
+        [list(p.ids) for p in prompts],
+        n=n,
+        logprobs="raw",
+        max_new_tokens=max_new_tokens,
+        do_sample=False,  # the sampler's noise is in the scores: argmax draws the sample
+        repetition_penalty=repetition_penalty,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        tokenizer=tokenizer,
+        logits_processor=[sampler],
+    )
+
+
+class PromptShares:
+    """Each step's prompts over all ranks in one seeded order; this rank takes its slice.
+
+    The step's ``per_step`` prompts come from one lego-data ``ExampleLoader`` that every rank
+    runs alike (seeded, shuffled per epoch); rank ``r`` takes the contiguous slice
+    ``[r * local, (r + 1) * local)`` with ``local = per_step / world_size``. The ranks'
+    slices, concatenated rank-major, are the list one process takes, so global prompt
+    indices (``first + i``) and rank-major gathers are the same whatever the world size.
+
+    Args:
+        prompts: All training prompts (the same list on every rank).
+        per_step: Prompts per step over all ranks (``prompts_per_step``).
+        rank: This process's rank.
+        world_size: The number of ranks.
+        shuffle: Visit the prompts in a seeded random order each epoch.
+        seed: The order's seed.
+        unit: What one step of prompts feeds, for messages (``"step"``, ``"rollout"``).
+
+    Attributes:
+        loader: The ``ExampleLoader`` of global steps (its state is the prompt position).
+        local: Prompts per step on this rank.
+        first: The global index of this rank's first prompt in a step.
+
+    Raises:
+        ConfigError: ``per_step`` not divisible by the world size.
+        DataError: Fewer prompts than one step needs.
+
+    Example:
+        >>> shares = PromptShares(list("abcdefgh"), per_step=4, rank=1, world_size=2,
+        ...                       shuffle=False, seed=0)
+        >>> shares.next(), shares.first
+        (['c', 'd'], 2)
+        >>> shares.close()
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[Any],
+        *,
+        per_step: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        unit: str = "step",
+    ) -> None:
+        if per_step % world_size:
+            raise ConfigError(
+                f"prompts_per_step={per_step} does not split over {world_size} ranks",
+                key="prompts_per_step",
+                hint=f"use a multiple of {world_size}",
+            )
+        if len(prompts) < per_step:
+            raise DataError(
+                f"{len(prompts)} training prompts cannot fill one {unit} of "
+                f"prompts_per_step={per_step}",
+                key="prompts_per_step",
+                hint="lower prompts_per_step or give more prompts",
+            )
+        self.local = per_step // world_size
+        self.first = rank * self.local
+        self.loader: ExampleLoader[Any, list[Any]] = ExampleLoader(
+            list(prompts),
+            batch_size=per_step,
+            collate_fn=list,
+            shuffle=shuffle,
+            seed=seed,
+            repeat=True,
+            drop_last=True,
+        )
+        self._iter: Iterator[list[Any]] | None = None
+
+    def next(self) -> list[Any]:
+        """This rank's prompts of the next step."""
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        return next(self._iter)[self.first : self.first + self.local]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position."""
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> None:
+        """Continue from ``state_dict()``'s position."""
+        self.loader.load_state_dict(dict(state))
+        self._iter = None
+
+    def close(self) -> None:
+        """Stop the loader's thread."""
+        self.loader.close()
+
+
+def check_layout(state: Mapping[str, Any], *, name: str, version: int, world_size: int) -> None:
+    """Refuse a saved data position of another format version or number of ranks.
+
+    Args:
+        state: A batch source's saved state (``version``, ``world_size``).
+        name: The source, for the message (``"GRPO"``, ``"PPO"``).
+        version: This code's format version.
+        world_size: This run's number of ranks.
+
+    Raises:
+        DataError: The state was saved by another layout.
+    """
+    if state.get("version") != version or state.get("world_size") != world_size:
+        raise DataError(
+            f"the {name} data position was saved by another layout (version "
+            f"{state.get('version')}, {state.get('world_size')} ranks; this run: version "
+            f"{version}, {world_size} ranks)",
+            key="data.pt",
+            hint="resume with the same number of ranks, or start a fresh run",
+        )
+
+
+def gather_on_rank0(value: Any, rank: int, world_size: int) -> dict[str, Any] | None:
+    """Every rank's ``value`` on rank 0, as ``{"rank<r>": value}`` (None on the others).
+
+    Args:
+        value: This rank's picklable value (a rollout's tensors).
+        rank: This process's rank.
+        world_size: The number of ranks (a collective: every rank calls it).
+
+    Returns:
+        The values by rank on rank 0, else None.
+    """
+    gathered: list[Any] | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    if gathered is None:
+        return None
+    return {f"rank{r}": v for r, v in enumerate(gathered)}
 
 
 # -- the batch source -----------------------------------------------------------------------------
@@ -559,10 +882,11 @@ class GRPOBatchSource:
         device: Where the collectives run (the Trainer's device).
 
     Attributes:
-        loader: lego-data's ``ExampleLoader`` of this rank's prompts
-            (``prompts_per_step / world_size`` per generation, seeded, ``drop_last``).
-        generation: Generations made so far (the next one's sampler seed is
-            [`generation_seed(seed, rank, generation)`][lego.align.rollouts.generation_seed]).
+        shares: The [`PromptShares`][lego.align.rollouts.PromptShares]: every rank walks the
+            same seeded prompt order and takes ``prompts_per_step / world_size`` of each
+            generation's prompts; ``loader`` is its lego-data ``ExampleLoader``.
+        generation: Generations made so far (the rows' sampler seeds are
+            [`row_seed(seed, generation, prompt, j)`][lego.align.rollouts.row_seed]).
         position: Micro-batches of the current generation handed out.
         buffer: The current generation's ``grad_accum`` micro-batches (on the CPU).
         last_prompts: The prompts of the last generation; ``last_rollout`` its
@@ -592,16 +916,18 @@ class GRPOBatchSource:
         device: torch.device | None = None,
     ) -> None:
         check_int("grad_accum", grad_accum, minimum=1)
-        if config.prompts_per_step % world_size:
-            raise ConfigError(
-                f"prompts_per_step={config.prompts_per_step} does not split over "
-                f"{world_size} ranks",
-                key="prompts_per_step",
-                hint=f"use a multiple of {world_size}",
-            )
-        local = config.prompts_per_step // world_size
+        self.shares = PromptShares(
+            prompts,
+            per_step=config.prompts_per_step,
+            rank=rank,
+            world_size=world_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+        )
+        local = self.shares.local
         rows = local * config.num_generations
         if rows % grad_accum:
+            self.shares.close()
             raise ConfigError(
                 f"each rank generates {local} prompts x {config.num_generations} completions "
                 f"= {rows} rows per step, which do not split into grad_accum={grad_accum} "
@@ -609,13 +935,6 @@ class GRPOBatchSource:
                 key="grad_accum",
                 hint="choose prompts_per_step, num_generations and grad_accum so that "
                 "prompts_per_step / ranks * num_generations is a multiple of grad_accum",
-            )
-        if len(prompts) < config.prompts_per_step:
-            raise DataError(
-                f"{len(prompts)} training prompts cannot fill one step of "
-                f"prompts_per_step={config.prompts_per_step}",
-                key="prompts_per_step",
-                hint="lower prompts_per_step or give more prompts",
             )
         self.prompts = list(prompts)
         self.policy = policy
@@ -629,23 +948,14 @@ class GRPOBatchSource:
         self.world_size = world_size
         self.reference = reference
         self.adapter = adapter
+        # The sampling copy (bf16 where it decodes faster: config.rollout_dtype), or None.
+        self.sampler = sampling_copy(policy, config.rollout_dtype)
         self.device = device if device is not None else torch.device("cpu")
-        self.loader: ExampleLoader[GRPOPrompt, list[GRPOPrompt]] = ExampleLoader(
-            self.prompts,
-            batch_size=local,
-            collate_fn=list,
-            shuffle=config.shuffle,
-            seed=config.seed,
-            rank=rank,
-            world_size=world_size,
-            repeat=True,
-            drop_last=True,
-        )
+        self.loader = self.shares.loader
         self.generation = 0
         self.position = 0
         self.buffer: list[dict[str, Tensor]] = []
         self._all_buffers: dict[str, list[dict[str, Tensor]]] | None = None
-        self._prompt_iter: Iterator[list[GRPOPrompt]] | None = None
         self.last_prompts: list[GRPOPrompt] = []
         self.last_rollout: Rollout | None = None
         self.last_scores: RewardScores | None = None
@@ -666,7 +976,7 @@ class GRPOBatchSource:
 
     def close(self) -> None:
         """Stop the prompt loader's thread."""
-        self.loader.close()
+        self.shares.close()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -687,7 +997,7 @@ class GRPOBatchSource:
                 buffers = {f"rank{self.rank}": self.buffer}
         return {
             "version": _SOURCE_VERSION,
-            "prompts": self.loader.state_dict(),
+            "prompts": self.shares.state_dict(),
             "generation": self.generation,
             "position": self.position if unfinished else 0,
             "buffers": buffers,
@@ -704,16 +1014,8 @@ class GRPOBatchSource:
             DataError: A state from another layout (version, world size) or without this
                 rank's unfinished generation.
         """
-        if state.get("version") != _SOURCE_VERSION or state.get("world_size") != self.world_size:
-            raise DataError(
-                f"the GRPO data position was saved by another layout (version "
-                f"{state.get('version')}, {state.get('world_size')} ranks; this run: version "
-                f"{_SOURCE_VERSION}, {self.world_size} ranks)",
-                key="data.pt",
-                hint="resume with the same number of ranks, or start a fresh run",
-            )
-        self.loader.load_state_dict(dict(state["prompts"]))
-        self._prompt_iter = None
+        check_layout(state, name="GRPO", version=_SOURCE_VERSION, world_size=self.world_size)
+        self.shares.load_state_dict(state["prompts"])
         self.generation = int(state["generation"])
         self.position = int(state["position"])
         buffers = state.get("buffers") or {}
@@ -741,32 +1043,25 @@ class GRPOBatchSource:
 
     # -- one generation -------------------------------------------------------------------
 
-    def _next_prompts(self) -> list[GRPOPrompt]:
-        if self._prompt_iter is None:
-            self._prompt_iter = iter(self.loader)
-        return next(self._prompt_iter)
-
     def _generate(self) -> None:
         config = self.config
         g = config.num_generations
-        prompts = self._next_prompts()
-        generator = torch.Generator(device=param_device(self.policy))
-        generator.manual_seed(generation_seed(config.seed, self.rank, self.generation))
-        out = rollout(
-            self.policy,  # type: ignore[arg-type]
-            [list(p.ids) for p in prompts],
+        prompts = self.shares.next()
+        out = sample_completions(
+            self.policy if self.sampler is None else self.sampler.refresh(),
+            prompts,
             n=g,
-            logprobs="raw",
+            seed=config.seed,
+            generation=self.generation,
+            first=self.shares.first,
             max_new_tokens=config.max_completion_length,
-            do_sample=True,
             temperature=config.temperature,
             top_p=config.top_p,
-            top_k=config.top_k or None,
+            top_k=config.top_k,
             repetition_penalty=config.repetition_penalty,
-            eos_token_id=list(self.stop_ids),
-            pad_token_id=self.pad_id,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
             tokenizer=self.tokenizer,
-            generator=generator,
         )
         assert out.texts is not None
         texts, columns = reward_inputs(prompts, g)
@@ -856,10 +1151,7 @@ class GRPOBatchSource:
 
     def _gather_buffers(self) -> None:
         """Rank 0 keeps every rank's micro-batches (its checkpoint resumes them all)."""
-        gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(self.buffer, gathered, dst=0)
-        if gathered is not None:
-            self._all_buffers = {f"rank{r}": list(b) for r, b in enumerate(gathered)}
+        self._all_buffers = gather_on_rank0(self.buffer, self.rank, self.world_size)
 
 
 def finite_or_zero(value: Tensor) -> float:
