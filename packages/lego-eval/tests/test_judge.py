@@ -353,6 +353,12 @@ def test_resuming_with_other_settings_is_refused(
             QUESTIONS[:2], SHORT[:2], client(judge), mode="pairwise", baseline=LONG[:2],
             results_path=out,
         )  # fmt: skip
+    with pytest.raises(ConfigError, match="another answer to question 2"):
+        judge_answers(QUESTIONS[:2], ["a", "changed"], client(judge), results_path=out)
+    with pytest.raises(ConfigError, match="another model_a"):
+        judge_answers(
+            QUESTIONS[:2], SHORT[:2], client(judge), results_path=out, names=("m2", "baseline")
+        )
     changed = [Question(question="something else"), QUESTIONS[1]]
     with pytest.raises(ConfigError, match="not question 1 of this run"):
         judge_answers(changed, SHORT[:2], client(judge), results_path=out)

@@ -25,8 +25,9 @@ written ``{{`` and ``}}``.
 
 Each judged item is appended to a JSON Lines file as it completes (one ``write`` of a whole
 line, flushed to disk), so an interrupted or failed run keeps what it did, and a rerun with
-the same file skips the items already there. The file remembers the mode, the judge model
-and the template's hash: a rerun with other settings is refused rather than mixed.
+the same file skips the items already there. The file remembers the mode, the judge model,
+the template's hash and the two sides' names: a rerun with other settings (or other
+precomputed answers) is refused rather than mixed.
 
 Example:
     >>> parse_rating("The answer is right but terse. Rating: [[8]]")
@@ -704,7 +705,8 @@ def judge_answers(
     Raises:
         ConfigError: When the template does not fit the mode, uses ``{reference}`` and a
             question has none, ``baseline`` is missing (pairwise) or given (single), or
-            ``results_path`` holds items made with other settings.
+            ``results_path`` holds items made with other settings (mode, judge model,
+            template, names, questions, or precomputed answers that differ).
         DataError: When the number of precomputed answers differs from the questions'.
         JudgeError: When the judge stays down after its retries; the message says how
             many items are kept in ``results_path``.
@@ -746,7 +748,14 @@ def judge_answers(
                 path=template.source,
                 hint='give every question a "reference", or use a template without it',
             )
-    header = {"mode": mode, "judge_model": judge.model, "template": template.digest}
+    header: dict[str, Any] = {
+        "mode": mode,
+        "judge_model": judge.model,
+        "template": template.digest,
+        "model_a": names[0],
+    }
+    if mode == "pairwise":
+        header["model_b"] = names[1]
     log = _Log(Path(results_path), header) if results_path is not None else None
     done = dict(log.done) if log is not None else {}
     for index, item in done.items():
@@ -758,6 +767,18 @@ def judge_answers(
                 hint="resume with the same questions, or use another output (legollm: "
                 "--overwrite starts over)",
             )
+        given = [("answer_a" if mode == "pairwise" else "answer", answers)]
+        given += [("answer_b", baseline)] if baseline is not None else []
+        for key, source in given:
+            if not callable(source) and item.get(key) != source[index]:
+                raise ConfigError(
+                    f"the partial results hold another answer to question {index + 1} "
+                    f"({item.get(key)!r:.40} vs {source[index]!r:.40})",
+                    path=results_path,
+                    key=key,
+                    hint="resume with the same answers, or use another output (legollm: "
+                    "--overwrite starts over)",
+                )
     items: list[dict[str, Any]] = []
     for index, question in enumerate(questions):
         record = done.get(index)
