@@ -60,6 +60,7 @@ from lego.align.rollouts import (
 )
 from lego.align.run import TrainerRun
 from lego.data.records import RecordSource
+from lego.generate.precision import ROLLOUT_DTYPES
 from lego.peft import LoraModel
 from lego.protocols import (
     ConfigError,
@@ -268,6 +269,12 @@ class GRPOConfig(FinetuneSettings):
             ``use_bias_correction_kl``).
         num_iterations: Optimizer steps per generation (``\mu``; > 1 uses the old policy's
             log-probs).
+        rollout_dtype: The precision completions are sampled in: ``"auto"`` (a bf16 copy of
+            an fp32 CPU policy of >= 20M parameters where a one-second probe finds bf16
+            faster here, else the policy itself), ``"float32"`` or ``"bfloat16"`` (lego-generate's
+            [`sampling_copy()`][lego.generate.precision.sampling_copy]). The copy is refreshed
+            from the policy before every generation; the loss's old log-probs always come from
+            the fp32 policy's own forward pass (ratio 1 on a generation's first update).
         scale_rewards: ``"group"``, ``"batch"`` or ``"none"``.
         reward_weights: One weight per reward function, or None (all 1).
         reference: ``"auto"``, ``"adapter"`` or ``"copy"``: the KL reference (``beta > 0``
@@ -307,6 +314,7 @@ class GRPOConfig(FinetuneSettings):
     delta: float | None = None
     kl_bias_correction: bool = True
     num_iterations: int = 1
+    rollout_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     scale_rewards: str = "group"
     reward_weights: tuple[float, ...] | None = None
     reference: Literal["auto", "adapter", "copy"] = "auto"
@@ -352,6 +360,7 @@ class GRPOConfig(FinetuneSettings):
         check_choice("loss_type", self.loss_type, GRPO_LOSS_TYPES)
         check_choice("scale_rewards", self.scale_rewards, ADVANTAGE_SCALES)
         check_choice("prompt_overflow", self.prompt_overflow, ("truncate", "error"))
+        check_choice("rollout_dtype", self.rollout_dtype, ROLLOUT_DTYPES)
         check_float("beta", self.beta, low=0.0, hint="beta is a KL coefficient: 0 or more")
         check_float("epsilon", self.epsilon, low=0.0, low_open=True, hint="e.g. 0.2")
         if self.epsilon_high is not None:
