@@ -102,6 +102,29 @@ def test_few_rows_go_native_and_the_rest_to_torch(dtype: torch.dtype) -> None:
     assert "forward" not in model.up.__dict__
 
 
+def test_max_rows_raises_the_native_limit() -> None:
+    _needs_native()
+    model = LinearLM().eval()
+    weight = model.down.weight.detach()  # (32, 128): long enough sums to tell the kernels apart
+    rows, more = torch.randn(12, 1, 128), torch.randn(17, 1, 128)
+    native = prepare_skinny(weight)(rows)
+    torch_out = F.linear(rows, weight)
+    assert not torch.equal(native, torch_out)  # the two paths are distinguishable here
+    with torch.inference_mode(), decode_linears(model) as count:
+        assert count.native == 3
+        default = model.down(rows)  # 12 rows: above MAX_ROWS, F.linear
+    with torch.inference_mode(), decode_linears(model, max_rows=16):
+        raised = model.down(rows)  # the kernels, row for row
+        above = model.down(more)  # 17 rows: above max_rows, F.linear again
+    assert torch.equal(default, torch_out)
+    assert torch.equal(raised, native)
+    assert torch.equal(above, F.linear(more, weight))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 12 rows are within max_rows: no warning
+        with linear_kernels(model, native=True, pack=False, rows=12, max_rows=16) as counts:
+            assert counts.native == 3
+
+
 def test_calls_that_need_gradients_run_f_linear() -> None:
     _needs_native()
     model = LinearLM().eval()

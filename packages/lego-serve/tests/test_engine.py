@@ -329,11 +329,20 @@ def test_max_tokens_zero_scores_the_prompt(llama: nn.Module, make_engine: Any) -
     assert one[0] == PromptLogprobs(token_ids=(4,), logprobs=(None,), top_logprobs=(None,))
 
 
+@pytest.mark.parametrize(
+    ("budget", "between_steps"),
+    [
+        (7, [[(1, 7)]] * 4 + [[(1, 2)]]),  # one chunk between two decode steps
+        (14, [[(1, 7)] * 2] * 2 + [[(1, 2)]]),  # two chunks (14 tokens), then the rest
+        (9, [[(1, 7)] * 2] * 2 + [[(1, 2)]]),  # whole chunks: the second one overshoots 9
+        (1024, [[(1, 7)] * 4 + [(1, 2)]]),  # the whole prompt at once
+    ],
+)
 def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
-    llama: nn.Module, make_engine: Any
+    llama: nn.Module, make_engine: Any, budget: int, between_steps: list[list[tuple[int, int]]]
 ) -> None:
     model = Gated(llama)
-    engine = make_engine(model, max_batch=2, prefill_chunk=7)
+    engine = make_engine(model, max_batch=2, prefill_chunk=7, prefill_budget=budget)
     model.hold_after(1)
     short_params = SamplingParams(max_tokens=20, temperature=0)
     short = engine.submit([1, 2, 3], short_params)
@@ -345,9 +354,14 @@ def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
     model.release()
     events = collect(long)
     short_events = [first, *stream]
-    # One 7-token chunk of the long prompt between two decode steps of the running row (one
-    # row: the 1-row cache), then both rows decode together in the 2-row cache.
-    assert model.shapes[:12] == [(1, 3), *[(1, 1), (1, 7)] * 4, (1, 1), (1, 2), (2, 1)]
+    # Chunks of the long prompt (prefill_budget tokens of them) between two decode steps of
+    # the running row (one row: the 1-row cache), then both rows decode together in the
+    # 2-row cache.
+    expected_shapes = [(1, 3)]
+    for chunks in between_steps:
+        expected_shapes += [(1, 1), *chunks]
+    expected_shapes.append((2, 1))
+    assert model.shapes[: len(expected_shapes)] == expected_shapes
     expected = generate(llama, torch.tensor([prompt]), max_new_tokens=10)[0, 30:]  # type: ignore[arg-type]
     assert tokens_of(events) == expected.tolist()
     short_alone = generate(llama, torch.tensor([[1, 2, 3]]), max_new_tokens=20)[0, 3:]  # type: ignore[arg-type]
@@ -359,6 +373,27 @@ def test_chunked_prefill_interleaves_with_decoding_and_changes_nothing(
     expected_logprobs = [float(reference[i - 1, prompt[i]]) for i in range(1, 30)]
     assert scored.logprobs[1:] == pytest.approx(expected_logprobs, abs=1e-5)
     assert len(scored.top_logprobs) == 30
+
+
+def test_a_prefill_computes_the_last_logits_only_unless_prompt_logprobs(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    head = llama.lm_head
+    shapes: list[tuple[int, ...]] = []
+    handle = head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    try:
+        engine = make_engine(llama)
+        plain = SamplingParams(max_tokens=1, temperature=0)
+        scored = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        got = tokens_of(collect(engine.submit(prompt_of(6), plain)))
+        got_scored = tokens_of(collect(engine.submit(prompt_of(6), scored)))
+    finally:
+        handle.remove()
+    vocab = int(llama.config.vocab_size)
+    assert shapes == [(1, 1, vocab), (1, 6, vocab)]  # one prefill forward each, no decode step
+    assert not head._forward_pre_hooks  # the engine's pre-hook is gone
+    expected = generate(llama, torch.tensor([prompt_of(6)]), max_new_tokens=1)[0, 6:]  # type: ignore[arg-type]
+    assert got == got_scored == expected.tolist()
 
 
 def test_a_smaller_tokenizer_never_gets_ids_it_cannot_decode(
@@ -457,7 +492,7 @@ def test_cancelling_a_request_half_way_through_its_prefill(
     llama: nn.Module, make_engine: Any
 ) -> None:
     model = Gated(llama)
-    engine = make_engine(model, max_batch=2, prefill_chunk=4)
+    engine = make_engine(model, max_batch=2, prefill_chunk=4, prefill_budget=4)
     model.hold_after(1)
     short_params = SamplingParams(max_tokens=12, temperature=0)
     short = engine.submit([1, 2, 3], short_params)
@@ -732,6 +767,7 @@ def test_a_busy_random_mix_keeps_every_contract(llama: nn.Module) -> None:
         max_batch=4,
         max_seq_len=64,
         prefill_chunk=5,
+        prefill_budget=12,
     )
     specs: list[tuple[list[int], SamplingParams, int | None]] = []
     for i in range(24):

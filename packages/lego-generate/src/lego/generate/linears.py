@@ -131,6 +131,7 @@ def _routed_forward(
     layer: nn.Linear,
     native: Callable[[Tensor], Tensor] | None,
     packed: Callable[[Tensor], Tensor] | None,
+    max_rows: int = MAX_ROWS,
 ) -> Callable[[Tensor], Tensor]:
     weight, bias = layer.weight, _bias(layer)
     has_native = native is not None  # a plain bool: what torch.compile reads and guards
@@ -139,7 +140,7 @@ def _routed_forward(
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return F.linear(x, weight, bias)  # the routed kernels have no autograd
         same = x.dtype == weight.dtype
-        if has_native and same and math.prod(x.shape[:-1]) <= MAX_ROWS:
+        if has_native and same and math.prod(x.shape[:-1]) <= max_rows:
             if torch.compiler.is_compiling():  # the operator: one node of the traced graph
                 return skinny_linear(x, weight, bias)
             assert native is not None
@@ -161,7 +162,7 @@ def _packed_linear(linear: Any, weight: Tensor, bias: Tensor | None) -> Callable
 
 @contextmanager
 def decode_linears(
-    model: nn.Module, *, native: bool = True, pack: bool = False
+    model: nn.Module, *, native: bool = True, pack: bool = False, max_rows: int = MAX_ROWS
 ) -> Iterator[DecodeLinears]:
     """Route the model's CPU ``nn.Linear`` layers through faster kernels inside the block.
 
@@ -181,6 +182,10 @@ def decode_linears(
             on the first call that has a layer for them).
         pack: Send the other calls of bf16 CPU layers to oneDNN-reordered copies of their
             weights (made on entry, freed on exit).
+        max_rows: Calls of up to this many rows go to the native kernels. The default suits
+            ``generate()``; lego-serve's engine raises it to its batch of up to 16 rows (the
+            kernels compute each row the same way whatever the number of rows, so a request
+            gets the same numbers alone or among others).
 
     Yields:
         A [`DecodeLinears`][lego.generate.linears.DecodeLinears] with the number of layers
@@ -226,7 +231,7 @@ def decode_linears(
                     )
                 if native_fn is None and packed_fn is None:
                     continue
-                forward = _routed_forward(layer, native_fn, packed_fn)
+                forward = _routed_forward(layer, native_fn, packed_fn, max_rows)
                 owned.append((layer, forward))  # before the change: the finally undoes it
                 # The instance attribute shadows nn.Linear.forward for this layer only,
                 # until the finally below deletes it.
@@ -246,7 +251,7 @@ def decode_linears(
 
 
 def linear_kernels(
-    model: object, *, native: bool | None, pack: bool, rows: int
+    model: object, *, native: bool | None, pack: bool, rows: int, max_rows: int = MAX_ROWS
 ) -> AbstractContextManager[DecodeLinears]:
     """The decode engine's routing for one generation: ``decode_linears`` as the settings ask.
 
@@ -262,18 +267,19 @@ def linear_kernels(
             warn when unavailable) or False (off).
         pack: The ``pack_weights`` setting.
         rows: The fewest rows a decode step of this generation feeds the model (batch times
-            beams, times the tokens fed per step); above ``MAX_ROWS`` the native kernels are
+            beams, times the tokens fed per step); above ``max_rows`` the native kernels are
             not used.
+        max_rows: The most rows a call sends to the native kernels (``decode_linears``).
 
     Returns:
         A context manager yielding a [`DecodeLinears`][lego.generate.linears.DecodeLinears].
     """
     use_native = native is not False
-    if use_native and rows > MAX_ROWS:
+    if use_native and rows > max_rows:
         if native:
             warn_unavailable(
                 f"a decode step of this generation feeds the model {rows} rows, the kernels "
-                f"take up to {MAX_ROWS} (batch x beams x tokens per step)"
+                f"take up to {max_rows} (batch x beams x tokens per step)"
             )
         use_native = False
     if not isinstance(model, nn.Module):
@@ -282,7 +288,8 @@ def linear_kernels(
         return nullcontext(DecodeLinears())
     if not (use_native or pack):
         return nullcontext(DecodeLinears())
-    return _warning_if_unused(decode_linears(model, native=use_native, pack=pack), native)
+    routing = decode_linears(model, native=use_native, pack=pack, max_rows=max_rows)
+    return _warning_if_unused(routing, native)
 
 
 @contextmanager

@@ -8,11 +8,15 @@ iteration of its loop:
 2. admits waiting requests into free slots: each is prefilled **alone** in a batch-1 cache,
    in chunks of ``prefill_chunk`` tokens (its prompt log-probabilities come from those
    forwards, its first token from the last logits), then copied right-aligned into the
-   batch cache. While other rows run, one chunk runs between two decode steps, so running
-   streams never wait for more than one chunk; into an empty batch, every free slot is
-   filled at once. Prompts are prefilled one by one, not batched together: on a CPU a
-   chunk of a few dozen tokens already keeps the matrix units busy, and one batched
-   prefill would delay every request's first token until the slowest prompt is done;
+   batch cache. While other rows run, chunks of waiting prompts run between two decode
+   steps until ``prefill_budget`` prompt tokens are done (at least one chunk), so running
+   streams wait for at most that many tokens of prefill, and a burst of requests gets its
+   first tokens after a few decode steps rather than one chunk per step (its last request
+   would otherwise wait for as many decode steps as the burst has chunks); into an empty
+   batch, every free slot is filled at once. Prompts are prefilled one by one, not batched
+   together: on a CPU a chunk of a few dozen tokens already keeps the matrix units busy,
+   and one batched prefill would delay every request's first token until the slowest
+   prompt is done;
 3. runs one decode step for every running row: one token per row, each row at its own
    position, with the attention mask hiding other rows' padding. Each row then picks its
    next token with its own settings (logit bias, penalties, temperature, top-p, its own
@@ -25,9 +29,11 @@ The batch cache comes in tiers of 1, 2, 4, ... ``max_batch`` rows: a decode step
 the smallest tier that holds the running requests (free rows of a tier carry a masked
 dummy token), and the rows move to a bigger tier when a request joins a full one, and to a
 smaller one when at most a quarter of the rows run; a lone request costs one row, not
-``max_batch``. Decode steps of up to 8 rows run the linear layers on lego-generate's native
-CPU kernels, as [`generate()`][lego.generate.generate] does; they compute every row the
-same way whatever the number of rows, so a tier change does not change a request's numbers.
+``max_batch``. Decode steps of up to 16 rows run the linear layers on lego-generate's native
+CPU kernels (``generate()`` stops at 8; at 9 to 16 rows they still read each weight once per
+step and, on this project's CPUs, beat PyTorch's fp32 products at these shapes); they
+compute every row the same way whatever the number of rows, so a tier change does not
+change a request's numbers.
 
 A request's tokens therefore never depend on the other rows: greedy output is the same
 alone or among many (up to floating-point summation order, which a near-tie could
@@ -54,7 +60,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lego.generate import chosen_logprobs, has_kv_cache
 from lego.generate.linears import linear_kernels
@@ -93,6 +99,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+NATIVE_ROWS = 16
+"""Decode steps of up to this many rows run their linear layers on the native kernels."""
 
 
 def _describe(error: BaseException) -> str:
@@ -266,8 +275,11 @@ class Engine:
             up to 8 rows): None (default) where they can run, True to be warned where they
             cannot, False for PyTorch's kernels.
         prefill_chunk: Prompt tokens per prefill forward. A longer prompt is prefilled in
-            chunks, one chunk between two decode steps, so running streams wait for at most
-            one chunk; every prompt is chunked the same way, alone or not.
+            chunks; every prompt is chunked the same way, alone or not.
+        prefill_budget: Prompt tokens prefilled between two decode steps while requests
+            run (whole chunks, at least one): how long running streams may stall for
+            waiting requests. Larger gives a burst its first tokens sooner; ``prefill_chunk``
+            gives one chunk per step.
 
     Raises:
         ConfigError: The model has no KV cache, or a size or id is out of range.
@@ -299,6 +311,7 @@ class Engine:
         max_seq_len: int | None = None,
         native_kernels: bool | None = None,
         prefill_chunk: int = 256,
+        prefill_budget: int = 1024,
     ) -> None:
         if not has_kv_cache(model):
             raise ConfigError(
@@ -311,7 +324,9 @@ class Engine:
         check_int("max_batch", max_batch, minimum=1, owner="Engine")
         check_int("max_queue", max_queue, minimum=1, owner="Engine")
         check_int("prefill_chunk", prefill_chunk, minimum=1, owner="Engine")
+        check_int("prefill_budget", prefill_budget, minimum=1, owner="Engine")
         self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget
         context = int(model.config.context_length)
         self.vocab_size = int(model.config.vocab_size)
         if max_seq_len is None:
@@ -548,7 +563,13 @@ class Engine:
                 stack.enter_context(torch.inference_mode())
                 try:
                     stack.enter_context(
-                        linear_kernels(self.model, native=self._native, pack=False, rows=1)
+                        linear_kernels(
+                            self.model,
+                            native=self._native,
+                            pack=False,
+                            rows=1,
+                            max_rows=NATIVE_ROWS,
+                        )
                     )
                 except Exception:
                     logger.exception("lego-serve engine: no native decode kernels")
@@ -621,9 +642,9 @@ class Engine:
                 self._end(slot, row.finish("cancelled"))
 
     def _admit(self) -> None:
-        """Prefill queued requests: one chunk while rows run, else whole prompts into every slot."""
-        chunks: int | None = 1 if self._rows else None  # None: no running stream to stall
-        while chunks is None or chunks > 0:
+        """Prefill queued requests: ``prefill_budget`` tokens while rows run, else every slot."""
+        budget: int | None = self.prefill_budget if self._rows else None  # None: no stall
+        while budget is None or budget > 0:
             job = self._prefilling
             if job is None:
                 job = self._next_prefill()
@@ -635,8 +656,8 @@ class Engine:
                 job.end("cancelled", None)
                 continue
             if job.row is None:
-                if chunks is not None:
-                    chunks -= 1
+                if budget is not None:
+                    budget -= min(self.prefill_chunk, len(job.request.prompt_ids) - job.done)
                 try:
                     complete = self._prefill_chunk(job)
                 except Exception as error:
@@ -701,7 +722,11 @@ class Engine:
             self._prefill_cache.reset()
         end = min(len(prompt), job.done + self.prefill_chunk)
         ids = torch.tensor([prompt[job.done : end]], dtype=torch.long, device=self.device)
-        logits = self.model(ids, kv_cache=self._prefill_cache)[0]  # (T, V)
+        if params.prompt_logprobs is None:  # only the last position's logits are read
+            with _last_position_logits(self.model):
+                logits = self.model(ids, kv_cache=self._prefill_cache)[0]  # (1 or T, V)
+        else:
+            logits = self.model(ids, kv_cache=self._prefill_cache)[0]  # (T, V)
         if params.prompt_logprobs is not None:
             targets = list(prompt[job.done + 1 : end + 1])  # the next prompt token of each
             if targets:
@@ -918,6 +943,33 @@ class _Prefill:
             self.request._emit(self.output)
             self.output = None
         self.request._emit(self.row.finish(reason, error))
+
+
+def _keep_last(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...] | None:
+    """A forward pre-hook: the head sees the last position only, ``(B, T, d) -> (B, 1, d)``."""
+    if args and isinstance(args[0], Tensor) and args[0].ndim == 3:
+        return (args[0][:, -1:], *args[1:])
+    return None
+
+
+@contextlib.contextmanager
+def _last_position_logits(model: CausalLM) -> Iterator[None]:
+    """Inside the block, a model with an ``lm_head`` module computes the last position's logits.
+
+    A prefill chunk that gives no prompt log-probabilities reads the last position's
+    logits only; the others cost a ``(T, d_model) x (d_model, vocab)`` product for nothing
+    (a tenth to a third of a small model's prefill). The pre-hook is removed on the way out;
+    a model without an ``lm_head`` module computes every position, as before.
+    """
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Module):
+        yield
+        return
+    handle = head.register_forward_pre_hook(_keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _tiers(max_batch: int) -> list[int]:
