@@ -447,3 +447,35 @@ def test_verdict_parsing() -> None:
     assert pairwise_outcome("tie", "tie") == ("tie", True)
     assert pairwise_outcome("A", "tie") == ("tie", False)
     assert pairwise_outcome(None, "A") == (None, None)
+
+
+def test_a_reply_slower_than_the_timeout_is_retried(
+    serve: Callable[[Behaviour], FakeJudge],
+) -> None:
+    released = threading.Event()
+    calls = iter(range(100))
+
+    def slow_first(payload: dict[str, Any]) -> Reply:
+        if next(calls) == 0:
+            released.wait(60)  # longer than the client's timeout: the client gives up
+        return completion("Rating: [[4]]")
+
+    judge = serve(slow_first)
+    sleeps: list[float] = []
+    try:
+        reply = client(judge, sleeps, timeout=0.5, backoff=0.25).complete("hi")
+    finally:
+        released.set()
+    assert reply == "Rating: [[4]]"
+    assert sleeps == [0.25]
+    assert len(judge.requests) == 2
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    serve: Callable[[Behaviour], FakeJudge],
+) -> None:
+    failures = iter([(503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"")])
+    judge = serve(lambda payload: next(failures, None) or completion("[[A]]"))
+    sleeps: list[float] = []
+    assert client(judge, sleeps, backoff=3.0).complete("hi") == "[[A]]"
+    assert sleeps == [0.0]  # a date in the past: no wait, not the backoff
