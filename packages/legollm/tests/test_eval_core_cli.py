@@ -89,7 +89,8 @@ def test_a_task_file_is_scored_printed_and_written(
 def test_the_offline_tasks_run(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("--model", str(model_dir), "--tasks", "lego_offline", "--device", "cpu") == 0
     printed = capsys.readouterr().out
-    for name in ("arithmetic_mc | multiple_choice | 100", "arithmetic_exact", "sort_exact"):
+    for name in ("| lego_arithmetic_mc | multiple_choice | 100 |", "| lego_arithmetic_exact |",
+                 "| lego_sort_exact | language_modeling | 50 |"):  # fmt: skip
         assert name in printed
 
 

@@ -66,6 +66,8 @@ from lego.generate import ChatSession, GenerationConfig, stream
 from lego.protocols import ConfigError, DataError, Interrupted, Terminated, Tokenizer
 from lego.protocols.configfile import read_config_file
 from lego.recipes.loading import check_tokenizer, default_eos_ids, load_model, load_tokenizer
+from lego.recipes.pipeline_eval import TASKS as OFFLINE_CORE_TASKS
+from lego.recipes.pipeline_eval import EvalSpec, core_tasks
 
 __all__ = ["add_eval_command", "run_eval"]
 
@@ -411,40 +413,9 @@ def _harness(
     return data, f"lm-evaluation-harness on {args.model}\n\n{results_table(results)}"
 
 
-_OFFLINE_CORE: tuple[tuple[str, str, str, str], ...] = (
-    # (task name, packaged harness file, CORE task type, continuation delimiter)
-    ("arithmetic_mc", "arithmetic_mc.jsonl", "multiple_choice", ""),
-    ("arithmetic_exact", "arithmetic_exact.jsonl", "language_modeling", ""),
-    ("sort_exact", "sort_exact.jsonl", "language_modeling", " "),
-)
-
-
 def _offline_core_tasks(folder: Path) -> list[CoreTask]:
-    """lego-eval's offline task files rewritten in CORE's row form under ``folder``."""
-    from lego.eval.tasks import tasks_dir
-
-    tasks = []
-    for name, file, task_type, delimiter in _OFFLINE_CORE:
-        rows = [json.loads(line) for line in (tasks_dir() / file).read_text().splitlines()]
-        if task_type == "multiple_choice":
-            core_rows = [
-                {"query": r["prompt"], "choices": r["choices"], "gold": r["answer"]} for r in rows
-            ]
-        else:
-            core_rows = [{"context": r["prompt"], "continuation": r["answer"]} for r in rows]
-        path = folder / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in core_rows), encoding="utf-8")
-        tasks.append(
-            CoreTask.from_dict(
-                {
-                    "name": name,
-                    "path": str(path),
-                    "task_type": task_type,
-                    "continuation_delimiter": delimiter,
-                }
-            )
-        )
-    return tasks
+    """lego-eval's offline tasks in CORE form, as the pipeline's evaluation scores them."""
+    return core_tasks(EvalSpec(tasks=list(OFFLINE_CORE_TASKS)), folder)
 
 
 def _core_tasks(spec: str, folder: Path) -> list[CoreTask]:
