@@ -1,7 +1,9 @@
 """The worker processes of ``bench_grpo.py``: GRPO steps of each side, timed in a fresh process.
 
 ``python -m benchmarks._grpo_bench '<settings as JSON>'`` (from the repository root) builds
-the sides it is asked for (``ours``, ``trl``), runs their steps, and prints one JSON line:
+the sides it is asked for (``ours``: sampling with the fp32 policy itself, ``ours_auto``:
+``rollout_dtype: auto``, a bf16 sampling copy where this CPU gains, ``trl``), runs their
+steps, and prints one JSON line:
 per side the step times split into generation and update (forward + loss, backward, AdamW),
 the completions and completion tokens of each step, the loss and gradient norm, and the
 process's peak resident memory (Linux ``VmHWM``: after the imports, after loading, while
@@ -71,7 +73,7 @@ class Side:
     """One prepared GRPO step and what it records.
 
     Attributes:
-        name: ``ours`` or ``trl``.
+        name: ``ours``, ``ours_auto`` or ``trl``.
         step: Runs one step; returns its timers and counts.
         trainable: Trainable parameters.
         records: One dictionary per step: ``generation_s``, ``forward_s`` (log-probs and loss),
@@ -146,8 +148,14 @@ class OurSide:
     first: dict[str, Tensor] | None = None
 
 
-def ours(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
-    """lego-align's GRPO step (see the module docstring)."""
+def ours(
+    settings: Mapping[str, Any],
+    keep: dict[str, Any],
+    *,
+    name: str = "ours",
+    rollout_dtype: str = "float32",
+) -> Side:
+    """lego-align's GRPO step (see the module docstring), sampling in ``rollout_dtype``."""
     from lego.align import GRPOConfig, GRPOTrainer
     from lego.arch import from_hf
     from lego.train import TrainConfig
@@ -173,6 +181,7 @@ def ours(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
             shuffle=False,
             seed=1,
             log_entropy=True,  # TRL's _compute_loss computes the entropy too
+            rollout_dtype=rollout_dtype,  # type: ignore[arg-type]
         ),
         train=TrainConfig(
             out_dir=tempfile.mkdtemp(prefix="bench-grpo-ours-"),
@@ -186,7 +195,11 @@ def ours(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
     objective = trainer.objective
     optimizer, trainable = _adamw(policy, settings["lr"])
     state = OurSide(trainer, iter(trainer.source))
-    keep["ours"] = state
+    keep[name] = state
+    sampler = trainer.source.sampler
+    keep.setdefault("rollout_dtypes", {})[name] = (
+        "float32 (the policy itself)" if sampler is None else str(sampler.dtype).split(".")[-1]
+    )
 
     def step() -> dict[str, float]:
         t0 = time.perf_counter()
@@ -194,7 +207,7 @@ def ours(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
         t1 = time.perf_counter()
         if state.first is None:
             state.first = batch
-            check = keep.get("check")
+            check = keep.get("check") if name == "ours" else None
             if check is not None:
                 check(batch)  # TRL scores this batch before our update changes the weights
             t1 = time.perf_counter()
@@ -223,7 +236,12 @@ def ours(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
             "reward": float(batch["stat/reward"]),
         }
 
-    return Side("ours", step, trainable)
+    return Side(name, step, trainable)
+
+
+def ours_auto(settings: Mapping[str, Any], keep: dict[str, Any]) -> Side:
+    """Ours with ``rollout_dtype: auto`` (a bf16 sampling copy where this CPU gains)."""
+    return ours(settings, keep, name="ours_auto", rollout_dtype="auto")
 
 
 # -- TRL ----------------------------------------------------------------------------------------
@@ -338,13 +356,14 @@ def trl_on_our_batch(trainer: Any, batch: Mapping[str, Tensor]) -> dict[str, flo
 
 BUILDERS: dict[str, Callable[[Mapping[str, Any], dict[str, Any]], Side]] = {
     "ours": ours,
+    "ours_auto": ours_auto,
     "trl": trl,
 }
 
 
 def _imports(names: Sequence[str]) -> None:
     """Import each side's libraries before the 'after imports' memory mark."""
-    if "ours" in names:
+    if "ours" in names or "ours_auto" in names:
         import lego.align
         import lego.arch
         import lego.train  # noqa: F401
@@ -402,6 +421,13 @@ def main(argv: list[str]) -> int:
             raise RuntimeError(
                 f"TRL's loss on our batch differs: ours {facts['ours_first']}, TRL {theirs}"
             )
+    if "rollout_dtypes" in keep:
+        facts["rollout_dtypes"] = keep["rollout_dtypes"]
+    if "ours_auto" in names:
+        from lego.generate.precision import probe_bf16
+
+        probe = probe_bf16()  # this process's measurement, made by ours_auto's "auto"
+        facts["bf16_probe"] = {"float32_s": probe.float32_s, "bfloat16_s": probe.bfloat16_s}
     out = {
         "sides": {s.name: {"records": s.records, "trainable": s.trainable} for s in sides},
         "facts": facts,

@@ -1,6 +1,6 @@
 """Where bench_grpo's steps spend their time: an operator profile of each side's GRPO step.
 
-    python benchmarks/_grpo_profile.py --layers 12 --new-tokens 32
+    python benchmarks/_grpo_profile.py --layers 12 --new-tokens 32 [--sides ours,ours_auto,trl]
 
 Writes the model and tokenizer as ``bench_grpo`` does (its width, vocabulary and reward;
 fewer layers or new tokens when asked), builds ours and TRL's side with ``_grpo_bench``'s
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--sides",
+        default="ours,trl",
+        help="comma-separated: ours (fp32 sampling), ours_auto (rollout_dtype auto), trl",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="grpo-profile-") as tmp:
         folder = Path(tmp)
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         torch.manual_seed(0)
         keep: dict[str, Any] = {}
-        sides = [BUILDERS[name](settings, keep) for name in ("ours", "trl")]
+        sides = [BUILDERS[name](settings, keep) for name in args.sides.split(",")]
         for side in sides:
             side.run()  # warm-up: AdamW's state, first-call costs
         out = {side.name: operators(side) for side in sides}

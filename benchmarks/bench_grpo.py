@@ -70,6 +70,9 @@ PAD, EOS = 0, 1
 FIRST_WORD = 3  # ids 0-2 are <pad>, <eos>, <unk>
 NORM_SCALE = 6.0
 
+SIDES = ("ours", "ours_auto", "trl")
+"""Ours sampling in fp32 (the policy itself), ours with ``rollout_dtype: auto``, TRL (fp32)."""
+
 QUICK: dict[str, int] = {"layers": 2, "prompts": 1, "new_tokens": 16, "rounds": 1, "steps": 1}
 FULL: dict[str, int] = {"layers": 12, "prompts": 1, "new_tokens": 128, "rounds": 1, "steps": 1}
 """``rounds``: ABBA rounds after the warm-ups (2 timed steps per side each); ``steps``: steps of
@@ -223,21 +226,24 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
         }
         log(f"GRPO on {label}: {prompts} prompt(s) x {GENERATIONS} x {new_tokens} tokens")
         both = worker(
-            {**common, "sides": ["ours", "trl"], "rounds": sizes["rounds"], "check": True},
+            {**common, "sides": list(SIDES), "rounds": sizes["rounds"], "check": True},
             live_memory=False,
         )
         check_same_work("one process", both, completions=completions, tokens=new_tokens)
         load_after_time = os.getloadavg()
         memory = {
             name: worker({**common, "sides": [name], "steps": sizes["steps"]}, live_memory=True)
-            for name in ("ours", "trl")
+            for name in SIDES
         }
         for name, result in memory.items():
             check_same_work(f"{name} alone", result, completions=completions, tokens=new_tokens)
         load_after_memory = os.getloadavg()
 
     ours, theirs = both["sides"]["ours"], both["sides"]["trl"]
-    best_ours, best_trl = _best_step(ours), _best_step(theirs)
+    auto = both["sides"]["ours_auto"]
+    best_ours, best_trl, best_auto = _best_step(ours), _best_step(theirs), _best_step(auto)
+    dtypes = both["facts"]["rollout_dtypes"]
+    probe = both["facts"]["bf16_probe"]
     facts = both["facts"]
     timed = len(_timed(ours, "step_s"))
     what = f"GRPO, {label}, {prompts} prompt(s) x {GENERATIONS} completions x {new_tokens} tokens"
@@ -246,26 +252,30 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
         f"{load_after_time[2]:.2f} (1 / 5 / 15 min) at the end of the timed process"
     )
 
-    def time_row(part: str, key: str, detail: str) -> Row:
+    def time_row(part: str, key: str, detail: str, side: str = "ours") -> Row:
+        mine, best = (auto, best_auto) if side == "ours_auto" else (ours, best_ours)
         return Row(
             what=f"{what}: {part}",
-            ours=best_ours[key],
+            ours=best[key],
             peer=TRL,
             peer_value=best_trl[key],
             unit="s",
             higher_is_better=False,
             note=f"{detail}; the fastest of {timed} interleaved step(s) per side (medians: ours "
-            f"{_median(ours, key):.3g} s, TRL {_median(theirs, key):.3g} s); {load}",
+            f"{_median(mine, key):.3g} s, TRL {_median(theirs, key):.3g} s); {load}",
         )
+
+    auto_label = f"rollout_dtype auto (here: sampling in {dtypes['ours_auto']})"
 
     rows = [
         time_row(
-            "whole step (generation + update)",
+            "whole step (generation + update), fp32 vs fp32",
             "step_s",
-            f"{completions * new_tokens} completion tokens per step on both sides",
+            f"{completions * new_tokens} completion tokens per step on both sides; ours "
+            "rollout_dtype float32",
         ),
         time_row(
-            "generation (rollout, rewards, advantages)",
+            "generation (rollout, rewards, advantages), fp32 vs fp32",
             "generation_s",
             f"ours lego-generate rollout() "
             f"{completions * new_tokens / best_ours['generation_s']:.0f} tokens/s, TRL "
@@ -273,15 +283,32 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
             "tokens/s",
         ),
         time_row(
-            "update (log-probs, loss, backward, AdamW)",
+            "update (log-probs, loss, backward, AdamW), fp32 vs fp32",
             "update_s",
             f"of it forward + loss: ours {best_ours['forward_s']:.2f} s, TRL "
             f"{best_trl['forward_s']:.2f} s; backward: ours {best_ours['backward_s']:.2f} s, TRL "
             f"{best_trl['backward_s']:.2f} s; AdamW: ours {best_ours['optimizer_s']:.2f} s, TRL "
             f"{best_trl['optimizer_s']:.2f} s",
         ),
+        time_row(
+            f"whole step, ours {auto_label} vs TRL fp32",
+            "step_s",
+            f"update in fp32 on both sides (ours {best_auto['update_s']:.3g} s); the sampling "
+            "copy is refreshed from the fp32 policy before each generation, the loss's "
+            "log-probs are the fp32 policy's",
+            "ours_auto",
+        ),
+        time_row(
+            f"generation, ours {auto_label} vs TRL fp32",
+            "generation_s",
+            f"ours {completions * new_tokens / best_auto['generation_s']:.0f} tokens/s, TRL "
+            f"{completions * new_tokens / best_trl['generation_s']:.0f} tokens/s; the bf16 "
+            f"probe: 8 x 4096 by 4096 product in {probe['float32_s'] * 1e3:.1f} ms fp32, "
+            f"{probe['bfloat16_s'] * 1e3:.1f} ms bf16",
+            "ours_auto",
+        ),
         Row(
-            what=f"{what}: peak RSS while training, above the imports",
+            what=f"{what}: peak RSS while training, above the imports, fp32 vs fp32",
             ours=_grown_mib(memory["ours"]),
             peer=TRL,
             peer_value=_grown_mib(memory["trl"]),
@@ -292,7 +319,20 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
             note=f"each side alone in a fresh process, {sizes['steps']} steps; load average "
             f"{load_after_memory[0]:.2f} at the end",
         ),
+        Row(
+            what=f"{what}: peak RSS while training, above the imports, ours {auto_label}",
+            ours=_grown_mib(memory["ours_auto"]),
+            peer=TRL,
+            peer_value=_grown_mib(memory["trl"]),
+            unit="MiB",
+            higher_is_better=False,
+            better="smaller",
+            worse="larger",
+            note="the bf16 sampling copy's weights included; each side alone in a fresh "
+            f"process, {sizes['steps']} steps",
+        ),
     ]
+    share_auto = best_auto["generation_s"] / best_auto["step_s"]
     share_ours = best_ours["generation_s"] / best_ours["step_s"]
     share_trl = best_trl["generation_s"] / best_trl["step_s"]
     notes = [
@@ -306,8 +346,9 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
         "minus the mean advantage, about 0) and our gradient norm "
         f"({facts['trl_on_our_batch']['grad_norm']:.6g} vs {facts['ours_first']['grad_norm']:.6g},"
         " 1e-4).",
-        f"Where the time goes (fastest step): generation is {share_ours:.0%} of our step and "
-        f"{share_trl:.0%} of TRL's. The update is the same arithmetic on both sides (one forward "
+        f"Where the time goes (fastest step): generation is {share_ours:.0%} of our fp32 step, "
+        f"{share_auto:.0%} of our step with rollout_dtype auto, and {share_trl:.0%} of TRL's. The "
+        "update is the same arithmetic on both sides (one forward "
         "and one backward over prompts + completions, the log-softmax of the completion "
         "positions, AdamW over every weight).",
         "Timed step: ours = next() of GRPOTrainer.source (rollout, rewards, advantages), "
@@ -344,6 +385,8 @@ def measure(sizes: Mapping[str, int], quick: bool) -> BenchResult:
             "loss_type": "dapo",
             "num_iterations": 1,
             "temperature": 1.0,
+            "rollout_dtypes": dtypes,
+            "bf16_probe": probe,
             "load_average_after_timing": list(load_after_time),
             "load_average_after_memory": list(load_after_memory),
             "quick": quick,
