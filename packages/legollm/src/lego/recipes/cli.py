@@ -11,6 +11,8 @@
     legollm chat --model runs/sft --template chatml              # talk to a model
     legollm serve --model runs/sft                               # OpenAI API + chat page
     legollm eval harness --model runs/sft --tasks lego_offline   # benchmark tasks, offline
+    legollm eval core --model runs/sft --tasks lego_offline      # CORE-style scores
+    legollm eval judge --model runs/sft --questions q.jsonl --judge-url URL --judge-model M
     legollm configs                                              # the shipped configs
 
 Configs are YAML files (or shipped names) with ``key=value`` overrides, dotted for sections
@@ -70,6 +72,8 @@ legollm chat --model runs/sft --template chatml
 legollm serve --model runs/sft --port 8000
 legollm eval perplexity --model runs/sft --text held-out.txt
 legollm eval harness --model runs/sft --tasks lego_offline --limit 20
+legollm eval core --model runs/sft --tasks lego_offline
+legollm eval judge --model runs/sft --questions q.jsonl --judge-url URL --judge-model M
 legollm configs"""
 
 
