@@ -408,6 +408,7 @@ def _evaluate(
             spec=config.eval,
             train_context=config.data.context_length,
             step=step,
+            device=config.device,
             echo=echo,
         )
     except KeyboardInterrupt as stop:

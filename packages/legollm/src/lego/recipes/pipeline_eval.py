@@ -328,6 +328,7 @@ def run_evaluation(
     spec: EvalSpec,
     train_context: int,
     step: int,
+    device: str = "cpu",
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Evaluate the final model and write ``run_dir/eval.json`` part by part.
@@ -341,6 +342,8 @@ def run_evaluation(
         train_context: The training windows' length, the trainer check's window (0: the
             model's context).
         step: The final optimizer step (whose validation record the check compares with).
+        device: Where the model runs: a torch device, or ``"auto"`` (the training's
+            ``device`` setting: CUDA when there is one).
         echo: Where progress lines go.
 
     Returns:
@@ -353,7 +356,7 @@ def run_evaluation(
     from lego.data.meta import open_split, read_meta
     from lego.recipes.loading import load_model, load_tokenizer
 
-    model, _ = load_model(model_dir)
+    model, _ = load_model(model_dir, device=device)
     tokenizer = load_tokenizer(None, model_dir)
     context = int(model.config.context_length)
     max_length, stride = spec.window(context)
