@@ -62,12 +62,11 @@ from lego.eval.judge import (
     load_template,
 )
 from lego.eval.perplexity import split_perplexity
+from lego.eval.tasks import write_core_tasks
 from lego.generate import ChatSession, GenerationConfig, stream
 from lego.protocols import ConfigError, DataError, Interrupted, Terminated, Tokenizer
 from lego.protocols.configfile import read_config_file
 from lego.recipes.loading import check_tokenizer, default_eos_ids, load_model, load_tokenizer
-from lego.recipes.pipeline_eval import TASKS as OFFLINE_CORE_TASKS
-from lego.recipes.pipeline_eval import EvalSpec, core_tasks
 
 __all__ = ["add_eval_command", "run_eval"]
 
@@ -413,15 +412,10 @@ def _harness(
     return data, f"lm-evaluation-harness on {args.model}\n\n{results_table(results)}"
 
 
-def _offline_core_tasks(folder: Path) -> list[CoreTask]:
-    """lego-eval's offline tasks in CORE form, as the pipeline's evaluation scores them."""
-    return core_tasks(EvalSpec(tasks=list(OFFLINE_CORE_TASKS)), folder)
-
-
 def _core_tasks(spec: str, folder: Path) -> list[CoreTask]:
     """The tasks ``--tasks`` names, every file checked (rows included)."""
     if spec == "lego_offline":
-        return _offline_core_tasks(folder)
+        return write_core_tasks(folder)
     source = Path(spec)
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml"))

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from lego.eval import CoreTask, evaluate_task, perplexity, text_perplexity
-from lego.eval.tasks import tasks_dir
+from lego.eval.tasks import CORE_TASKS, read_rows, write_core_tasks
 from lego.protocols import (
     ENDOFTEXT,
     Config,
@@ -83,11 +83,7 @@ EVAL_FILE = "eval.json"
 DOCS_TASK = "lego_stdlib_ppl"
 """The packaged perplexity task: Python documentation topics."""
 
-TASKS: dict[str, tuple[str, str, str]] = {
-    "lego_arithmetic_mc": ("arithmetic_mc.jsonl", "multiple_choice", ""),
-    "lego_arithmetic_exact": ("arithmetic_exact.jsonl", "language_modeling", ""),
-    "lego_sort_exact": ("sort_exact.jsonl", "language_modeling", " "),
-}
+TASKS = CORE_TASKS
 """The packaged offline tasks scored CORE-style: file, CORE task type, delimiter."""
 
 _FORMAT = "lego-pipeline-eval"
@@ -186,9 +182,8 @@ class EvalSpec(Config):
 def core_tasks(spec: EvalSpec, folder: Path) -> list[CoreTask]:
     """Write the chosen packaged tasks as CORE JSONL files into ``folder``.
 
-    The harness-format rows of lego-eval's offline tasks (``prompt``, ``choices``,
-    ``answer``) become CORE rows (``query``, ``choices``, ``gold`` for multiple choice;
-    ``context``, ``continuation`` for exact answers), the first ``spec.max_rows`` of each.
+    [`write_core_tasks()`][lego.eval.tasks.write_core_tasks] with the spec's task names and
+    row bound.
 
     Args:
         spec: The evaluation settings.
@@ -197,36 +192,7 @@ def core_tasks(spec: EvalSpec, folder: Path) -> list[CoreTask]:
     Returns:
         One [`CoreTask`][lego.eval.core.CoreTask] per chosen CORE-scored task, in order.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for name in spec.tasks:
-        if name not in TASKS:
-            continue
-        source, task_type, delimiter = TASKS[name]
-        rows = _rows(tasks_dir() / source, spec.max_rows)
-        if task_type == "multiple_choice":
-            core = [
-                {"query": r["prompt"], "choices": r["choices"], "gold": r["answer"]} for r in rows
-            ]
-        else:
-            core = [{"context": r["prompt"], "continuation": r["answer"]} for r in rows]
-        path = folder / f"{name}.jsonl"
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in core)
-        atomic_write_text(path, text, what="task file")
-        tasks.append(
-            CoreTask(
-                name=name,
-                path=str(path),
-                task_type=task_type,  # type: ignore[arg-type]
-                continuation_delimiter=delimiter,
-            )
-        )
-    return tasks
-
-
-def _rows(path: Path, limit: int) -> list[dict[str, Any]]:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [json.loads(line) for line in (lines[:limit] if limit else lines)]
+    return write_core_tasks(folder, list(spec.tasks), max_rows=spec.max_rows)
 
 
 def _model_digest(model_dir: Path) -> str:
@@ -422,7 +388,7 @@ def run_evaluation(
             )
 
     if DOCS_TASK in spec.tasks and DOCS_TASK not in record.parts:
-        texts = [row["text"] for row in _rows(tasks_dir() / "stdlib_ppl.jsonl", spec.max_rows)]
+        texts = [row["text"] for row in read_rows("stdlib_ppl.jsonl", spec.max_rows)]
         echo(f"eval: {DOCS_TASK} ({len(texts)} documentation topics)")
         total, scored, size = 0.0, 0, 0
         for text in texts:
