@@ -12,7 +12,8 @@ never imports this module, and importing it without lm_eval raises a
   spaces of the context move to the continuation; the continuation's ids are those of
   ``context + continuation`` after the context's; an empty context becomes the prefix token),
   then [`score_continuations()`][lego.eval.harness_scoring.score_continuations] scores them
-  in length-sorted, right-padded batches whose results do not depend on the batch size.
+  in length-sorted, right-padded batches whose results do not depend on the batch size
+  (each distinct context read once, its KV cache copied to its continuations).
 - ``loglikelihood_rolling``: the log-likelihood of a whole text, cut into the harness's
   rolling windows (lm-eval's ``get_rolling_token_windows`` with a context of one token:
   every token is predicted exactly once, each window reads up to ``max_length`` tokens);

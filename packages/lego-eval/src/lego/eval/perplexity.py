@@ -51,8 +51,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from lego.eval.scoring import DEFAULT_CHUNK_SIZE, eval_mode, model_device, position_nll
-from lego.protocols import CausalLM, CompatibilityError, ConfigError, DataError, Tokenizer
+from lego.eval.scoring import (
+    DEFAULT_CHUNK_SIZE,
+    OutputHead,
+    eval_mode,
+    model_device,
+    position_nll,
+)
+from lego.protocols import CausalLM, ConfigError, DataError, Tokenizer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -279,8 +285,9 @@ def perplexity(
     total = torch.zeros((), dtype=torch.float64)
     kept: list[Tensor] = []
     with eval_mode(model), torch.inference_mode():
+        head = OutputHead(model)
         for batch in _batches(windows, batch_size):
-            nll = _score_batch(model, tokens, batch, run_device, chunk_size)
+            nll = _score_batch(head, tokens, batch, run_device, chunk_size)
             total += nll.sum().cpu()
             if return_token_nlls:
                 kept.append(nll.cpu())
@@ -412,26 +419,26 @@ def _batches(windows: list[Window], size: int) -> Iterator[list[Window]]:
 
 
 def _score_batch(
-    model: CausalLM, tokens: _Tokens, batch: list[Window], device: torch.device, chunk_size: int
+    head: OutputHead, tokens: _Tokens, batch: list[Window], device: torch.device, chunk_size: int
 ) -> Tensor:
-    """``-ln p`` of every target of ``batch``'s windows, in order, float64, shape ``(M,)``."""
+    """``-ln p`` of every target of ``batch``'s windows, in order, float64, shape ``(M,)``.
+
+    Only the scored positions' logits are computed when the model's output head allows it
+    ([`OutputHead`][lego.eval.scoring.OutputHead]): a later window's context half never
+    reaches the head.
+    """
     length = batch[0].input_length
     rows = [tokens.slice(w.start, w.end) for w in batch]  # inputs and all targets
     ids = torch.stack(rows).to(device)  # (B, L + 1)
     inputs = ids[:, :-1]  # (B, L): every window of a batch has the same length
-    logits = model(inputs)  # (B, L, V)
-    if logits.shape[:2] != inputs.shape:
-        raise CompatibilityError(
-            f"the model returned logits of shape {tuple(logits.shape)} for inputs of shape "
-            f"{tuple(inputs.shape)}",
-            tensor="logits",
-            hint="the model must return (B, T, vocab_size) logits",
-        )
     positions, targets = [], []
     for b, w in enumerate(batch):
         # target t (absolute) is predicted at input index t - 1 - start
         index = torch.arange(w.score_from - 1 - w.start, length, device=device)
         positions.append(b * length + index)
         targets.append(ids[b, index + 1])
-    nll, _ = position_nll(logits, torch.cat(positions), torch.cat(targets), chunk_size=chunk_size)
+    logits = head.logits_at(inputs, torch.cat(positions))  # (M, V)
+    nll, _ = position_nll(
+        logits[None], torch.arange(logits.shape[0]), torch.cat(targets), chunk_size=chunk_size
+    )
     return nll
