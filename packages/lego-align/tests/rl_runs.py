@@ -1,10 +1,12 @@
-"""What the GRPO and PPO process tests share: the subprocess side and the test side.
+"""What the GRPO and PPO tests share: the letters task, the subprocess side, the test side.
 
-The subprocess side (``run_grpo.py``, ``run_ppo.py``): the letters tokenizer of TinyLM's 13
-ids, the lego-train settings, the per-step announcements (``PROMPTS``, ``ROWS``, ``STEP``
-lines) and the final weights (``OUT_DIR/final-<rank>.pt``). The test side
-(``test_grpo_processes.py``, ``test_ppo_processes.py``): running a script in one process or
-under ``torchrun`` with 2 ranks, killing it at a step, and comparing what runs wrote.
+The letters task (``test_grpo.py``, ``test_ppo.py`` and the scripts): the tokenizer of
+TinyLM's 13 ids and the toy rewards. The subprocess side (``run_grpo.py``, ``run_ppo.py``):
+the lego-train settings, the per-step announcements (``PROMPTS``, ``ROWS``, ``STEP`` lines)
+and the final weights (``OUT_DIR/final-<rank>.pt``). The test side
+(``test_grpo_processes.py``, ``test_ppo_processes.py``; ``test_dpo_processes.py`` too):
+running a script in one process or under ``torchrun`` with 2 ranks, killing it at a step,
+and comparing what runs wrote.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ METRIC_SKIP = ("time", "sec", "mfu", "tokens", "memory", "lr", "step", "split")
 class Letters:
     """One id per letter after two special tokens: 13 ids, TinyLM's vocabulary."""
 
-    def __init__(self) -> None:
-        self.special_tokens = {"<|endoftext|>": 0, "<|pad|>": 1}
+    def __init__(self, specials: dict[str, int] | None = None) -> None:
+        self.special_tokens = {"<|endoftext|>": 0, "<|pad|>": 1} if specials is None else specials
         self.vocab_size = 2 + len(LETTERS)
 
     def encode(self, text: str) -> list[int]:
@@ -44,6 +46,16 @@ class Letters:
 
     def decode(self, ids: Any) -> str:
         return "".join("" if int(i) < 2 else LETTERS[int(i) - 2] for i in ids)
+
+
+def starts_with_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """GRPO's toy reward: 1 for a completion that starts with ``a``."""
+    return [1.0 if c.startswith("a") else 0.0 for c in completions]
+
+
+def count_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """PPO's toy reward: the number of ``a`` in the completion."""
+    return [float(c.count("a")) for c in completions]
 
 
 def train_config(
@@ -153,7 +165,6 @@ def kill_at(script: Path, out: Path, line: str, *args: str) -> None:
                 break
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "final-0.pt").exists()
 
 
 def train_records(run_dir: Path) -> dict[int, dict[str, float]]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,20 +10,15 @@ import torch
 
 from lego.train import read_metrics
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rl_runs
+
 SCRIPT = Path(__file__).resolve().parent / "run_dpo.py"
 STEPS = 8
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"})
-    return env
-
-
 def _run(out: Path, *args: str) -> None:
-    cmd = [sys.executable, str(SCRIPT), str(out), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert result.returncode == 0, result.stderr[-3000:]
+    rl_runs.run(SCRIPT, out, *args)
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -40,25 +32,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path: Path, reference: 
     _run(full, str(STEPS), "4", "-", "single", reference)
 
     broken = tmp_path / "broken"
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        str(broken),
-        str(STEPS),
-        "4",
-        "-",
-        "single",
-        reference,
-        "0.2",
-    ]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env()) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() == "STEP 3":
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    rl_runs.kill_at(SCRIPT, broken, "STEP 3", str(STEPS), "4", "-", "single", reference, "0.2")
     assert not (broken / "final.pt").exists()
 
     _run(broken, str(STEPS), "4", "latest", "single", reference)
@@ -83,24 +57,7 @@ def test_two_ranks_match_one_process_with_double_batch(
     single = tmp_path / "single"
     _run(single, "3", "8", "-", "single", reference)
     multi = tmp_path / "multi"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(29600 + os.getpid() % 1000),
-        str(SCRIPT),
-        str(multi),
-        "3",
-        "4",
-        "-",
-        strategy,
-        reference,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = rl_runs.torchrun(SCRIPT, multi, 29600, "3", "4", "-", strategy, reference)
     if strategy == "fsdp":  # the frozen copy is sharded like the policy (FSDP2 class prefix)
         assert result.stdout.count("REFERENCE FSDPWideLM") == 2, result.stdout
     a = torch.load(single / "final.pt", weights_only=True)

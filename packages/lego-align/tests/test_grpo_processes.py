@@ -38,6 +38,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(
     broken = tmp_path / "broken"
     # before step 4's checkpoint: step 3's is the last
     rl_runs.kill_at(SCRIPT, broken, "STEP 4", str(STEPS), "-", "single", *args, "0.3")
+    assert not (broken / "final-0.pt").exists()
     if iterations == 2:  # the kill fell inside a generation: its batches are in the checkpoint
         (last,) = [p for p in (broken / "checkpoints").glob("step-*") if p.name.endswith("3")]
         data = torch.load(last / "data.pt", weights_only=True)

@@ -34,6 +34,7 @@ def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path: Path, kl_coef: st
     broken = tmp_path / "broken"
     # before step 4's checkpoint: step 3's is the last
     rl_runs.kill_at(SCRIPT, broken, "STEP 4", str(STEPS), "-", "single", kl_coef, "0.3")
+    assert not (broken / "final-0.pt").exists()
     (last,) = [p for p in (broken / "checkpoints").glob("step-*") if p.name.endswith("3")]
     data = torch.load(last / "data.pt", weights_only=True)
     assert data["position"] == 6  # 3 steps x grad_accum 2 of the rollout's 8 micro-batches
