@@ -7,7 +7,8 @@ exact-match accuracy before and after. The test asserts that GRPO clearly beats 
 warm-up (SFT-only) model on the same held-out problems, measured twice: from the run's
 ``metrics.jsonl`` and by scoring the two model directories the run wrote (greedy, with
 lego-align's ``evaluate_completions``). Fixed seeds: the margin asserted is well below the
-one measured on this machine (0.480 -> 0.585 at step 30 -> 0.630 at step 60).
+one measured on this machine (0.480 -> 0.585 at step 30 -> 0.615 at step 60, with one
+sampler seed per completion row).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "align" / "grpo-tiny.yaml"
 MAKE = ROOT / "examples" / "align" / "make_grpo_tiny.py"
 MARGIN = 0.07
-"""The least rise of held-out accuracy asserted (measured: +0.15 after 60 GRPO steps)."""
+"""The least rise of held-out accuracy asserted (measured: +0.135 after 60 GRPO steps)."""
 
 
 @pytest.fixture(scope="module")

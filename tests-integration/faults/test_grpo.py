@@ -24,9 +24,9 @@ from pathlib import Path
 
 import harness
 import pytest
+from rl_faults import assert_refused, assert_saved, checkpoint_step, interrupt_after
 
 from lego.protocols.layout import read_latest
-from lego.train.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "align"
@@ -70,33 +70,25 @@ def grpo(tiny: Path, out: Path, *extra: str) -> list[str]:
     )
 
 
-def _checkpoint_step(run: Path) -> int:
-    """The newest checkpoint's step, after the check a resume makes (sizes, SHA-256s)."""
-    latest = read_latest(run)
-    assert latest is not None
-    CheckpointManager(run_dir=run, keep_last=0).read_state(latest)
-    return int(latest.name.removeprefix("step-"))
-
-
 def test_sigint_during_grpo_saves_and_resume_finishes(tiny: Path, tmp_path: Path) -> None:
     """Ctrl-C in the GRPO stage: exit 130 after a checkpoint; resume=auto finishes it."""
     before = harness.snapshot(tiny)
     run = tmp_path / "run"
-    process = harness.start(grpo(tiny, run, "max_steps=100000", "checkpoint_every=2"), cwd=tmp_path)
-    try:
-        harness.run_until(process, "train: 3 of 100,000")
-        second = harness.run(grpo(tiny, run, "resume=auto"), cwd=tmp_path)
-        harness.assert_one_message(second, prog="legollm", phrase="another process")
-        result = harness.interrupt(process, signal.SIGINT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert result.code == 130, result.stdout
-    assert "Traceback" not in result.stdout
-    assert "checkpoint saved" in result.stdout
-    assert "resume=auto" in result.stdout
+
+    def second() -> None:  # a second writer while the first runs: refused
+        other = harness.run(grpo(tiny, run, "resume=auto"), cwd=tmp_path)
+        harness.assert_one_message(other, prog="legollm", phrase="another process")
+
+    result = interrupt_after(
+        grpo(tiny, run, "max_steps=100000", "checkpoint_every=2"),
+        tmp_path,
+        "train: 3 of 100,000",
+        signal.SIGINT,
+        meanwhile=second,
+    )
+    assert_saved(result, 130)
     assert (run / "sft" / "model" / "model.safetensors").is_file()  # the warm-up finished
-    step = _checkpoint_step(run)
+    step = checkpoint_step(run)
     assert step >= 3
     assert not (run / "model").exists()
     again = harness.run(grpo(tiny, run, f"max_steps={step + 2}", "resume=auto"), cwd=tmp_path)
@@ -112,21 +104,14 @@ def test_sigterm_during_the_warm_up_saves_and_resume_finishes(tiny: Path, tmp_pa
     """SIGTERM in the SFT warm-up: exit 143, its checkpoint; resume=auto runs both stages."""
     before = harness.snapshot(tiny)
     run = tmp_path / "run"
-    process = harness.start(
+    result = interrupt_after(
         grpo(tiny, run, "sft.max_steps=100000", "checkpoint_every=2", "max_steps=2"),
-        cwd=tmp_path,
+        tmp_path,
+        "train: 3 of 100,000",
+        signal.SIGTERM,
     )
-    try:
-        harness.run_until(process, "train: 3 of 100,000")
-        result = harness.interrupt(process, signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert result.code == 143, result.stdout
-    assert "Traceback" not in result.stdout
-    assert "checkpoint saved" in result.stdout
-    assert "resume=auto" in result.stdout
-    step = _checkpoint_step(run / "sft")
+    assert_saved(result, 143)
+    step = checkpoint_step(run / "sft")
     assert step >= 3
     assert not (run / "sft" / "model").exists()
     assert read_latest(run) is None  # GRPO never started
@@ -161,13 +146,8 @@ def test_sigterm_during_the_warm_up_saves_and_resume_finishes(tiny: Path, tmp_pa
 def test_a_bad_setting_is_one_message(
     tiny: Path, tmp_path: Path, override: str, phrase: str
 ) -> None:
-    before = harness.snapshot(tmp_path)
-    tiny_before = harness.snapshot(tiny)
-    result = harness.run(grpo(tiny, tmp_path / "run", override), cwd=tmp_path)
-    harness.assert_one_message(result, prog="legollm", phrase=phrase)
-    assert not (tmp_path / "run").exists()
-    harness.assert_unchanged(before, tmp_path)
-    harness.assert_unchanged(tiny_before, tiny)
+    run = tmp_path / "run"
+    assert_refused(grpo(tiny, run, override), tmp_path, tiny, run, phrase)
 
 
 @pytest.mark.parametrize(
@@ -180,12 +160,9 @@ def test_a_bad_setting_is_one_message(
 def test_a_missing_file_is_one_message(
     tiny: Path, tmp_path: Path, override: str, phrase: str
 ) -> None:
-    before = harness.snapshot(tmp_path)
     extra = ["data.task=''"] if override.startswith("data.") else []
-    result = harness.run(grpo(tiny, tmp_path / "run", *extra, override), cwd=tmp_path)
-    harness.assert_one_message(result, prog="legollm", phrase=phrase)
-    assert not (tmp_path / "run").exists()
-    harness.assert_unchanged(before, tmp_path)
+    run = tmp_path / "run"
+    assert_refused(grpo(tiny, run, *extra, override), tmp_path, tiny, run, phrase)
 
 
 ROWS = [
@@ -211,13 +188,8 @@ def test_a_bad_record_names_the_file_and_the_line(
     lines[line - 1] = text
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
-    before = harness.snapshot(tmp_path)
-    result = harness.run(
-        grpo(tiny, tmp_path / "run", "data.task=''", f"data.train={bad}", "data.eval=''"),
-        cwd=tmp_path,
-    )
-    harness.assert_one_message(result, prog="legollm", phrase=phrase)
+    run = tmp_path / "run"
+    command = grpo(tiny, run, "data.task=''", f"data.train={bad}", "data.eval=''")
+    result = assert_refused(command, tmp_path, tiny, run, phrase)
     assert str(bad) in result.stderr
     assert f"line {line}" in result.stderr
-    assert not (tmp_path / "run").exists()
-    harness.assert_unchanged(before, tmp_path)

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import harness
 import pytest
+from rl_faults import assert_refused, assert_saved, checkpoint_step, interrupt_after
 
-from lego.protocols.layout import read_latest
 from lego.tokenize import RegexBPETokenizer
-from lego.train.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "align"
@@ -89,32 +88,15 @@ def ppo(tiny: Path, out: Path, *extra: str) -> list[str]:
     )
 
 
-def _checkpoint_step(run: Path) -> int:
-    """The newest checkpoint's step, after the check a resume makes (sizes, SHA-256s)."""
-    latest = read_latest(run)
-    assert latest is not None
-    CheckpointManager(run_dir=run, keep_last=0).read_state(latest)
-    return int(latest.name.removeprefix("step-"))
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_and_resume_finishes(
     tiny: Path, tmp_path: Path, signum: int, code: int
 ) -> None:
     before = harness.snapshot(tiny)
     run = tmp_path / "run"
-    process = harness.start(ppo(tiny, run, "max_steps=100000", "checkpoint_every=3"), cwd=tmp_path)
-    try:
-        harness.run_until(process, "train: 4 of")
-        result = harness.interrupt(process, signum)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert result.code == code, result.stdout
-    assert "Traceback" not in result.stdout
-    assert "checkpoint saved" in result.stdout
-    assert "resume=auto" in result.stdout
-    step = _checkpoint_step(run)
+    command = ppo(tiny, run, "max_steps=100000", "checkpoint_every=3")
+    assert_saved(interrupt_after(command, tmp_path, "train: 4 of", signum), code)
+    step = checkpoint_step(run)
     assert step >= 4
     assert not (run / "model").exists()
     again = harness.run(ppo(tiny, run, f"max_steps={step + 3}", "resume=auto"), cwd=tmp_path)
@@ -141,24 +123,15 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes(
 def test_a_bad_setting_is_one_message(
     tiny: Path, tmp_path: Path, override: str, phrase: str
 ) -> None:
-    before = harness.snapshot(tmp_path)
-    tiny_before = harness.snapshot(tiny)
-    result = harness.run(ppo(tiny, tmp_path / "run", override), cwd=tmp_path)
-    harness.assert_one_message(result, prog="legollm", phrase=phrase)
-    assert not (tmp_path / "run").exists()
-    harness.assert_unchanged(before, tmp_path)
-    harness.assert_unchanged(tiny_before, tiny)
+    run = tmp_path / "run"
+    assert_refused(ppo(tiny, run, override), tmp_path, tiny, run, phrase)
 
 
 def test_a_language_model_is_no_reward_model(tiny: Path, tmp_path: Path) -> None:
-    before = harness.snapshot(tiny)
-    result = harness.run(
-        ppo(tiny, tmp_path / "run", f"reward_model={tiny / 'model'}"), cwd=tmp_path
-    )
-    harness.assert_one_message(result, prog="legollm", phrase="is not a reward model")
+    run = tmp_path / "run"
+    command = ppo(tiny, run, f"reward_model={tiny / 'model'}")
+    result = assert_refused(command, tmp_path, tiny, run, "is not a reward model")
     assert "LlamaForCausalLM" in result.stderr
-    assert not (tmp_path / "run").exists()
-    harness.assert_unchanged(before, tiny)
 
 
 def test_a_reward_model_with_another_tokenizer_is_refused(tiny: Path, tmp_path: Path) -> None:

@@ -26,10 +26,6 @@ import rl_runs
 from lego.align import GRPOConfig, GRPOTrainer
 
 
-def starts_with_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-    return [1.0 if c.startswith("a") else 0.0 for c in completions]
-
-
 def rows() -> list[dict[str, Any]]:
     return [{"prompt": c * k, "answer": "a"} for c in "bcdefghijk" for k in (1, 2)]
 
@@ -43,7 +39,7 @@ def main() -> None:
         model=conftest.TinyLM(),
         tokenizer=rl_runs.Letters(),
         train_data=rows(),
-        reward_funcs=[starts_with_a],
+        reward_funcs=[rl_runs.starts_with_a],
         config=GRPOConfig(
             template="none",
             num_generations=4,

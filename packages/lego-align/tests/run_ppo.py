@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,10 +23,6 @@ import conftest
 import rl_runs
 
 from lego.align import PPOConfig, PPOTrainer
-
-
-def count_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-    return [float(c.count("a")) for c in completions]
 
 
 def main() -> None:
@@ -39,7 +34,7 @@ def main() -> None:
         model=conftest.TinyLM(),
         tokenizer=rl_runs.Letters(),
         train_data=[{"prompt": c * k} for c in "bcdefghijk" for k in (1, 2)],
-        reward_model=count_a,
+        reward_model=rl_runs.count_a,
         config=PPOConfig(
             template="none",
             prompts_per_step=8,

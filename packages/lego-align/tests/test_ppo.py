@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +30,8 @@ from lego.align import (
 from lego.protocols import CompatibilityError, ConfigError, DataError, FormatError, TrainingError
 from lego.train import TrainConfig, read_metrics
 
-LETTERS = "abcdefghijk"
-
-
-class Letters:
-    """One id per letter after two special tokens: 13 ids, TinyLM's vocabulary."""
-
-    def __init__(self) -> None:
-        self.special_tokens = {"<|endoftext|>": 0, "<|pad|>": 1}
-        self.vocab_size = 2 + len(LETTERS)
-
-    def encode(self, text: str) -> list[int]:
-        return [2 + LETTERS.index(c) for c in text]
-
-    def decode(self, ids: Any) -> str:
-        return "".join("" if int(i) < 2 else LETTERS[int(i) - 2] for i in ids)
-
-
-def count_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-    return [float(c.count("a")) for c in completions]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_runs import Letters, count_a
 
 
 def rows() -> list[dict[str, Any]]:

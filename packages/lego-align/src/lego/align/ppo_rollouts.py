@@ -56,20 +56,18 @@ from lego.align.rewards import RewardFunctions
 from lego.align.rollouts import (
     STAT_PREFIX,
     GRPOPrompt,
-    PromptShares,
+    RolloutSource,
     check_layout,
-    completion_logprobs,
     finite_or_zero,
     gather_on_rank0,
     gather_rows,
     hashed_seed,
     length_stats,
     reward_inputs,
-    sample_completions,
 )
 from lego.generate.rollout import Rollout
 from lego.peft import LoraModel
-from lego.protocols import ConfigError, DataError, Tokenizer, TrainingError, check_int
+from lego.protocols import ConfigError, DataError, Tokenizer, TrainingError
 from lego.train.distributed import all_reduce_sum
 
 if TYPE_CHECKING:
@@ -166,7 +164,7 @@ def whiten_global(
     return torch.where(keep, out, torch.zeros_like(out)).to(x.dtype)
 
 
-class PPOBatchSource:
+class PPOBatchSource(RolloutSource):
     """PPO's training batches: one rollout reused for ``num_ppo_epochs`` epochs of minibatches.
 
     A lego-protocols ``BatchSource``: iterating yields micro-batches forever. Each holds, for
@@ -224,20 +222,24 @@ class PPOBatchSource:
         adapter: LoraModel | None = None,
         device: torch.device | None = None,
     ) -> None:
-        check_int("grad_accum", grad_accum, minimum=1)
-        self.shares = PromptShares(
-            prompts,
-            per_step=config.prompts_per_step,
+        super().__init__(
+            prompts=prompts,
+            tokenizer=tokenizer,
+            config=config,
+            grad_accum=grad_accum,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
             rank=rank,
             world_size=world_size,
-            shuffle=config.shuffle,
-            seed=config.seed,
+            reference=reference,
+            adapter=adapter,
+            device=device,
             unit="rollout",
         )
         local = self.shares.local
         parts = config.num_mini_batches * grad_accum
         if local % parts:
-            self.shares.close()
+            self.close()
             raise ConfigError(
                 f"each rank rolls out {local} prompts per step, which do not split into "
                 f"num_mini_batches={config.num_mini_batches} x grad_accum={grad_accum} equal "
@@ -245,29 +247,15 @@ class PPOBatchSource:
                 key="prompts_per_step",
                 hint="make prompts_per_step / ranks a multiple of num_mini_batches * grad_accum",
             )
-        self.prompts = list(prompts)
         self.model = model
-        self.tokenizer = tokenizer
         self.score = score
         self.config = config
-        self.grad_accum = grad_accum
         self.local = local
-        self.pad_id = pad_id
-        self.stop_ids = tuple(stop_ids)
-        self.rank = rank
-        self.world_size = world_size
-        self.reference = reference
-        self.adapter = adapter
-        self.device = device if device is not None else torch.device("cpu")
-        self.loader = self.shares.loader
         self.rollouts = 0
-        self.position = 0
         self.rows: dict[str, Tensor] = {}
         self.stats: dict[str, float] = {}
         self._all_rows: dict[str, dict[str, Tensor]] | None = None
         self._orders: dict[int, Tensor] = {}
-        self.last_prompts: list[GRPOPrompt] = []
-        self.last_rollout: Rollout | None = None
 
     @property
     def per_rollout(self) -> int:
@@ -287,10 +275,6 @@ class PPOBatchSource:
             batch = self.micro_batch(self.position)
             self.position += 1
             yield batch
-
-    def close(self) -> None:
-        """Stop the prompt loader's thread."""
-        self.shares.close()
 
     # -- the order of the rows ------------------------------------------------------------
 
@@ -457,21 +441,7 @@ class PPOBatchSource:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = sample_completions(
-                self.model.policy,
-                prompts,
-                n=1,
-                seed=config.seed,
-                generation=self.rollouts,
-                first=self.shares.first,
-                max_new_tokens=config.max_completion_length,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                stop_ids=self.stop_ids,
-                pad_id=self.pad_id,
-                tokenizer=self.tokenizer,
-            )
+            out = self._sample(self.model.policy, prompts, n=1, count=self.rollouts)
             ids, mask = out.sequences()  # (R, P + N)
             positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)
             cmask = out.completion_mask  # (R, N)
@@ -484,7 +454,9 @@ class PPOBatchSource:
                     temperature=config.temperature,
                     chunk_size=config.chunk_size,
                 )
-                ref_logps = self._reference_logps(ids, mask, cmask, positions, old_logps)
+                ref_logps = self._reference_logps(self.model.policy, ids, mask, cmask, positions)
+                if ref_logps is None:  # kl_coef 0: no reference, no KL
+                    ref_logps = old_logps
                 scores = self._scores(prompts, out, ids, mask)
         finally:
             self.model.train(was_training)
@@ -548,23 +520,6 @@ class PPOBatchSource:
         self._all_rows = None
         if self.world_size > 1 and self.per_rollout > self.grad_accum:
             self._gather_rows_on_rank0()
-
-    def _reference_logps(
-        self, ids: Tensor, mask: Tensor, cmask: Tensor, positions: Tensor, old_logps: Tensor
-    ) -> Tensor:
-        """The reference's per-token log-probs (the policy's own when ``kl_coef == 0``)."""
-        config = self.config
-        kwargs: dict[str, Any] = {
-            "position_ids": positions,
-            "temperature": config.temperature,
-            "chunk_size": config.chunk_size,
-        }
-        if self.reference is not None:
-            return completion_logprobs(self.reference, ids, mask, cmask, **kwargs).logps
-        if self.adapter is not None:
-            with self.adapter.disabled():
-                return completion_logprobs(self.model.policy, ids, mask, cmask, **kwargs).logps
-        return old_logps
 
     def _gather_rows_on_rank0(self) -> None:
         """Rank 0 keeps every rank's rollout (its checkpoint resumes them all)."""

@@ -43,7 +43,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -92,6 +92,8 @@ __all__ = [
     "PromptShares",
     "check_layout",
     "gather_on_rank0",
+    "RolloutSettings",
+    "RolloutSource",
     "check_context",
     "reward_inputs",
     "gather_rows",
@@ -854,7 +856,164 @@ def length_stats(lengths: Tensor, stopped: Tensor) -> dict[str, float]:
     }
 
 
-class GRPOBatchSource:
+class RolloutSettings(Protocol):
+    """The settings a [`RolloutSource`][lego.align.rollouts.RolloutSource] reads.
+
+    ``GRPOConfig`` and ``PPOConfig`` have them all.
+    """
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts per step over all ranks."""
+
+    @property
+    def shuffle(self) -> bool:
+        """Visit the prompts in a seeded random order each epoch."""
+
+    @property
+    def seed(self) -> int:
+        """The prompt order's and the sampler's seed."""
+
+    @property
+    def max_completion_length(self) -> int:
+        """The most generated tokens per completion."""
+
+    @property
+    def temperature(self) -> float:
+        """The sampling temperature (the log-probs use it too)."""
+
+    @property
+    def top_p(self) -> float:
+        """Nucleus mass."""
+
+    @property
+    def top_k(self) -> int:
+        """Top-k (0: off)."""
+
+    @property
+    def chunk_size(self) -> int:
+        """Positions per chunk of the log-softmax."""
+
+
+class RolloutSource:
+    """What GRPO's and PPO's batch sources share: prompts, sampling, the reference, the state.
+
+    Holds the run's settings, this rank's [`PromptShares`][lego.align.rollouts.PromptShares],
+    and samples completions with one seed per row
+    ([`sample_completions()`][lego.align.rollouts.sample_completions]); the reference's
+    per-token log-probs come from the frozen copy or the disabled adapter.
+
+    Args:
+        prompts: All training prompts (every rank gets the same list and takes its share).
+        tokenizer: Decodes the completions.
+        config: The run's settings.
+        grad_accum: Micro-batches per optimizer step (lego-train's ``grad_accum``).
+        pad_id: The padding id.
+        stop_ids: The ids that finish a completion.
+        rank: This process's rank.
+        world_size: The number of ranks.
+        reference: The frozen reference model, or None.
+        adapter: The policy's ``LoraModel`` disabled for the reference, or None.
+        device: Where the collectives run (the Trainer's device).
+        unit: What one step of prompts feeds, for messages (``"step"``, ``"rollout"``).
+
+    Raises:
+        ConfigError: ``prompts_per_step`` not divisible by the world size.
+        DataError: Fewer prompts than one step needs.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompts: Sequence[GRPOPrompt],
+        tokenizer: Tokenizer,
+        config: RolloutSettings,
+        grad_accum: int,
+        pad_id: int,
+        stop_ids: Sequence[int],
+        rank: int = 0,
+        world_size: int = 1,
+        reference: nn.Module | None = None,
+        adapter: LoraModel | None = None,
+        device: torch.device | None = None,
+        unit: str = "step",
+    ) -> None:
+        check_int("grad_accum", grad_accum, minimum=1)
+        self.shares = PromptShares(
+            prompts,
+            per_step=config.prompts_per_step,
+            rank=rank,
+            world_size=world_size,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            unit=unit,
+        )
+        self.settings = config
+        self.prompts = list(prompts)
+        self.tokenizer = tokenizer
+        self.grad_accum = grad_accum
+        self.pad_id = pad_id
+        self.stop_ids = tuple(stop_ids)
+        self.rank = rank
+        self.world_size = world_size
+        self.reference = reference
+        self.adapter = adapter
+        self.device = device if device is not None else torch.device("cpu")
+        self.loader = self.shares.loader
+        self.position = 0
+        self.last_prompts: list[GRPOPrompt] = []
+        self.last_rollout: Rollout | None = None
+
+    def close(self) -> None:
+        """Stop the prompt loader's thread."""
+        self.shares.close()
+
+    def _sample(
+        self,
+        policy: nn.Module,
+        prompts: Sequence[GRPOPrompt],
+        *,
+        n: int,
+        count: int,
+        repetition_penalty: float = 1.0,
+    ) -> Rollout:
+        """``n`` completions of this rank's ``prompts`` of generation (rollout) ``count``."""
+        config = self.settings
+        return sample_completions(
+            policy,
+            prompts,
+            n=n,
+            seed=config.seed,
+            generation=count,
+            first=self.shares.first,
+            max_new_tokens=config.max_completion_length,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            repetition_penalty=repetition_penalty,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            tokenizer=self.tokenizer,
+        )
+
+    def _reference_logps(
+        self, policy: nn.Module, ids: Tensor, mask: Tensor, cmask: Tensor, positions: Tensor
+    ) -> Tensor | None:
+        """The reference's per-token log-probs ``(B, N)``, or None without a reference."""
+        kwargs: dict[str, Any] = {
+            "position_ids": positions,
+            "temperature": self.settings.temperature,
+            "chunk_size": self.settings.chunk_size,
+        }
+        if self.reference is not None:
+            return completion_logprobs(self.reference, ids, mask, cmask, **kwargs).logps
+        if self.adapter is not None:
+            with self.adapter.disabled():
+                return completion_logprobs(policy, ids, mask, cmask, **kwargs).logps
+        return None
+
+
+class GRPOBatchSource(RolloutSource):
     """GRPO's training batches: rollouts, rewards and advantages, reused ``num_iterations`` times.
 
     A lego-protocols ``BatchSource``: iterating yields micro-batches forever; the Trainer takes
@@ -915,19 +1074,23 @@ class GRPOBatchSource:
         adapter: LoraModel | None = None,
         device: torch.device | None = None,
     ) -> None:
-        check_int("grad_accum", grad_accum, minimum=1)
-        self.shares = PromptShares(
-            prompts,
-            per_step=config.prompts_per_step,
+        super().__init__(
+            prompts=prompts,
+            tokenizer=tokenizer,
+            config=config,
+            grad_accum=grad_accum,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
             rank=rank,
             world_size=world_size,
-            shuffle=config.shuffle,
-            seed=config.seed,
+            reference=reference,
+            adapter=adapter,
+            device=device,
         )
         local = self.shares.local
         rows = local * config.num_generations
         if rows % grad_accum:
-            self.shares.close()
+            self.close()
             raise ConfigError(
                 f"each rank generates {local} prompts x {config.num_generations} completions "
                 f"= {rows} rows per step, which do not split into grad_accum={grad_accum} "
@@ -936,28 +1099,14 @@ class GRPOBatchSource:
                 hint="choose prompts_per_step, num_generations and grad_accum so that "
                 "prompts_per_step / ranks * num_generations is a multiple of grad_accum",
             )
-        self.prompts = list(prompts)
         self.policy = policy
-        self.tokenizer = tokenizer
         self.rewards = rewards
         self.config = config
-        self.grad_accum = grad_accum
-        self.pad_id = pad_id
-        self.stop_ids = tuple(stop_ids)
-        self.rank = rank
-        self.world_size = world_size
-        self.reference = reference
-        self.adapter = adapter
         # The sampling copy (bf16 where it decodes faster: config.rollout_dtype), or None.
         self.sampler = sampling_copy(policy, config.rollout_dtype)
-        self.device = device if device is not None else torch.device("cpu")
-        self.loader = self.shares.loader
         self.generation = 0
-        self.position = 0
         self.buffer: list[dict[str, Tensor]] = []
         self._all_buffers: dict[str, list[dict[str, Tensor]]] | None = None
-        self.last_prompts: list[GRPOPrompt] = []
-        self.last_rollout: Rollout | None = None
         self.last_scores: RewardScores | None = None
 
     @property
@@ -973,10 +1122,6 @@ class GRPOBatchSource:
             batch = self.buffer[self.position % self.grad_accum]
             self.position += 1
             yield batch
-
-    def close(self) -> None:
-        """Stop the prompt loader's thread."""
-        self.shares.close()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -1047,21 +1192,12 @@ class GRPOBatchSource:
         config = self.config
         g = config.num_generations
         prompts = self.shares.next()
-        out = sample_completions(
+        out = self._sample(
             self.policy if self.sampler is None else self.sampler.refresh(),
             prompts,
             n=g,
-            seed=config.seed,
-            generation=self.generation,
-            first=self.shares.first,
-            max_new_tokens=config.max_completion_length,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=config.top_k,
+            count=self.generation,
             repetition_penalty=config.repetition_penalty,
-            stop_ids=self.stop_ids,
-            pad_id=self.pad_id,
-            tokenizer=self.tokenizer,
         )
         assert out.texts is not None
         texts, columns = reward_inputs(prompts, g)
@@ -1133,12 +1269,8 @@ class GRPOBatchSource:
                 if config.num_iterations > 1:
                     extra["old_logps"] = completion_logprobs(self.policy, *args, **kwargs).logps
                 if config.beta > 0:
-                    if self.reference is not None:
-                        ref = completion_logprobs(self.reference, *args, **kwargs).logps
-                    elif self.adapter is not None:
-                        with self.adapter.disabled():
-                            ref = completion_logprobs(self.policy, *args, **kwargs).logps
-                    else:
+                    ref = self._reference_logps(self.policy, *args, batch["position_ids"])
+                    if ref is None:
                         raise ConfigError(
                             f"beta={config.beta} needs a reference model, and there is none",
                             key="reference",
