@@ -13,7 +13,10 @@ learning rate and no weight decay.
 - ours: ``lego.align.GRPOTrainer`` (``template: none``): its ``GRPOBatchSource`` makes the
   generation (lego-generate's ``rollout()``: one shared prefill per prompt, KV-cached
   decoding; rewards; group advantages), then ``GRPOObjective`` (chunked log-probs, the
-  clipped loss), ``backward`` and ``AdamW.step``;
+  clipped loss), ``backward`` and ``AdamW.step``; twice: ``rollout_dtype: float32`` (sampling
+  with the fp32 policy itself: like for like with TRL's ``bf16=False``) and
+  ``rollout_dtype: auto`` (a bf16 sampling copy of the policy where lego-generate's
+  ``probe_bf16()`` finds bf16 faster on this CPU; the update stays fp32);
 - TRL: ``trl.GRPOTrainer(use_vllm=False, bf16=False)``: ``_prepare_inputs`` (transformers'
   ``generate``, the reward function, advantages), then ``compute_loss``, ``backward`` and the
   same AdamW step.
@@ -22,9 +25,9 @@ Before any time counts, TRL's ``_compute_loss`` scores our first generation on T
 the loss and the gradient norm must equal ours (the same formula on the same batch); and
 every step on both sides must have ``prompts x 8`` completions of exactly 128 tokens.
 
-Step time: both sides in one process, a warm-up step each, then ABBA rounds; the best step per
-side (medians in the note), split into generation and update. Peak RSS: each side alone in a
-fresh process. Quick mode: 2 layers, 16 new tokens.
+Step time: the three sides in one process, a warm-up step each, then ABBA rounds; the best
+step per side (medians in the note), split into generation and update. Peak RSS: each side
+alone in a fresh process. Quick mode: 2 layers, 16 new tokens.
 """
 
 from __future__ import annotations
