@@ -5,7 +5,8 @@ writes once per module, and asserts the exit code, one message without "Tracebac
 that every file that existed before is byte-identical afterwards: bad flags and missing
 files are refused before the model is read; a text that is not UTF-8 or too short to score
 names the file; an output that exists is never replaced without ``--overwrite``; an unknown
-harness task suggests the closest names; a finished run writes both files.
+harness task suggests the closest names; a finished run writes both files; an offline task
+from an --include-path folder runs with no network and prints its table.
 
 ``core``: bad flags and a missing task file before the model is read, a malformed task row
 (file and line), an unknown task key (the closest named). ``judge`` (answers from JSONL,
@@ -128,6 +129,33 @@ def test_an_unknown_task_suggests_the_closest(tiny: Path, tmp_path: Path) -> Non
         cwd=tmp_path,
     )
     harness.assert_one_message(result, prog=PROG, phrase="lego_arithmetic_mc")
+
+
+def test_harness_runs_an_offline_task_from_an_include_path(tiny: Path, tmp_path: Path) -> None:
+    """The issue's "done when": a table printed and written, no network (OFFLINE_ENV)."""
+    from lego.eval.tasks import write_tasks
+
+    include = tmp_path / "tasks"
+    include.mkdir()
+    write_tasks(include)  # a self-contained include folder, as a user would pass one
+    out = tmp_path / "results"
+    result = harness.run(
+        evaluate(
+            "harness", "--model", str(tiny / "model"), "--tasks", "lego_arithmetic_mc",
+            "--include-path", str(include), "--limit", "8", "--bootstrap-iters", "0",
+            "--out", str(out),
+        ),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "lego_arithmetic_mc" in result.stdout  # the table
+    assert "acc" in result.stdout
+    data = json.loads((out / "harness.json").read_text())
+    accuracy = data["results"]["lego_arithmetic_mc"]["acc,none"]
+    assert 0.0 <= accuracy <= 1.0
+    assert data["n-samples"]["lego_arithmetic_mc"]["effective"] == 8
+    assert "lego_arithmetic_mc" in (out / "harness.md").read_text()
 
 
 # -- legollm eval core ------------------------------------------------------------------------
