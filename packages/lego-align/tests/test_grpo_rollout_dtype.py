@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +14,8 @@ from lego.align import GRPOConfig, GRPOTrainer, completion_logprobs
 from lego.protocols import ConfigError
 from lego.train import TrainConfig
 
-LETTERS = "abcdefghijk"
-
-
-class Letters:
-    """One id per letter after two special tokens: 13 ids, TinyLM's vocabulary."""
-
-    def __init__(self) -> None:
-        self.special_tokens = {"<|endoftext|>": 0, "<|pad|>": 1}
-        self.vocab_size = 2 + len(LETTERS)
-
-    def encode(self, text: str) -> list[int]:
-        return [2 + LETTERS.index(c) for c in text]
-
-    def decode(self, ids: Any) -> str:
-        return "".join("" if int(i) < 2 else LETTERS[int(i) - 2] for i in ids)
-
-
-def starts_with_a(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-    return [1.0 if c.startswith("a") else 0.0 for c in completions]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_runs import Letters, starts_with_a
 
 
 def trainer(tmp: Path, model: nn.Module, **overrides: Any) -> GRPOTrainer:
