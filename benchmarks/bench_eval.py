@@ -25,6 +25,7 @@ gives the results that are checked (the models are loaded and warm before it).
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import tempfile
@@ -34,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lm_eval.api.instance import Instance
-from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks._eval_inputs import SHAKESPEARE, TOKENIZER, mc_requests, passage_words, write_gpt2
@@ -44,6 +43,10 @@ from lego.arch import from_hf
 from lego.eval import __version__, text_perplexity
 from lego.eval.harness import LegoLM
 from lego.tokenize import RegexBPETokenizer
+
+# lm-eval ships no type information: its two classes are used as Any
+Instance: Any = importlib.import_module("lm_eval.api.instance").Instance
+HFLM: Any = importlib.import_module("lm_eval.models.huggingface").HFLM
 
 OURS = f"lego-eval {__version__}"
 BATCH = 8
