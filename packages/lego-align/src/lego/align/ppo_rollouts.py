@@ -3,7 +3,7 @@ r"""PPO's online data: one completion per prompt, scored, turned into per-token 
 [`PPOBatchSource`][lego.align.ppo_rollouts.PPOBatchSource] is lego-train's batch source of
 the PPO trainer. For each *rollout* it takes this rank's ``prompts_per_step / world_size``
 prompts (its contiguous share of the rollout's global prompt list,
-[`PromptShares`][lego.align.rollouts.PromptShares]), samples one completion of each with
+`PromptShares`), samples one completion of each with
 lego-generate's ``rollout()`` (the policy in eval mode, every row from its own seed:
 [`sample_completions()`][lego.align.rollouts.sample_completions]), and, with no gradient:
 
@@ -190,7 +190,7 @@ class PPOBatchSource(RolloutSource):
         device: Where the collectives run.
 
     Attributes:
-        shares: The [`PromptShares`][lego.align.rollouts.PromptShares] (every rank walks
+        shares: The `PromptShares` (every rank walks
             the same seeded prompt order and takes its slice); ``loader`` its
             ``ExampleLoader``.
         rollouts: Rollouts made so far.
@@ -283,7 +283,7 @@ class PPOBatchSource(RolloutSource):
 
         This rank's rows form ``grad_accum`` blocks of ``S = num_mini_batches * micro_size``
         consecutive rows; block ``a`` (global number ``first / S + a``) permutes its rows
-        with [`order_seed()`][lego.align.ppo_rollouts.order_seed] and deals them out in
+        with `order_seed()` and deals them out in
         ``num_mini_batches`` parts: part ``m`` is micro-batch ``a`` of minibatch ``m``. A
         rank's minibatch ``m`` is thus its blocks' part of one process's minibatch ``m``
         (which has ``world_size`` times the blocks), micro-batch for micro-batch.

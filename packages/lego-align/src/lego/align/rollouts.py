@@ -10,7 +10,7 @@ r"""Online data for GRPO: prompts, rollouts scored by reward functions, and thei
   top-k / top-p filters), the log-softmax in chunks, with the per-token entropy on request.
 - [`GRPOBatchSource`][lego.align.rollouts.GRPOBatchSource]: lego-train's batch source of the
   GRPO trainer. For each *generation* it takes this rank's contiguous share of the
-  generation's global prompt list ([`PromptShares`][lego.align.rollouts.PromptShares]),
+  generation's global prompt list (`PromptShares`),
   samples ``G`` completions of each with lego-generate's ``rollout()`` (one shared prefill
   per prompt, the policy in eval mode; every row from its own seed,
   [`sample_completions()`][lego.align.rollouts.sample_completions]), decodes them, calls
@@ -19,7 +19,7 @@ r"""Online data for GRPO: prompts, rollouts scored by reward functions, and thei
   ``grad_accum`` micro-batches, handed out ``num_iterations`` times (one optimizer step per
   pass). Its ``state_dict()`` makes resume exact: the prompt position, the generation count
   (every row's sampler is seeded from the run's seed, that count and the row's global
-  place: [`row_seed()`][lego.align.rollouts.row_seed]) and,
+  place: `row_seed()`) and,
   when a checkpoint falls between two iterations of one generation, the generation's
   micro-batches themselves (every rank's, gathered on rank 0 when the generation is made).
 - [`evaluate_completions()`][lego.align.rollouts.evaluate_completions]: greedy (or sampled)
@@ -650,7 +650,7 @@ def sample_completions(
 
     One ``rollout()`` call (one shared prefill per prompt, raw log-probs); the row of
     completion ``j`` of prompt ``i`` samples with
-    [`row_seed(seed, generation, first + i, j)`][lego.align.rollouts.row_seed] through a
+    `row_seed(seed, generation, first + i, j)` through a
     [`RowSampler`][lego.align.rollouts.RowSampler], so splitting the prompts over ranks
     (each rank passing its share and the share's ``first`` global index) gives the rows that
     one process sampling them all gives.
@@ -898,7 +898,7 @@ class RolloutSettings(Protocol):
 class RolloutSource:
     """What GRPO's and PPO's batch sources share: prompts, sampling, the reference, the state.
 
-    Holds the run's settings, this rank's [`PromptShares`][lego.align.rollouts.PromptShares],
+    Holds the run's settings, this rank's `PromptShares`,
     and samples completions with one seed per row
     ([`sample_completions()`][lego.align.rollouts.sample_completions]); the reference's
     per-token log-probs come from the frozen copy or the disabled adapter.
@@ -1041,11 +1041,11 @@ class GRPOBatchSource(RolloutSource):
         device: Where the collectives run (the Trainer's device).
 
     Attributes:
-        shares: The [`PromptShares`][lego.align.rollouts.PromptShares]: every rank walks the
+        shares: The `PromptShares`: every rank walks the
             same seeded prompt order and takes ``prompts_per_step / world_size`` of each
             generation's prompts; ``loader`` is its lego-data ``ExampleLoader``.
         generation: Generations made so far (the rows' sampler seeds are
-            [`row_seed(seed, generation, prompt, j)`][lego.align.rollouts.row_seed]).
+            `row_seed(seed, generation, prompt, j)`).
         position: Micro-batches of the current generation handed out.
         buffer: The current generation's ``grad_accum`` micro-batches (on the CPU).
         last_prompts: The prompts of the last generation; ``last_rollout`` its

@@ -675,10 +675,13 @@ class CausalSelfAttention(nn.Module):
         elif t != 1:
             mask = causal_mask(t, s, device=q.device)[None, None]  # (1, 1, T, S) offset
         # t == 1 after a cached prefix: the new token sees every key, no mask at all.
-        # With a mask, enable_gqa on the CPU too: repeat_kv would copy the whole cache per
-        # layer (a 16-row decode step over 400 cached columns spent most of its time there);
-        # on CUDA a mask with enable_gqa leaves the memory-efficient kernel, so it repeats.
-        if self.n_rep > 1 and _SDPA_HAS_GQA and (mask is None or q.device.type == "cpu"):
+        # With a mask, enable_gqa on the CPU when no gradient is taken (decoding, serving):
+        # repeat_kv would copy the whole cache per layer (a 16-row decode step over 400 cached
+        # columns spent most of its time there). Training keeps repeat_kv, whose rounding the
+        # packed-vs-padded equalities are checked with; on CUDA a mask with enable_gqa leaves
+        # the memory-efficient kernel, so it repeats.
+        gqa_masked = q.device.type == "cpu" and not torch.is_grad_enabled()
+        if self.n_rep > 1 and _SDPA_HAS_GQA and (mask is None or gqa_masked):
             return F.scaled_dot_product_attention(
                 q,
                 k,
