@@ -22,6 +22,10 @@
 - Generated tasks with verifiable answers (arithmetic, sorting, reversing), split by
   problem so that held-out problems never reach training
   ([`task_rows()`][lego.data.tasks.task_rows]).
+- ``python-stdlib-qa``: instruction rows and preference pairs generated from the standard
+  library's docstrings and from small snippets, split by module / operation
+  ([`qa_rows()`][lego.data.stdlib_qa.qa_rows],
+  [`preference_rows()`][lego.data.stdlib_qa.preference_rows]).
 
 Every name is imported on first use (PEP 562), so ``import lego.data`` and the
 ``lego-data`` command stay light: the token loaders pull in torch only when they are asked
@@ -75,6 +79,14 @@ if TYPE_CHECKING:
         PreferenceCollator,
         PreferenceDataset,
         PreferenceExample,
+    )
+    from lego.data.stdlib_qa import (
+        PREFERENCE_CORRUPTIONS,
+        QA_DATASET,
+        QA_KINDS,
+        preference_rows,
+        qa_rows,
+        qa_split,
     )
     from lego.data.summary import Summary, plot, summarize
     from lego.data.tasks import TASK_NAMES, task_problems, task_rows, task_split
@@ -142,6 +154,13 @@ __all__ = [
     "task_rows",
     "task_split",
     "task_problems",
+    # python-stdlib-qa: instruction and preference data
+    "QA_DATASET",
+    "QA_KINDS",
+    "PREFERENCE_CORRUPTIONS",
+    "qa_split",
+    "qa_rows",
+    "preference_rows",
 ]
 
 _LAZY: dict[str, str] = {
@@ -193,6 +212,12 @@ _LAZY: dict[str, str] = {
     "task_rows": "lego.data.tasks",
     "task_split": "lego.data.tasks",
     "task_problems": "lego.data.tasks",
+    "QA_DATASET": "lego.data.stdlib_qa",
+    "QA_KINDS": "lego.data.stdlib_qa",
+    "PREFERENCE_CORRUPTIONS": "lego.data.stdlib_qa",
+    "qa_split": "lego.data.stdlib_qa",
+    "qa_rows": "lego.data.stdlib_qa",
+    "preference_rows": "lego.data.stdlib_qa",
 }
 """Public name to the module that defines it (imported on first access)."""
 
