@@ -69,6 +69,14 @@ from lego.protocols import (
 )
 from lego.protocols.layout import LEGO_TOKENIZER_FILE, MODEL_DIR, read_latest
 from lego.recipes.pipeline_eval import EVAL_FILE, EvalSpec, run_evaluation
+from lego.recipes.pipeline_stages import (
+    STAGES,
+    DPOStage,
+    GRPOStage,
+    SFTStage,
+    check_stages,
+    stage_fingerprint_data,
+)
 from lego.recipes.preflight import check_fits_context, early_model_config
 from lego.recipes.pretrain import PretrainConfig, build_pretraining
 from lego.recipes.report import check_report_dependencies, write_report
@@ -131,18 +139,25 @@ class ReportSpec(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig(PretrainConfig):
-    """A pipeline config: a pretrain config, where runs go, the evaluation and the report.
+    """A pipeline config: a pretrain config, where runs go, the later stages and the report.
 
     Attributes:
         runs_dir: The folder of timestamped run directories (used unless ``out_dir`` is set).
         report: The [`ReportSpec`][lego.recipes.pipeline.ReportSpec].
         eval: The [`EvalSpec`][lego.recipes.pipeline_eval.EvalSpec] (``enabled: false``
             skips the evaluation stage).
+        sft: The supervised fine-tuning stage
+            ([`SFTStage`][lego.recipes.pipeline_stages.SFTStage]; off unless ``enabled``).
+        dpo: The DPO stage ([`DPOStage`][lego.recipes.pipeline_stages.DPOStage]).
+        grpo: The GRPO stage ([`GRPOStage`][lego.recipes.pipeline_stages.GRPOStage]).
     """
 
     runs_dir: str = "runs"
     report: ReportSpec = field(default_factory=ReportSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    sft: SFTStage = field(default_factory=SFTStage)
+    dpo: DPOStage = field(default_factory=DPOStage)
+    grpo: GRPOStage = field(default_factory=GRPOStage)
     out_dir: str = ""
 
     def validate(self) -> None:
@@ -152,19 +167,26 @@ class PipelineConfig(PretrainConfig):
             return
         super().validate()
 
-    def check_later_stages(self, *, context: int, prompt_tokens: list[int]) -> None:
-        """Check the report against the model before training starts.
+    def check_later_stages(
+        self, *, context: int, prompt_tokens: list[int], tokenizer: Tokenizer | None = None
+    ) -> None:
+        """Check the report and the stages against the model before training starts.
 
         Args:
             context: The model's context length.
             prompt_tokens: Each report prompt's length in tokens (``[1]`` before the
                 tokenizer exists: the least a prompt takes).
+            tokenizer: The tokenizer, once it exists (the stages' chat templates need
+                their special tokens in it or added).
 
         Raises:
             ConfigError: A prompt plus ``report.max_new_tokens`` exceeds the context,
                 the evaluation's window does not fit it or has no validation split to
-                score, or matplotlib (for the pictures) is missing.
+                score, a stage's rows do not fit it or its template's tokens are missing
+                ([`check_stages()`][lego.recipes.pipeline_stages.check_stages]), or
+                matplotlib (for the pictures) is missing.
         """
+        check_stages(self, context=context, tokenizer=tokenizer)
         for length in prompt_tokens:
             check_fits_context(
                 length, self.report.max_new_tokens, context, key="report.max_new_tokens"
@@ -190,7 +212,7 @@ class PipelineConfig(PretrainConfig):
             The recipe config.
         """
         data = self.to_dict()
-        for key in ("runs_dir", "report", "eval"):
+        for key in ("runs_dir", "report", "eval", *STAGES):
             data.pop(key)
         data["out_dir"] = str(out_dir)
         if not data.get("overwrite"):  # overwrite=true: start the run over, on purpose
@@ -198,10 +220,17 @@ class PipelineConfig(PretrainConfig):
         return PretrainConfig.from_dict(data)
 
     def fingerprint(self) -> str:
-        """A hash of everything that shapes the run (not where it goes or how long it is)."""
+        """A hash of everything that shapes the run (not where it goes or how long it is).
+
+        The stage sections count, less their ``enabled`` flags and lengths
+        ([`stage_fingerprint_data()`][lego.recipes.pipeline_stages.stage_fingerprint_data]):
+        changing a stage's settings starts a new run; switching a stage on or off, or
+        giving it more steps, continues the unfinished one.
+        """
         data = self.to_dict()
         for key in ("runs_dir", "out_dir", "resume", "max_steps", "progress", "report", "eval"):
             data.pop(key, None)
+        data.update(stage_fingerprint_data(self))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -331,6 +360,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
                 config.check_later_stages(
                     context=int(model.context_length),
                     prompt_tokens=[len(tokenizer.encode(p)) for p in config.report.prompts],
+                    tokenizer=tokenizer,
                 )
 
         pretraining = build_pretraining(
