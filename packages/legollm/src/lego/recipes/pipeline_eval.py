@@ -65,6 +65,7 @@ from lego.protocols import (
     closest,
     read_json,
 )
+from lego.recipes.pipeline_stages_eval import STAGES_KEY, StageEvalSpec
 from lego.train.monitor import read_metrics
 
 __all__ = [
@@ -73,6 +74,9 @@ __all__ = [
     "DOCS_TASK",
     "EvalSpec",
     "core_tasks",
+    "model_digest",
+    "read_eval_file",
+    "write_eval_file",
     "run_evaluation",
     "report_lines",
 ]
@@ -105,6 +109,9 @@ class EvalSpec(Config):
             ``lego_arithmetic_exact``, ``lego_sort_exact`` (CORE-scored) and
             ``lego_stdlib_ppl`` (perplexity of Python documentation topics).
         max_rows: Rows used per task, from the top of its file (0: every row).
+        stages: What is measured on the models of the later stages (pretrained, SFT, DPO,
+            GRPO side by side): the
+            [`StageEvalSpec`][lego.recipes.pipeline_stages_eval.StageEvalSpec].
     """
 
     enabled: bool = True
@@ -114,6 +121,7 @@ class EvalSpec(Config):
     batch_size: int = 8
     tasks: list[str] = field(default_factory=lambda: [*TASKS, DOCS_TASK])
     max_rows: int = 0
+    stages: StageEvalSpec = field(default_factory=StageEvalSpec)
 
     def validate(self) -> None:
         """Sizes in range; tasks known and not repeated."""
@@ -195,8 +203,15 @@ def core_tasks(spec: EvalSpec, folder: Path) -> list[CoreTask]:
     return write_core_tasks(folder, list(spec.tasks), max_rows=spec.max_rows)
 
 
-def _model_digest(model_dir: Path) -> str:
-    """SHA-256 over the model directory's weight files (names and bytes, sorted)."""
+def model_digest(model_dir: Path) -> str:
+    """SHA-256 over a model directory's weight files (names and bytes, sorted).
+
+    Args:
+        model_dir: The model directory.
+
+    Returns:
+        64 hex digits; an evaluation part recorded with another digest is measured again.
+    """
     digest = hashlib.sha256()
     for path in sorted(model_dir.glob("*.safetensors")):
         digest.update(path.name.encode() + b"\0")
@@ -246,23 +261,12 @@ class _Record:
             "settings": settings,
             "parts": {},
         }
-        old = self._read()
+        old = read_eval_file(path)
         if old is not None and old.get("model") == model and old.get("settings") == settings:
             self.data["parts"] = dict(old.get("parts") or {})
+        if old is not None and STAGES_KEY in old:  # the later stages' part, kept as it is
+            self.data[STAGES_KEY] = old[STAGES_KEY]
         self.kept = len(self.data["parts"])
-
-    def _read(self) -> dict[str, Any] | None:
-        if not self.path.is_file():
-            return None
-        try:
-            old = read_json(self.path, what="evaluation record")
-        except LegoError:  # cut or damaged: computed again
-            return None
-        if not isinstance(old, dict) or old.get("format") != _FORMAT:
-            return None
-        if old.get("version") != _VERSION or not isinstance(old.get("parts"), dict):
-            return None
-        return old
 
     @property
     def parts(self) -> dict[str, Any]:
@@ -277,8 +281,53 @@ class _Record:
 
     def write(self) -> None:
         """Write ``eval.json`` atomically."""
-        text = json.dumps(self.data, indent=2, allow_nan=True) + "\n"
-        atomic_write_text(self.path, text, what="evaluation record")
+        write_eval_file(self.path, self.data)
+
+
+def read_eval_file(path: Path) -> dict[str, Any] | None:
+    """Read an ``eval.json`` this stage wrote, or None when absent, cut, damaged or foreign.
+
+    Args:
+        path: The file.
+
+    Returns:
+        Its content (a ``lego-pipeline-eval`` record of this version), or None: whatever
+        it held is then measured again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        old = read_json(path, what="evaluation record")
+    except LegoError:  # cut or damaged: computed again
+        return None
+    if not isinstance(old, dict) or old.get("format") != _FORMAT:
+        return None
+    if old.get("version") != _VERSION or not isinstance(old.get("parts"), dict):
+        return None
+    return old
+
+
+def write_eval_file(path: Path, data: Mapping[str, Any]) -> None:
+    """Write an ``eval.json`` content atomically (a temporary name, then a rename).
+
+    Args:
+        path: The file.
+        data: The content; with no ``format`` yet, the header of an empty evaluation
+            record is added (no part of the pretrained model's evaluation).
+    """
+    content = dict(data)
+    if "format" not in content:
+        content = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "complete": False,
+            "model": None,
+            "settings": None,
+            "parts": {},
+            **content,
+        }
+    text = json.dumps(content, indent=2, allow_nan=True) + "\n"
+    atomic_write_text(path, text, what="evaluation record")
 
 
 def _ppl_dict(result: Any) -> dict[str, Any]:
@@ -328,14 +377,15 @@ def run_evaluation(
     max_length, stride = spec.window(context)
     train_window = train_context or context
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
+    own = {k: v for k, v in spec.to_dict().items() if k != STAGES_KEY}  # stages: their part
     settings = {
-        **spec.to_dict(),
+        **own,
         "max_length": max_length,
         "stride": stride,
         "bos_id": eot,
         "train_window": train_window,
     }
-    model_info = {"path": model_dir.name, "sha256": _model_digest(model_dir)}
+    model_info = {"path": model_dir.name, "sha256": model_digest(model_dir)}
     record = _Record(run_dir / EVAL_FILE, model_info, settings)
     if record.kept:
         echo(f"eval: {record.kept} part(s) kept from {EVAL_FILE}")
