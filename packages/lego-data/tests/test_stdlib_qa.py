@@ -67,6 +67,10 @@ class Knife:
 
 def close():
     """Close the kitchen for the night."""
+
+
+def pad(value, width):
+    """Return ``value`` as a :class:`~builtins.str` of *width* characters, e.g. ``'x'``."""
 '''
 
 PACKAGE = '''
@@ -124,6 +128,8 @@ def test_a_fake_stdlib_gives_exactly_the_expected_rows(fake_root: Path) -> None:
         ("kitchen.tools", "Knife.sharpen", "Make the blade sharp again."),
         ("kitchen.tools", "chop", "Cut the food into small pieces."),
         ("kitchen.tools", "close", "Close the kitchen for the night."),
+        # reStructuredText markup is dropped
+        ("kitchen.tools", "pad", "Return value as a builtins.str of width characters, e.g. 'x'."),
     ]
     # the same answer in a held-out module is dropped: it would be recall, not generalisation
     test = qa_rows(kinds=("docstring",), split="test", root=fake_root)

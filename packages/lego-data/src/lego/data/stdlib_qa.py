@@ -8,27 +8,34 @@ module it describes is ever imported (the sources are parsed with ``ast``).
 Two kinds of questions ([`QA_KINDS`][lego.data.stdlib_qa.QA_KINDS]):
 
 - ``docstring``: "What does json.dumps do?" answered by the first sentence of the
-  docstring ("Serialize ``obj`` to a JSON formatted ``str``."). The files are the
-  ``python-stdlib`` corpus's ([`stdlib_files()`][lego.data.corpora.stdlib_files]); the
-  names are the public top-level functions and classes of each public module (also
-  those defined under a top-level ``if`` / ``try``) and the public methods of its
-  top-level classes. The sentence is the docstring's first paragraph with whitespace
-  collapsed, cut at the first ``". "`` (not after ``e.g.``, ``i.e.``, ``etc.``), kept
-  when it is printable ASCII prose of 4 to 30 words starting with a capital letter (no
-  signature, ``->``, ``>>>``, ``:param``, "Deprecated", "XXX" or "TODO", balanced
-  brackets), with a full stop added where missing. On CPython 3.11 that gives 6,611
-  rows (5,322 train, 1,289 test at the default ``test_fraction=0.2``).
+  docstring ("Serialize obj to a JSON formatted str."). The files are the
+  ``python-stdlib`` corpus's ([`stdlib_files()`][lego.data.corpora.stdlib_files]) less
+  private modules (a part starting with ``_``) and ``__main__.py``; the names are the
+  public top-level functions and classes of each module (also those defined under a
+  top-level ``if`` / ``try``) and the public methods of its top-level classes, the first
+  definition of a name winning. The sentence is the docstring's first paragraph with
+  whitespace collapsed and reStructuredText markup dropped (roles, double backquotes,
+  emphasis), cut at the first ``". "`` (not after ``e.g.``, ``i.e.``, ``etc.``), kept when it is
+  printable ASCII prose of 4 to 30 words starting with a capital letter (no signature,
+  ``->``, ``>>>``, ``:param``, "Deprecated", "XXX", "TODO", ``NAME - heading`` or
+  unbalanced brackets), with a full stop added where missing. The question is one of
+  three plain phrasings, drawn per row from ``seed``. On CPython 3.11.7 that gives 4,385
+  rows: 3,066 ``train`` (252 modules) and 1,319 ``test`` (68 modules, 418 of the rows
+  from ``tkinter``) at the default ``test_fraction=0.2``.
 - ``snippet``: "What does sorted([3, 1, 2]) return?" answered by ``repr`` of the value
   ("[1, 2, 3]"). The expressions are built from small literals by a fixed table of
-  templates (one per operation: ``len``, ``sorted``, ``str.upper``, ``floordiv`` ...) and
-  evaluated with no builtins but the table's names; 100 distinct expressions per
-  operation, drawn from ``seed`` (3,600 rows).
+  templates, one per operation (36: ``len``, ``sorted``, ``str.upper``, ``floordiv``,
+  ``slice``, ``in`` ...), and evaluated with no builtins but the table's dozen names; up
+  to 100 distinct expressions per operation are drawn from ``seed``: 3,298 rows, 2,368
+  ``train`` (26 operations) and 930 ``test`` (10 operations) by default.
 
 Held-out rows measure generalisation, not recall: the split is decided by a hash of the
 row's *group* ([`qa_split()`][lego.data.stdlib_qa.qa_split]), the module for docstring
 rows and the operation for snippets, so a held-out module's names and a held-out
 operation never appear in ``train``. A ``test`` docstring row whose answer text also
 answers some ``train`` row (``"Close the file."``) is dropped as well.
+(The ``python-stdlib`` pretraining corpus holds the held-out modules' sources: a model
+pretrained on it has read their docstrings as source text, never as answers to questions.)
 
 Preference pairs ([`preference_rows()`][lego.data.stdlib_qa.preference_rows]) take each
 question of a split with ``chosen`` = its answer and ``rejected`` = a plausible wrong one,
@@ -185,10 +192,22 @@ def _module_name(relative: str) -> str | None:
     return ".".join(parts)
 
 
+_ROLE = re.compile(r":[\w:]+:`[~!]?([^`]*)`")
+_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")
+_EMPHASIS = re.compile(r"(?<![\w*])\*([A-Za-z][^*]*?)\*(?![\w*])")
+
+
+def _plain(text: str) -> str:
+    """Drop reStructuredText markup: ``:func:`~a.b```, double backquotes, ``*emphasis*``."""
+    text = _ROLE.sub(r"\1", text)
+    text = _LITERAL.sub(lambda m: m.group(1) or m.group(2), text)
+    return _EMPHASIS.sub(r"\1", text)
+
+
 def _first_sentence(docstring: str) -> str | None:
     """The docstring's first sentence if it reads as prose, with a final full stop."""
     paragraph = docstring.strip().split("\n\n", 1)[0]
-    text = " ".join(paragraph.split())
+    text = _plain(" ".join(paragraph.split()))
     start = 0
     while True:
         found = _SENTENCE_END.search(text, start)
