@@ -172,6 +172,17 @@ def test_the_same_arguments_give_the_same_rows() -> None:
     assert qa_rows(count=50, seed=4) != qa_rows(count=50, seed=5)
 
 
+def test_golden_snippets_and_a_fixed_kind_order() -> None:
+    # snippets come in operation order ("abs" first), literals drawn from the seed
+    rows = qa_rows(kinds=("snippet",), seed=0)
+    assert [(r["prompt"], r["completion"]) for r in rows[:3]] == [
+        ("What does abs(-11) return?", "11"),
+        ("What does abs(47) return?", "47"),
+        ("What does abs(32) return?", "32"),
+    ]
+    assert qa_rows(kinds=("snippet", "docstring"), split="test") == qa_rows(split="test")
+
+
 def test_count_draws_distinct_rows_of_the_split() -> None:
     every = qa_rows(split="test", seed=3)
     drawn = qa_rows(split="test", count=100, seed=3)
