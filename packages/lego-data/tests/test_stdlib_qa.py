@@ -27,6 +27,8 @@ TOOLS = '''
 """Kitchen tools."""
 import os
 
+PATTERN = "\\d+"  # an invalid escape warns (an error under -W error): the module still counts
+
 
 def chop(food):
     """Cut the food into

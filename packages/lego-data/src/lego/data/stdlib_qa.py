@@ -67,6 +67,7 @@ import random
 import re
 import sys
 import sysconfig
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ PREFERENCE_CORRUPTIONS = (
 """
 
 QaSplit = Literal["train", "test"]
+"""A split of ``python-stdlib-qa``."""
 
 _DOCSTRING_MIX: tuple[tuple[str, float], ...] = (
     ("other_function", 0.30),
@@ -263,7 +265,9 @@ def _definitions(
 def _module_entries(module: str, source: str) -> list[_Entry]:
     """The documented public names of one module's source, in source order."""
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # invalid escapes warn (an error under -W error)
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
     entries: list[_Entry] = []
