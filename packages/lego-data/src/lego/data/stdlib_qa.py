@@ -22,8 +22,8 @@ Two kinds of questions ([`QA_KINDS`][lego.data.stdlib_qa.QA_KINDS]):
   three plain phrasings, drawn per row from ``seed``. On CPython 3.11.7 that gives 4,385
   rows: 3,066 ``train`` (252 modules) and 1,319 ``test`` (68 modules, 418 of the rows
   from ``tkinter``) at the default ``test_fraction=0.2``.
-- ``snippet``: "What does sorted([3, 1, 2]) return?" answered by ``repr`` of the value
-  ("[1, 2, 3]"). The expressions are built from small literals by a fixed table of
+- ``snippet``: "What does ``sorted([3, 1, 2])`` return?" answered by ``repr`` of the value
+  (``[1, 2, 3]``). The expressions are built from small literals by a fixed table of
   templates, one per operation (36: ``len``, ``sorted``, ``str.upper``, ``floordiv``,
   ``slice``, ``in`` ...), and evaluated with no builtins but the table's dozen names; up
   to 100 distinct expressions per operation are drawn from ``seed``: 3,298 rows, 2,368
