@@ -40,7 +40,7 @@ the answers from its
 
 **One vocabulary.** The pretrained model's tokenizer lacks the chat template's tokens, so
 it is scored with the SFT model's tokenizer: its own tokenizer, with the tokens it lacks
-added by lego-recipes' ``add_special_tokens()`` in the SFT tokenizer's id order, must have
+added by legollm's ``add_special_tokens()`` in the SFT tokenizer's id order, must have
 the SFT tokenizer's fingerprint (ordinary text then encodes to the same ids), and its
 vocabulary grows with ``grow_vocabulary()`` (new rows at the mean of the old ones), which
 is exactly the model the SFT stage started from. Every model is thus scored on the same
@@ -221,7 +221,8 @@ def _fit(
                 "the scoring tokenizer, and is no lego-arch model whose vocabulary can grow",
                 path=str(model_dir),
             )
-        model = grow_vocabulary(model, common.vocab_size).train(False)
+        where = next(model.parameters()).device
+        model = grow_vocabulary(model, common.vocab_size).to(where).train(False)
     specials = common.special_tokens
     stops = list(generation_stop_ids(model_dir) or ())
     for token in (template.end_of_turn, ENDOFTEXT):
@@ -927,12 +928,13 @@ def draw_stage_curves(*, run_dir: Path, stages: dict[str, Path]) -> Path | None:
             steps, values = _series(records, "train", curve.train)
             if steps:
                 ax.plot(steps, values, label="train")
+            val_steps: list[int] = []
             if curve.val is not None:
                 val_steps, val_values = _series(records, "val", curve.val)
                 if val_steps:
                     ax.plot(val_steps, val_values, "o-", label="validation")
             title = f"{_label(name)}: {curve.title}"
-            ax.set_title(title if steps or curve.val else f"{title} (not logged)", fontsize=9)
+            ax.set_title(title if steps or val_steps else f"{title} (not logged)", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
