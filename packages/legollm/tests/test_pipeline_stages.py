@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lego.protocols import ConfigError
-from lego.recipes.pipeline import PipelineConfig
-from lego.recipes.pipeline_stages import FILLED, check_stages
+from lego.protocols import ConfigError, Interrupted
+from lego.recipes import cli, pipeline_stages
+from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
+from lego.recipes.pipeline import (
+    CHAT_DIR,
+    PIPELINE_FILE,
+    PipelineConfig,
+    PipelineResult,
+    run_pipeline,
+)
+from lego.recipes.pipeline_stages import DATA_DIR, FILLED, check_stages
+from lego.recipes.serve import detect_template
 from lego.tokenize import RegexBPETokenizer
 
 
@@ -55,7 +67,7 @@ def test_stages_are_off_unless_enabled(tmp_path: Path) -> None:
     on = _config(tmp_path, sft={"enabled": True}, grpo={"enabled": True})
     assert [on.sft.enabled, on.dpo.enabled, on.grpo.enabled] == [True, False, True]
     assert on.grpo.sft is None  # no warm-up unless configured
-    assert on.sft.add_special_tokens == ("<|im_start|>", "<|im_end|>")
+    assert on.sft.add_special_tokens == ("<|im_start|>", "<|im_end|>", "<|pad|>")
     assert on.sft.model == FILLED
 
 
@@ -129,13 +141,280 @@ def test_a_template_needs_its_tokens_added_by_some_stage(tmp_path: Path) -> None
     # DPO after an SFT stage that added them: fine even though DPO adds nothing
     chain = _config(
         tmp_path,
-        sft={"enabled": True, "sft": {"max_length": 64}},
+        sft={"enabled": True, "sft": {"max_length": 64, "eos_token": "<|im_end|>"}},
         dpo={"enabled": True, "add_special_tokens": [], "dpo": {"max_length": 64}},
     )
     check_stages(chain, context=128, tokenizer=tokenizer)
     plain = _config(
         tmp_path,
-        sft={"enabled": True, "add_special_tokens": [], "sft": {"template": "none"}},
+        sft={"enabled": True, "add_special_tokens": ["<|pad|>"], "sft": {"template": "none"}},
         dpo={"enabled": True, "dpo": {"max_length": 64}},  # adds ChatML's tokens itself
     )
     check_stages(plain, context=2048, tokenizer=tokenizer)
+
+
+def test_the_sft_stop_tokens_are_checked_before_pretraining(tmp_path: Path) -> None:
+    tokenizer = RegexBPETokenizer("gpt2", special_tokens={"<|endoftext|>": 256})
+    default = _config(tmp_path, sft={"enabled": True, "max_steps": 5})
+    assert default.sft.sft.eos_token == "<|im_end|>"  # the chat reply ends on its turn's end
+    check_stages(default, context=2048, tokenizer=tokenizer)
+    given = {"template": "chatml", "eos_token": "<|endoftext|>"}  # a section without the default
+    disagree = _config(tmp_path, sft={"enabled": True, "sft": given})
+    with pytest.raises(ConfigError, match="stop tokens disagree") as caught:
+        check_stages(disagree, context=2048, tokenizer=tokenizer)
+    assert str(caught.value.key).startswith("sft.sft.")
+
+
+# -- the chain ------------------------------------------------------------------------------
+
+_TUNE = {
+    "log_every": 1,
+    "progress": "none",
+    "checkpoint_every": 2,
+    "keep_last": 1,
+    "schedule": {"name": "constant", "warmup_steps": 0},
+    "plots": False,
+}
+
+
+def _corpus(folder: Path) -> Path:
+    """A small text corpus (tokenizer and pretraining in a second or two)."""
+    from lego.data.stdlib_qa import qa_rows
+
+    rows = qa_rows(split="train", count=120)
+    text = "\n".join(f"{row['prompt']} {row['completion']}" for row in rows)
+    path = folder / "corpus.txt"
+    path.write_text(text * 3, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(corpus, cache)``: one text file and one data cache for every chain test."""
+    folder = tmp_path_factory.mktemp("chain")
+    return _corpus(folder), folder / "cache"
+
+
+def _chain(out: Path, corpus: tuple[Path, Path], **changes: Any) -> PipelineConfig:
+    text, cache = corpus
+    data: dict[str, Any] = {
+        "out_dir": str(out),
+        "max_steps": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "progress": "none",
+        "schedule": {"warmup_steps": 1},
+        "model": {
+            "preset": "gpt2-tiny",
+            "overrides": {
+                "context_length": 256,
+                "d_model": 64,
+                "n_layers": 2,
+                "n_heads": 2,
+                "d_ff": 128,
+            },
+        },
+        "data": {
+            "corpus": str(text),
+            "vocab_size": 320,
+            "batch_size": 4,
+            "context_length": 64,
+            "val_fraction": 0.1,
+            "cache_dir": str(cache),
+        },
+        "eval": {"enabled": False},
+        "report": {"prompts": ["What "], "max_new_tokens": 4, "attention_tokens": 4},
+        "sft": {
+            **_TUNE,
+            "enabled": True,
+            "max_steps": 4,
+            "optim": {"lr": 3e-3, "min_lr": 3e-3, "weight_decay": 0.0},
+            "data": {"train_count": 32, "eval_count": 8},
+            "sft": {
+                "template": "chatml",
+                "eos_token": "<|im_end|>",
+                "max_length": 256,
+                "batch_size": 4,
+            },
+        },
+        "dpo": {
+            **_TUNE,
+            "enabled": True,
+            "max_steps": 2,
+            "optim": {"lr": 1e-3, "min_lr": 1e-3, "weight_decay": 0.0},
+            "data": {"train_count": 16, "eval_count": 8},
+            "dpo": {
+                "finetune": "lora",
+                "lora": {"target_modules": "all-linear", "r": 4, "lora_alpha": 8},
+                "max_length": 256,
+                "batch_size": 4,
+            },
+        },
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return PipelineConfig.from_dict(data)
+
+
+def _quiet(text: str) -> None:
+    """Progress lines go nowhere."""
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory: pytest.TempPathFactory, corpus: tuple[Path, Path]) -> Path:
+    """The run directory of an uninterrupted chain: pretraining, SFT, DPO."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    evaluation = {
+        "enabled": True,
+        "max_tokens": 256,
+        "batch_size": 4,
+        "max_rows": 2,
+        "tasks": ["lego_arithmetic_mc"],
+        "stages": {"answers": 2, "max_new_tokens": 6, "batch_size": 8},
+    }
+    result = run_pipeline(_chain(run, corpus, eval=evaluation), echo=_quiet)
+    assert result.finished
+    assert result.chat == run / CHAT_DIR
+    return run
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_the_chain_leaves_each_stage_and_a_chat_model(chained: Path) -> None:
+    run = chained
+    for stage in ("sft", "dpo"):
+        assert (run / stage / "model" / "model.safetensors").is_file(), stage
+        assert (run / DATA_DIR / f"{stage}-train.jsonl").is_file()
+    assert not (run / "grpo").exists()  # switched off
+    record = json.loads((run / PIPELINE_FILE).read_text())
+    assert record["status"] == "done"
+    assert record["stages"] == {
+        "pretraining": "done",
+        "sft": "done",
+        "dpo": "done",
+        "grpo": "skipped",
+    }
+    chat = run / CHAT_DIR
+    assert _bytes(chat) == _bytes(run / "dpo" / "model")  # a copy of the last stage's model
+    tokenizer = load_tokenizer(None, chat)
+    assert detect_template(tokenizer) == "chatml"  # what legollm serve finds
+    model, _ = load_model(chat)
+    eos = default_eos_ids(chat, tokenizer, vocab_size=model.config.vocab_size)
+    assert tokenizer.special_tokens["<|im_end|>"] in eos  # the end of turn ends a reply
+    assert model.config.vocab_size >= tokenizer.vocab_size
+    sft_rows = (run / DATA_DIR / "sft-train.jsonl").read_text().splitlines()
+    assert len(sft_rows) == 32
+    assert set(json.loads(sft_rows[0])) == {"prompt", "completion"}
+    pairs = (run / DATA_DIR / "dpo-eval.jsonl").read_text().splitlines()
+    assert set(json.loads(pairs[0])) == {"prompt", "chosen", "rejected"}
+    report = (run / "report.md").read_text()
+    assert "## Stages after pretraining" in report
+    assert "held-out preference accuracy" in report  # the stage evaluation's section
+    assert "](stages.png)" in report
+    assert (run / "stages.png").read_bytes().startswith(b"\x89PNG")
+    measured = json.loads((run / "eval.json").read_text())["stages"]
+    assert list(measured["models"]) == ["pretrained", "sft", "dpo"]
+    assert report.rstrip().endswith(f"legollm serve --model {chat}")
+
+
+def test_a_finished_stage_is_not_redone(
+    chained: Path, tmp_path: Path, corpus: tuple[Path, Path]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(chained, run)
+    data = _bytes(run / DATA_DIR)
+    before = {stage: _bytes(run / stage / "model") for stage in ("sft", "dpo")}
+    stamps = {stage: (run / stage / "model").stat().st_mtime_ns for stage in ("sft", "dpo")}
+    lines: list[str] = []
+    result = run_pipeline(_chain(run, corpus), echo=lines.append)
+    assert result.finished
+    assert "sft: done earlier" in "\n".join(lines)
+    for stage in ("sft", "dpo"):
+        assert _bytes(run / stage / "model") == before[stage]
+        assert (run / stage / "model").stat().st_mtime_ns == stamps[stage]
+    assert _bytes(run / DATA_DIR) == data  # the same records, byte for byte
+
+
+def test_a_stage_switched_off_is_skipped(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    run = tmp_path / "run"
+    config = _chain(run, corpus, sft={"enabled": False})
+    result = run_pipeline(config, echo=_quiet)
+    assert result.finished
+    assert not (run / "sft").exists()
+    adapter = run / "dpo" / "checkpoints"
+    (config_file,) = adapter.glob("step-*/model/adapter_config.json")
+    base = json.loads(config_file.read_text())["base_model_name_or_path"]
+    assert Path(base) == (run / "model").resolve()  # DPO started from the pretrained model
+    assert json.loads((run / PIPELINE_FILE).read_text())["stages"]["sft"] == "skipped"
+    assert detect_template(load_tokenizer(None, run / CHAT_DIR)) == "chatml"  # DPO added them
+
+
+class _StopAt:
+    """A trainer callback that sends this process SIGINT after step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state: Any) -> None:
+        if state.step == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_sigint_during_sft_then_the_same_command_finishes(
+    chained: Path, tmp_path: Path, corpus: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    config = _chain(run, corpus)
+    real = pipeline_stages.build_finetune
+
+    def interrupted(recipe: Any) -> Any:
+        tuning = real(recipe)
+        tuning.trainer.trainer.callbacks.append(_StopAt(2))
+        return tuning
+
+    monkeypatch.setattr(pipeline_stages, "build_finetune", interrupted)
+    stopped = run_pipeline(config, echo=_quiet)
+    assert not stopped.finished
+    assert (stopped.stage, stopped.step, stopped.stop_signal) == ("sft", 2, signal.SIGINT)
+    assert stopped.stage_dir == run / "sft"
+    assert (run / "sft" / "checkpoints" / "latest").is_file()
+    assert not (run / "sft" / "model").exists()
+    assert json.loads((run / PIPELINE_FILE).read_text())["stages"]["sft"] == "running"
+    monkeypatch.setattr(pipeline_stages, "build_finetune", real)
+    lines: list[str] = []
+    result = run_pipeline(config, echo=lines.append)
+    assert result.finished
+    for stage in ("model", "sft/model", "dpo/model", "chat"):
+        assert _bytes(run / stage) == _bytes(chained / stage), stage  # as if never stopped
+
+
+def test_the_cli_says_which_stage_stopped(
+    tmp_path: Path, corpus: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    config = _chain(run, corpus)
+    stopped = PipelineResult(
+        run_dir=run,
+        report=run / "report.md",
+        finished=False,
+        val_loss=1.0,
+        baseline=2.0,
+        step=3,
+        max_steps=4,
+        stop_signal=signal.SIGTERM,
+        stage="dpo",
+        stage_dir=run / "dpo",
+    )
+    monkeypatch.setattr(cli, "read_recipe_config", lambda *args: config)
+    monkeypatch.setattr(cli, "run_pipeline", lambda config: stopped)
+    with pytest.raises(Interrupted) as caught:
+        cli._main(["pipeline", "--config", "x.yaml"])
+    assert caught.value.exit_code == 143
+    assert caught.value.message == (
+        f"stopped the dpo stage at step 3 of 4: checkpoint saved in {run / 'dpo'}"
+    )

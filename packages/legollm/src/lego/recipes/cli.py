@@ -247,9 +247,10 @@ def _main(argv: list[str]) -> int:
     if args.command == "pipeline":
         result = run_pipeline(read_recipe_config(PipelineConfig, args.config, args.overrides))
         if not result.finished:
+            what = "" if result.stage == "pretraining" else f"the {result.stage} stage "
             raise Interrupted(
-                f"stopped at step {result.step} of {result.max_steps}: checkpoint saved in "
-                f"{result.run_dir}",
+                f"stopped {what}at step {result.step} of {result.max_steps}: checkpoint saved "
+                f"in {result.stage_dir or result.run_dir}",
                 signum=result.stop_signal or signal.SIGINT,
                 hint="run the same command again to continue from the last checkpoint",
             )

@@ -1,38 +1,64 @@
-"""``legollm pipeline``: raw text to a talking model, with a report, in one command.
+"""``legollm pipeline``: raw text to a model you talk to, with a report, in one command.
 
-The pipeline is the ``pretrain`` recipe plus what a person wants to see afterwards. One YAML
-file (``examples/pipelines/tiny.yaml``) holds every
+The pipeline is the ``pretrain`` recipe, the tuning recipes after it, and what a person
+wants to see afterwards. One YAML file (``examples/pipelines/tiny.yaml``) holds every
 [`PretrainConfig`][lego.recipes.pretrain.PretrainConfig] key plus a ``report:`` section
-([`ReportSpec`][lego.recipes.pipeline.ReportSpec]) and ``runs_dir``:
+([`ReportSpec`][lego.recipes.pipeline.ReportSpec]), ``runs_dir``, and the stage sections
+``sft:``, ``dpo:`` and ``grpo:`` ([`lego.recipes.pipeline_stages`][lego.recipes.pipeline_stages]):
 
 1. the tokenizer is trained and the corpus prepared (cached, see
    [`prepare_data()`][lego.recipes.pretrain.prepare_data]);
-2. the model is pretrained into ``runs_dir/<timestamp>/`` with checkpoints;
-3. the final model is evaluated (lego-eval, the ``eval:`` section,
+2. the model is pretrained into ``runs_dir/<timestamp>/`` with checkpoints, and its final
+   model directory copied to ``model/``;
+3. the pretrained model is evaluated (lego-eval, the ``eval:`` section,
    [`EvalSpec`][lego.recipes.pipeline_eval.EvalSpec]): held-out perplexity and bits per
    byte of the validation split, checked against the trainer's logged validation loss, and
    the offline task scores, CORE-style, into ``eval.json``
    ([`lego.recipes.pipeline_eval`][lego.recipes.pipeline_eval]); ``eval: {enabled: false}``
    skips it;
-4. samples are generated with greedy, top-k and top-p decoding (lego-generate);
-5. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
+4. **SFT** (``sft:``, when enabled): ``legollm finetune`` in ``sft/`` from ``model/`` on
+   generated question-answer rows (``data/sft-train.jsonl``, ``data/sft-eval.jsonl``, from
+   lego-data's ``stdlib_qa``), rendered with ChatML, whose markers are added to the
+   tokenizer (the vocabulary grows);
+5. **DPO** (``dpo:``): ``legollm align dpo`` in ``dpo/`` from the previous model on
+   generated preference pairs (``data/dpo-*.jsonl``); with ``dpo.finetune: lora`` the
+   reference is the model with its adapter disabled, and ``output: merged`` writes the
+   policy whole;
+6. **GRPO** (``grpo:``, off by default): ``legollm align grpo`` in ``grpo/`` on a
+   generated task with a verifiable answer;
+7. the stages' models are measured side by side on the same held-out rows (``eval.stages``,
+   [`lego.recipes.pipeline_stages_eval`][lego.recipes.pipeline_stages_eval]): answer loss,
+   preference accuracy before and after DPO, greedy answers; ``stages.png`` draws each
+   stage's curves;
+8. samples of the pretrained model are generated with greedy, top-k and top-p decoding
+   (lego-generate);
+9. ``loss.png`` (train and validation loss, the unigram baseline, the learning rate) and
    ``attention.png`` (every head of every layer on one sample, from the explicit math
    attention) are drawn, and ``report.md`` collects the configuration, the figures, the
-   evaluation's tables and the samples; the final model directory (with its tokenizer) is
-   copied to ``model/``.
+   evaluations' tables, the stages and the samples; it ends with the command that starts
+   the chat;
+10. ``chat/`` receives a copy of the last model of the chain (with its tokenizer, ChatML's
+    markers and the stop tokens): ``legollm serve --model runs/<timestamp>/chat``.
 
-Everything the later stages need is checked before training starts (the report's prompts
-and ``max_new_tokens`` against the model's context, matplotlib for the pictures), and each
-stage hands its figures to the next (the unigram baseline comes from the pretraining
-result, not from a file).
+A stage switched off (``enabled: false``, the default for a section left out) is skipped:
+the next starts from the previous enabled stage's model. Everything the later stages need
+is checked before training starts (the report's prompts and ``max_new_tokens`` against
+the model's context, matplotlib for the pictures, every stage's keys, lengths, template
+tokens, stop and pad tokens), and each stage hands its figures to the next (the unigram
+baseline comes from the pretraining result, not from a file).
 
-**Resuming.** Each run directory holds ``pipeline.json`` (the configuration and a status).
-When the command is interrupted (Ctrl-C: the trainer saves a checkpoint and stops), running
-the same command again finds the newest unfinished run with the same configuration and
-continues it from its last checkpoint; a finished run is never touched again, so the next
-command starts a new one. ``out_dir=...`` pins the run directory instead. Ctrl-C during the
-evaluation exits 130 too, keeping the parts already in ``eval.json``; the same command
-computes only the rest (a finished evaluation is not redone).
+**Resuming.** Each run directory holds ``pipeline.json`` (the configuration, a status and
+each stage's status). When the command is interrupted (Ctrl-C or SIGTERM: the running
+trainer saves a checkpoint and stops; exit 130 / 143), running the same command again
+finds the newest unfinished run with the same configuration and continues it: a finished
+stage (its ``model/`` written and ``pipeline.json`` saying ``done``) is not redone, the
+stopped one resumes from its last checkpoint (``resume: auto``). A finished run is never
+touched again, so the next command starts a new one. ``out_dir=...`` pins the run
+directory instead. The configuration's fingerprint leaves out paths and lengths
+(``max_steps``, a stage's ``max_steps``) and the stages' ``enabled`` switches, so a longer
+or switched-on stage continues the same run; any other change starts a new one. Ctrl-C
+during an evaluation exits 130 too, keeping the parts already in ``eval.json``; the same
+command computes only the rest (a finished evaluation is not redone).
 """
 
 from __future__ import annotations
@@ -45,6 +71,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,8 +101,16 @@ from lego.recipes.pipeline_stages import (
     DPOStage,
     GRPOStage,
     SFTStage,
+    StagesResult,
     check_stages,
+    run_stages,
     stage_fingerprint_data,
+    stage_template,
+)
+from lego.recipes.pipeline_stages_eval import (
+    draw_stage_curves,
+    evaluate_stages,
+    stage_report_lines,
 )
 from lego.recipes.preflight import check_fits_context, early_model_config
 from lego.recipes.pretrain import PretrainConfig, build_pretraining
@@ -88,6 +123,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineResult",
     "PIPELINE_FILE",
+    "CHAT_DIR",
     "find_run_dir",
     "run_pipeline",
 ]
@@ -95,8 +131,12 @@ __all__ = [
 PIPELINE_FILE = "pipeline.json"
 """The file in a run directory that records the pipeline's configuration and status."""
 
+CHAT_DIR = "chat"
+"""The folder in a run directory with the model to talk to (the last stage's)."""
+
 _DONE = "done"
 _RUNNING = "running"
+_PRETRAINING = "pretraining"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,12 +281,15 @@ class PipelineResult:
     Attributes:
         run_dir: The run directory.
         report: ``report.md``.
-        finished: False when training was interrupted (run the command again to continue).
-        val_loss: The final validation loss (NaN without validation data).
+        finished: False when a stage was interrupted (run the command again to continue).
+        val_loss: The pretraining's final validation loss (NaN without validation data).
         baseline: The unigram entropy of the validation tokens (NaN without them).
-        step: The optimizer steps the run has taken.
+        step: The optimizer steps the interrupted (or last) training stage has taken.
         max_steps: The steps it is to take.
         stop_signal: The signal that interrupted training (after a checkpoint), or None.
+        stage: The stage ``step`` counts: ``pretraining``, ``sft``, ``dpo`` or ``grpo``.
+        stage_dir: Where that stage's checkpoints are (the run directory for pretraining).
+        chat: ``run_dir/chat``, the model to talk to, once the run finished.
     """
 
     run_dir: Path
@@ -257,6 +300,9 @@ class PipelineResult:
     step: int = 0
     max_steps: int = 0
     stop_signal: int | None = None
+    stage: str = "pretraining"
+    stage_dir: Path | None = None
+    chat: Path | None = None
 
 
 def find_run_dir(config: PipelineConfig, *, now: datetime | None = None) -> Path:
@@ -290,16 +336,31 @@ def find_run_dir(config: PipelineConfig, *, now: datetime | None = None) -> Path
     return runs / stamp
 
 
-def _write_record(run_dir: Path, config: PipelineConfig, status: str) -> None:
+def _write_record(
+    run_dir: Path, config: PipelineConfig, status: str, stages: dict[str, str]
+) -> None:
     record = {
         "status": status,
         "fingerprint": config.fingerprint(),
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stages": stages,
         "config": config.to_dict(),
     }
     atomic_write_text(
         run_dir / PIPELINE_FILE, json.dumps(record, indent=2) + "\n", what="pipeline record"
     )
+
+
+def _read_stages(run_dir: Path) -> dict[str, str]:
+    """Each stage's status from ``pipeline.json`` (empty when absent or unreadable)."""
+    try:
+        saved = read_json(run_dir / PIPELINE_FILE, what="pipeline record")
+    except LegoError:
+        return {}
+    stages = saved.get("stages") if isinstance(saved, dict) else None
+    if not isinstance(stages, dict):
+        return {}
+    return {str(k): str(v) for k, v in stages.items()}
 
 
 def _check_writable(folder: Path) -> None:
@@ -325,7 +386,7 @@ _DISK_HINT = (
 
 
 def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult:
-    """Train a model from raw text and write its report (see the module docs).
+    """Train a model from raw text, run the later stages and write the report (module docs).
 
     Args:
         config: The pipeline config.
@@ -333,16 +394,18 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
 
     Returns:
         The [`PipelineResult`][lego.recipes.pipeline.PipelineResult]; ``finished`` is False
-        when SIGINT or SIGTERM stopped training after a checkpoint (``stop_signal`` says
-        which): the same command continues.
+        when SIGINT or SIGTERM stopped a training stage after a checkpoint (``stage`` and
+        ``stop_signal`` say which): the same command continues.
 
     Raises:
-        ConfigError: Bad settings (the report's and the evaluation's included, checked
-            before the tokenizer is trained or the data prepared), matplotlib missing, an
-            unwritable run directory, a run directory another process is writing.
+        ConfigError: Bad settings (the report's, the evaluation's and the stages' included,
+            checked before the tokenizer is trained or the data prepared), matplotlib
+            missing, an unwritable run directory (or stage folder), a run directory
+            another process is writing.
         TrainingError: Training failed, or the disk filled up (the run can be continued).
-        Interrupted: SIGINT or SIGTERM during the evaluation (exit 130 / 143): the parts
-            in ``eval.json`` are kept and the same command computes the rest.
+        Interrupted: SIGINT or SIGTERM outside a training loop (an evaluation, a stage
+            being set up; exit 130 / 143): what was done is kept and the same command
+            continues.
     """
     early = early_model_config(config.pretrain_config(Path(config.runs_dir) / "check"))
     config.check_later_stages(context=int(early.context_length), prompt_tokens=[1])
@@ -354,6 +417,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
     ):
         remove_stale_temporaries(run_dir)
         resumed = (run_dir / PIPELINE_FILE).is_file()
+        statuses = _read_stages(run_dir) if resumed and not config.overwrite else {}
 
         def check_report(model: lego.arch.DecoderConfig, tokenizer: Tokenizer | None) -> None:
             if tokenizer is not None:
@@ -366,7 +430,8 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         pretraining = build_pretraining(
             config.pretrain_config(run_dir), lock=lock, check_later=check_report
         )
-        _write_record(run_dir, config, _RUNNING)
+        statuses[_PRETRAINING] = _RUNNING
+        _write_record(run_dir, config, _RUNNING, statuses)
         echo(f"{'continuing' if resumed else 'starting'} the run in {run_dir}")
         start = time.perf_counter()
         try:
@@ -380,7 +445,6 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
         baseline = result.baseline
-        done = {"step": state.step, "max_steps": config.max_steps}
         if state.step < config.max_steps:
             return PipelineResult(
                 run_dir=run_dir,
@@ -388,10 +452,14 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
                 finished=False,
                 val_loss=val_loss,
                 baseline=baseline,
+                step=state.step,
+                max_steps=config.max_steps,
                 stop_signal=state.stop_signal,
-                **done,
+                stage_dir=run_dir,
             )
         model_dir = _final_model_dir(run_dir)
+        statuses[_PRETRAINING] = _DONE
+        _write_record(run_dir, config, _RUNNING, statuses)
         evaluation = None
         if config.eval.enabled:
             evaluation = _evaluate(
@@ -399,6 +467,26 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
             )
         else:
             (run_dir / EVAL_FILE).unlink(missing_ok=True)  # from an earlier, enabled try
+        stages = _run_stages(config, run_dir, model_dir, statuses, echo)
+        stopped = stages.stopped
+        if stopped is not None and stopped.state is not None:
+            return PipelineResult(
+                run_dir=run_dir,
+                report=run_dir / "report.md",
+                finished=False,
+                val_loss=val_loss,
+                baseline=baseline,
+                step=stopped.state.step,
+                max_steps=stopped.state.max_steps,
+                stop_signal=stopped.state.stop_signal,
+                stage=stopped.name,
+                stage_dir=run_dir / stopped.name,
+            )
+        stage_evaluation = None
+        if evaluation is not None and config.eval.stages.enabled and len(stages.models) > 1:
+            stage_evaluation = _evaluate_stages(config, run_dir, stages, echo)
+        assert stages.model_dir is not None
+        chat = _copy_model(stages.model_dir, run_dir / CHAT_DIR)
         report = write_report(
             run_dir=run_dir,
             model_dir=model_dir,
@@ -407,18 +495,135 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
             baseline=baseline,
             train_seconds=seconds,
             evaluation=evaluation,
+            stage_lines=_stage_lines(run_dir, stages, stage_evaluation),
+            closing=_closing_lines(chat, stages),
             echo=echo,
         )
-        _write_record(run_dir, config, _DONE)
+        _write_record(run_dir, config, _DONE, statuses)
     echo(f"report: {report}")
+    echo(f"talk to the model: legollm serve --model {chat}")
     return PipelineResult(
         run_dir=run_dir,
         report=report,
         finished=True,
         val_loss=val_loss,
         baseline=baseline,
-        **done,
+        step=state.step,
+        max_steps=config.max_steps,
+        chat=chat,
     )
+
+
+def _stop_of(stop: KeyboardInterrupt) -> int:
+    return stop.signum if isinstance(stop, Terminated) else int(signal.SIGINT)
+
+
+def _run_stages(
+    config: PipelineConfig,
+    run_dir: Path,
+    pretrained: Path,
+    statuses: dict[str, str],
+    echo: Any,
+) -> StagesResult:
+    """Run the stages after pretraining; a signal outside a training loop is ``Interrupted``."""
+
+    def save() -> None:
+        _write_record(run_dir, config, _RUNNING, statuses)
+
+    try:
+        return run_stages(
+            config, run_dir=run_dir, pretrained=pretrained, statuses=statuses, save=save, echo=echo
+        )
+    except KeyboardInterrupt as stop:
+        running = [name for name in STAGES if statuses.get(name) == _RUNNING]
+        where = f"the {running[0]} stage" if running else "the stages after pretraining"
+        raise Interrupted(
+            f"stopped during {where}: the stages finished so far are kept in {run_dir}",
+            signum=_stop_of(stop),
+            hint="run the same command again: it continues where it stopped",
+        ) from None
+
+
+def _evaluate_stages(
+    config: PipelineConfig, run_dir: Path, stages: StagesResult, echo: Any
+) -> dict[str, Any]:
+    """The stage evaluation (``eval.json``'s ``stages``); a signal is ``Interrupted``."""
+    template = _chat_template(config)
+    try:
+        return evaluate_stages(
+            run_dir=run_dir,
+            models=dict(stages.models),
+            qa_test=stages.qa_test,
+            pairs_test=stages.pairs_test,
+            spec=config.eval.stages,
+            device=config.device,
+            template=template,
+            echo=echo,
+        )
+    except KeyboardInterrupt as stop:
+        raise Interrupted(
+            "stopped during the stage evaluation: the stages' models are kept, the parts "
+            f"measured so far in {run_dir / EVAL_FILE}",
+            signum=_stop_of(stop),
+            hint="run the same command again: it computes only the rest and writes the report",
+        ) from None
+
+
+def _chat_template(config: PipelineConfig) -> str:
+    """The chat template of the stages (the first enabled one that uses a chat template)."""
+    for stage in (config.sft, config.dpo, config.grpo):
+        template = stage_template(stage)
+        if stage.enabled and template.lower() not in ("none", "alpaca"):
+            return template
+    return "chatml"
+
+
+def _stage_lines(
+    run_dir: Path, stages: StagesResult, evaluation: Mapping[str, Any] | None
+) -> list[str]:
+    """The report's stages section: what ran, the stage evaluation, the curves."""
+    ran = [r for r in stages.runs if r.status != "skipped"]
+    if not ran:
+        return []
+    said = {
+        "done": "trained now",
+        "done earlier": "finished by an earlier invocation",
+        "skipped": "switched off (enabled: false)",
+    }
+    lines = ["## Stages after pretraining", ""]
+    lines += [
+        f"- `{r.name}`: {said.get(r.status, r.status)}"
+        + (f", model in `{r.model_dir.relative_to(run_dir)}/`" if r.model_dir else "")
+        for r in stages.runs
+    ]
+    lines.append("")
+    folders = {"pretrained": run_dir, **{r.name: run_dir / r.name for r in ran}}
+    picture = draw_stage_curves(run_dir=run_dir, stages=folders)
+    if picture is not None:
+        lines += [f"![stages]({picture.name})", ""]
+        lines += [
+            f"`{picture.name}`: each stage's curves from its `metrics.jsonl` (loss; DPO's "
+            "reward margin and preference accuracy; GRPO's reward and exact answers).",
+            "",
+        ]
+    times = {r.name: r.seconds for r in stages.runs if r.status == "done"}
+    if evaluation is not None:
+        lines += stage_report_lines(evaluation, times=times or None)
+    return lines
+
+
+def _closing_lines(chat: Path, stages: StagesResult) -> list[str]:
+    """The report's last lines: the command that starts the chat."""
+    last = [r.name for r in stages.runs if r.model_dir is not None]
+    source = f"the {last[-1]} stage's model" if last else "the pretrained model"
+    return [
+        "## Talk to it",
+        "",
+        f"`{chat.name}/` is {source}, with its tokenizer and stop tokens:",
+        "",
+        f"    legollm serve --model {chat}",
+        "",
+    ]
 
 
 def _evaluate(
@@ -442,7 +647,7 @@ def _evaluate(
             echo=echo,
         )
     except KeyboardInterrupt as stop:
-        signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+        signum = _stop_of(stop)
         raise Interrupted(
             f"stopped during the evaluation: the model is in {model_dir}, the parts measured "
             f"so far in {run_dir / EVAL_FILE}",
@@ -460,8 +665,18 @@ def _final_model_dir(run_dir: Path) -> Path:
             path=run_dir,
             hint="check checkpoint_every and keep_last in the config",
         )
-    source = checkpoint / MODEL_DIR
-    target = run_dir / MODEL_DIR
+    target = _copy_model(checkpoint / MODEL_DIR, run_dir / MODEL_DIR)
+    if not (target / LEGO_TOKENIZER_FILE).is_file():
+        raise TrainingError(
+            f"the model directory has no {LEGO_TOKENIZER_FILE}",
+            path=target,
+            hint="train from a corpus or give data.tokenizer, so samples can be decoded",
+        )
+    return target
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    """Copy a model directory to ``target`` (a temporary name, then a rename) and return it."""
     staging = temporary_name(target)
     try:
         shutil.copytree(source, staging)
@@ -470,10 +685,4 @@ def _final_model_dir(run_dir: Path) -> Path:
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if not (target / LEGO_TOKENIZER_FILE).is_file():
-        raise TrainingError(
-            f"the model directory has no {LEGO_TOKENIZER_FILE}",
-            path=target,
-            hint="train from a corpus or give data.tokenizer, so samples can be decoded",
-        )
     return target

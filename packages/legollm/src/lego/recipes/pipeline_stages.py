@@ -25,7 +25,7 @@ model and the tokenizer before pretraining starts
 
     >>> stage = SFTStage.from_dict({"enabled": True, "max_steps": 20})
     >>> stage.add_special_tokens, stage.data.train_count
-    (('<|im_start|>', '<|im_end|>'), 400)
+    (('<|im_start|>', '<|im_end|>', '<|pad|>'), 400)
     >>> stage.recipe(model=Path("run/model"), out_dir=Path("run/sft")).out_dir
     'run/sft'
 
@@ -45,6 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lego.align import (
+    DPOConfig,
+    SFTConfig,
+    check_stop_tokens,
+    preference_pad_id,
+    resolve_pad_id,
+)
+from lego.align.rollouts import stop_and_pad_ids
 from lego.protocols import (
     Config,
     ConfigError,
@@ -64,8 +72,9 @@ from lego.recipes.align import (
     build_grpo,
 )
 from lego.recipes.finetune import FinetuneConfig, build_finetune
-from lego.recipes.tuning import DataFiles, Tuning, TuningConfig
+from lego.recipes.tuning import DataFiles, Tuning, TuningConfig, add_special_tokens
 from lego.train.config import SEED_MAX
+from lego.train.rng import seed_everything
 from lego.train.state import RunState
 
 __all__ = [
@@ -82,6 +91,7 @@ __all__ = [
     "StageRun",
     "StagesResult",
     "check_stages",
+    "stage_template",
     "stage_fingerprint_data",
     "write_stage_data",
     "run_stages",
@@ -93,8 +103,11 @@ STAGES = ("sft", "dpo", "grpo")
 FILLED = "(filled by the pipeline)"
 """The value of a stage's ``model`` and ``out_dir``: the pipeline fills them."""
 
-CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
-"""ChatML's markers: the stages' default ``add_special_tokens``."""
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>", "<|pad|>")
+"""ChatML's markers and a pad token: the stages' default ``add_special_tokens``."""
+
+END_OF_TURN = "<|im_end|>"
+"""The stages' default ``eos_token``: ChatML's end of turn, so a chat reply ends there."""
 
 DATA_DIR = "data"
 """The folder of the generated records in the run directory."""
@@ -155,6 +168,14 @@ class PairData(StageData):
     """``dpo.data``: preference pairs (``stdlib_qa.preference_rows``)."""
 
 
+def _chat_sft() -> SFTConfig:
+    return SFTConfig(template="chatml", eos_token=END_OF_TURN)
+
+
+def _chat_dpo() -> DPOConfig:
+    return DPOConfig(template="chatml", eos_token=END_OF_TURN)
+
+
 def _check_filled(config: TuningConfig) -> None:
     """Refuse the keys the pipeline sets itself (the paths, resume and overwrite)."""
     for key in _UNSET_KEYS:
@@ -205,6 +226,9 @@ class SFTStage(FinetuneConfig):
         data: The [`QAData`][lego.recipes.pipeline_stages.QAData].
         add_special_tokens: Tokens to add (ChatML's markers by default: the chat model's
             template, found by ``legollm serve``).
+        sft: lego-align's [`SFTConfig`][lego.align.SFTConfig]; by default ChatML with
+            ``eos_token: <|im_end|>`` (the trained end of each answer, where generation
+            stops).
     """
 
     enabled: bool = False
@@ -212,6 +236,7 @@ class SFTStage(FinetuneConfig):
     out_dir: str = FILLED
     data: QAData = field(default_factory=QAData)
     add_special_tokens: tuple[str, ...] = CHATML_TOKENS
+    sft: SFTConfig = field(default_factory=_chat_sft)
 
     def validate(self) -> None:
         """The recipe's checks; the pipeline's keys left unset."""
@@ -256,6 +281,8 @@ class DPOStage(DPORecipeConfig):
         data: The [`PairData`][lego.recipes.pipeline_stages.PairData].
         add_special_tokens: Tokens to add when the model lacks them (ChatML's markers:
             nothing to add after the SFT stage).
+        dpo: lego-align's [`DPOConfig`][lego.align.DPOConfig]; by default ChatML with
+            ``eos_token: <|im_end|>``.
     """
 
     enabled: bool = False
@@ -263,6 +290,7 @@ class DPOStage(DPORecipeConfig):
     out_dir: str = FILLED
     data: PairData = field(default_factory=PairData)
     add_special_tokens: tuple[str, ...] = CHATML_TOKENS
+    dpo: DPOConfig = field(default_factory=_chat_dpo)
 
     def validate(self) -> None:
         """The recipe's checks; the pipeline's keys left unset."""
@@ -373,7 +401,19 @@ def _stage_lengths(name: str, stage: SFTStage | DPOStage | GRPOStage) -> list[tu
     return lengths
 
 
-def _stage_template(stage: SFTStage | DPOStage | GRPOStage) -> str:
+def stage_template(stage: SFTStage | DPOStage | GRPOStage) -> str:
+    """The chat template a stage renders its rows with (``none``, ``alpaca``, ``chatml``...).
+
+    Args:
+        stage: A stage section.
+
+    Returns:
+        The method section's ``template``.
+
+    Example:
+        >>> stage_template(DPOStage())
+        'chatml'
+    """
     if isinstance(stage, SFTStage):
         return stage.sft.template
     if isinstance(stage, DPOStage):
@@ -386,7 +426,11 @@ def check_stages(config: Any, *, context: int, tokenizer: Tokenizer | None = Non
 
     Each stage's longest row must fit the model's context; with the tokenizer known, every
     special token of a stage's chat template must be in the tokenizer or added by that
-    stage or an earlier enabled one (``add_special_tokens``).
+    stage or an earlier enabled one (``add_special_tokens``), and the SFT stage's stop
+    tokens must pass lego-align's
+    [`check_stop_tokens()`][lego.align.check_stop_tokens] (the trained end of an answer
+    stops generation) and each stage must find its pad token, as they would only after
+    pretraining otherwise.
 
     Args:
         config: The pipeline config (its ``sft``, ``dpo`` and ``grpo`` sections).
@@ -394,8 +438,9 @@ def check_stages(config: Any, *, context: int, tokenizer: Tokenizer | None = Non
         tokenizer: The pretraining tokenizer, once it exists (None: the context only).
 
     Raises:
-        ConfigError: A length past the context, or a template whose tokens nobody adds,
-            naming the stage's key.
+        ConfigError: A length past the context, a template whose tokens nobody adds, stop
+            tokens that disagree or no pad token, naming the stage's key
+            (``sft.sft.eos_token``, ``dpo.dpo.pad_token``...).
 
     Example:
         >>> from types import SimpleNamespace
@@ -407,6 +452,7 @@ def check_stages(config: Any, *, context: int, tokenizer: Tokenizer | None = Non
         lego.protocols.errors.ConfigError: sft.sft.max_length=1024 ...
     """
     have: set[str] = set(tokenizer.special_tokens) if tokenizer is not None else set()
+    grown = tokenizer
     for name, stage in _sections(config):
         if not stage.enabled:
             continue
@@ -418,8 +464,10 @@ def check_stages(config: Any, *, context: int, tokenizer: Tokenizer | None = Non
                     hint=f"set {key}={context} (or less)",
                 )
         have.update(stage.add_special_tokens)
-        missing = [t for t in _template_tokens(_stage_template(stage)) if t not in have]
-        if tokenizer is not None and missing:
+        missing = [t for t in _template_tokens(stage_template(stage)) if t not in have]
+        if grown is None:
+            continue
+        if missing:
             raise ConfigError(
                 f"the {name} stage's chat template needs {', '.join(missing)}, which the "
                 "tokenizer lacks and no stage adds",
@@ -427,6 +475,53 @@ def check_stages(config: Any, *, context: int, tokenizer: Tokenizer | None = Non
                 hint=f"add them: {name}.add_special_tokens: {list(CHATML_TOKENS)} (or use "
                 "template: none)",
             )
+        grown = _with_tokens(grown, stage, name)
+        _check_stage_tokens(grown, stage, name)
+
+
+def _with_tokens(
+    tokenizer: Tokenizer, stage: SFTStage | DPOStage | GRPOStage, name: str
+) -> Tokenizer:
+    """The tokenizer as the stage will see it (its ``add_special_tokens`` added)."""
+    try:
+        return add_special_tokens(tokenizer, stage.add_special_tokens)[0]
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=f"{name}.add_special_tokens", hint=exc.hint) from None
+
+
+def _check_stage_tokens(
+    tokenizer: Tokenizer, stage: SFTStage | DPOStage | GRPOStage, name: str
+) -> None:
+    """lego-align's stop- and pad-token rules, before pretraining rather than after it."""
+    template = stage_template(stage)
+    chat = None if template.lower() in ("none", "alpaca") else get_chat_template(template)
+    method = "sft" if isinstance(stage, SFTStage) else name
+    try:
+        if isinstance(stage, SFTStage):
+            stops = check_stop_tokens(
+                tokenizer,
+                chat,
+                eos_token=stage.sft.eos_token,
+                generation_eos_token_ids=stage.sft.generation_eos_token_ids,
+            )
+            resolve_pad_id(
+                tokenizer, stage.sft.pad_token, avoid=(stops.eos_id, stops.trained_end_id)
+            )
+        elif isinstance(stage, DPOStage):
+            preference_pad_id(
+                tokenizer, chat, eos_token=stage.dpo.eos_token, pad_token=stage.dpo.pad_token
+            )
+        else:
+            grpo = stage.grpo
+            stop_and_pad_ids(
+                tokenizer,
+                template=grpo.chat_template(),
+                eos_token=grpo.eos_token,
+                pad_token=grpo.pad_token,
+            )
+    except ConfigError as exc:
+        key = f"{name}.{method}.{exc.key}" if exc.key else f"{name}.{method}.eos_token"
+        raise ConfigError(exc.message, key=key, hint=exc.hint) from None
 
 
 def stage_fingerprint_data(config: Any) -> dict[str, Any]:
@@ -661,6 +756,7 @@ def run_stages(
         save()
         echo(f"{name}: from {source} in {out_dir}")
         start = time.perf_counter()
+        seed_everything(stage.seed)  # a stage starts the same after any history (LoRA's init)
         tuning = _build(
             name, stage, model=source, out_dir=out_dir, files=files, overwrite=overwrite
         )

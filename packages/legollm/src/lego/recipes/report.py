@@ -167,6 +167,8 @@ def write_report(
     baseline: float,
     train_seconds: float,
     evaluation: Mapping[str, Any] | None = None,
+    stage_lines: Sequence[str] = (),
+    closing: Sequence[str] = (),
     echo: Callable[[str], Any] = print,
 ) -> Path:
     """Generate samples, draw the pictures and write ``report.md`` into the run directory.
@@ -179,6 +181,9 @@ def write_report(
         baseline: Unigram entropy of the validation tokens (nats/token; NaN if none).
         train_seconds: Wall time of this invocation's training.
         evaluation: The evaluation stage's ``eval.json`` content (None: no section).
+        stage_lines: The section of the stages after pretraining (markdown lines, from
+            [`lego.recipes.pipeline`][lego.recipes.pipeline]), after the evaluation's.
+        closing: The last lines (the command that starts the chat).
         echo: Where progress lines go.
 
     Returns:
@@ -238,6 +243,7 @@ def write_report(
     ]
     if evaluation is not None:
         lines += report_lines(evaluation)
+    lines += stage_lines
     lines += ["## Samples", ""]
     for sample in samples:
         lines += [f"### {sample.strategy}, prompt {sample.prompt!r}", "", "```text"]
@@ -258,6 +264,7 @@ def write_report(
         json.dumps(config.to_dict(), indent=2),
         "```",
         "",
+        *closing,
     ]
     report = run_dir / "report.md"
     atomic_write_text(report, "\n".join(lines), what="run report")
