@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lego.arch
-from lego.protocols import ConfigError, ModelConfig
+from lego.protocols import CompatibilityError, ConfigError, ModelConfig
 from lego.protocols.chat import get_chat_template
 from lego.protocols.layout import LEGO_TOKENIZER_FILE
 from lego.recipes import pipeline_eval
@@ -425,3 +425,55 @@ def test_spec_checks_its_sizes() -> None:
         with pytest.raises(ConfigError, match=next(iter(bad))):
             StageEvalSpec.from_dict(bad)
     assert pipeline_eval.EvalSpec.from_dict({"stages": {"answers": 2}}).stages.answers == 2
+
+
+def test_grpo_accuracy_before_and_after_reaches_the_report(
+    chain: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer = chain["tokenizer"]
+    fake = _Favours(tokenizer.vocab_size, set(tokenizer.encode("yes")))
+    monkeypatch.setattr(stages_eval, "_open_model", lambda path, device: (fake, tokenizer))
+    _metrics(
+        tmp_path / "grpo",
+        [
+            {"step": 0, "split": "val", "val_accuracy": 0.25},
+            {"step": 8, "split": "val", "val_accuracy": 0.625},
+        ],
+    )
+    result = evaluate_stages(
+        run_dir=tmp_path,
+        models={"sft": chain["models"]["sft"], "grpo": chain["models"]["dpo"]},
+        qa_test=QA[:3],
+        pairs_test=PAIRS[:2],
+        spec=SPEC,
+        echo=lambda _: None,
+    )
+    assert result["grpo"] == {"before": 0.25, "after": 0.625}
+    assert result["dpo"] is None  # no DPO stage ran
+    text = "\n".join(stage_report_lines(result))
+    assert "| GRPO task: held-out accuracy before → after |  | 0.250 → 0.625 |" in text
+    assert "went from 0.250 to 0.625" in text
+
+
+def test_a_model_of_another_tokenizer_is_refused(chain: dict[str, Any], tmp_path: Path) -> None:
+    other = RegexBPETokenizer("gpt4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other.train("completely different words " * 30, vocab_size=280)
+    stranger, _ = add_special_tokens(other, ["<|endoftext|>", *CHATML])
+    torch.manual_seed(1)
+    model = lego.arch.build(
+        "llama-tiny", vocab_size=stranger.vocab_size, context_length=64, rope_scaling=None
+    )
+    folder = _save(model, stranger, tmp_path / "stranger")
+    eval_file = tmp_path / pipeline_eval.EVAL_FILE
+    with pytest.raises(CompatibilityError, match="not the one the other stages"):
+        evaluate_stages(
+            run_dir=tmp_path,
+            models={"sft": chain["models"]["sft"], "dpo": folder},
+            qa_test=QA[:2],
+            pairs_test=PAIRS[:1],
+            spec=SPEC,
+            echo=lambda _: None,
+        )
+    assert not eval_file.exists()  # refused before any model was measured

@@ -183,17 +183,9 @@ def _common_tokenizer(
     return name, grown
 
 
-def _fit(
-    name: str,
-    model: CausalLM,
-    own: Tokenizer,
-    common: Tokenizer,
-    *,
-    model_dir: Path,
-    template: ChatTemplate,
-) -> _Scored:
-    """Give ``model`` the common tokenizer (growing its vocabulary if needed) and stop ids."""
-    from lego.recipes.tuning import add_special_tokens, grow_vocabulary
+def _check_tokenizer(name: str, own: Tokenizer, common: Tokenizer, model_dir: Path) -> None:
+    """``own`` plus the special tokens it lacks (in ``common``'s id order) must be ``common``."""
+    from lego.recipes.tuning import add_special_tokens
 
     tokenizer = own
     missing = sorted(
@@ -211,6 +203,19 @@ def _fit(
             hint="evaluate models of one pipeline run (each later stage starts from the "
             "one before it)",
         )
+
+
+def _fit(
+    name: str,
+    model: CausalLM,
+    common: Tokenizer,
+    *,
+    model_dir: Path,
+    template: ChatTemplate,
+) -> _Scored:
+    """Give ``model`` the common tokenizer (growing its vocabulary if needed) and stop ids."""
+    from lego.recipes.tuning import grow_vocabulary
+
     vocab = int(model.config.vocab_size)
     if common.vocab_size > vocab:
         import lego.arch
@@ -608,10 +613,13 @@ def evaluate_stages(
     if todo:
         tokenizers = {name: _own_tokenizer(path) for name, path in models.items()}
         _, common = _common_tokenizer(tokenizers, chat)
+        for name, own in tokenizers.items():  # before any model is measured
+            _check_tokenizer(name, own, common, models[name])
         rows = _encode_rows(qa_test, pairs_test, common, chat, spec)
         for name in todo:  # one model in memory at a time
             model, own = _open_model(models[name], device)
-            scored = _fit(name, model, own, common, model_dir=models[name], template=chat)
+            _check_tokenizer(name, own, common, models[name])
+            scored = _fit(name, model, common, model_dir=models[name], template=chat)
             done = record.part(name)
             if "answer_loss" not in done:
                 echo(f"stages eval: {name}: answer loss on {len(rows.qa)} held-out questions")
