@@ -688,7 +688,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _cell(text: Any) -> str:
-    """One answer as a Markdown table cell: shortened, escaped, line breaks as ``<br>``."""
+    """One answer as a Markdown table cell: shortened, escaped, lines joined by ``<br>``."""
     value = str(text).strip()
     if not value:
         return "*(empty)*"
@@ -697,7 +697,7 @@ def _cell(text: Any) -> str:
     for char in "\\`*_[]|#":
         value = value.replace(char, "\\" + char)
     value = html.escape(value, quote=False)
-    return "<br>".join(value.splitlines())
+    return "<br>".join(line for line in value.splitlines() if line.strip())
 
 
 def _get(parts: Mapping[str, Any], name: str, *keys: str) -> Any:
@@ -806,12 +806,18 @@ def _reading(names: list[str], parts: Mapping[str, Any], data: Mapping[str, Any]
     def change(before: Any, after: Any) -> str:
         return "lowered" if after < before else "did not lower"
 
+    def finite(*values: Any) -> bool:
+        return all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+
     if "pretrained" in names and "sft" in names:
         a = _get(parts, "pretrained", "answer_loss", "loss")
         b = _get(parts, "sft", "answer_loss", "loss")
         ta = _get(parts, "pretrained", "answer_loss", "text_loss")
         tb = _get(parts, "sft", "answer_loss", "text_loss")
-        if isinstance(a, float) and isinstance(b, float):
+        if finite(a, b):
             said.append(
                 f"SFT {change(a, b)} the held-out answer loss from {_num(a)} to {_num(b)} "
                 f"nats/token (answer text alone, without the end-of-turn token the pretrained "
@@ -823,7 +829,7 @@ def _reading(names: list[str], parts: Mapping[str, Any], data: Mapping[str, Any]
         ma = _get(parts, "sft", "preference", "margin")
         mb = _get(parts, "dpo", "preference", "margin")
         pairs = _get(parts, "dpo", "preference", "pairs")
-        if isinstance(a, float) and isinstance(b, float):
+        if finite(a, b):
             verb = "raised" if b > a else "did not raise"
             above = "above" if b > 0.5 else "not above"
             said.append(
