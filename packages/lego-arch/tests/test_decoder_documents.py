@@ -139,13 +139,55 @@ def test_document_positions() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_document_ids_are_refused_with_a_cache() -> None:
+def test_document_ids_are_refused_with_a_cache_that_holds_positions() -> None:
     model = build("llama-tiny").eval()
     cache = model.new_kv_cache(1, 8)
-    with pytest.raises(ConfigError, match="kv_cache") as info:
+    model(torch.zeros(1, 2).long(), kv_cache=cache)
+    with pytest.raises(ConfigError, match="holds 2 positions") as info:
         model(torch.zeros(1, 3).long(), kv_cache=cache, document_ids=torch.zeros(1, 3).long())
     assert info.value.key == "document_ids"
-    assert cache.seq_len == 0
+    assert cache.seq_len == 2
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
+def test_a_packed_prefill_fills_an_empty_cache_like_one_prefill_per_document(
+    preset: str,
+) -> None:
+    """Each document's logits and cached keys / values equal its own prefill's."""
+    torch.manual_seed(0)
+    model = build(preset).eval()
+    lengths = [3, 5, 2]
+    docs = [torch.randint(0, model.config.vocab_size, (1, n)) for n in lengths]
+    ids = torch.cat(docs, dim=1)  # (1, 10)
+    document_ids = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], dim=1)
+    packed_cache = model.new_kv_cache(1, 16)
+    with torch.no_grad():
+        packed = model(ids, kv_cache=packed_cache, document_ids=document_ids)  # (1, 10, V)
+    assert packed_cache.seq_len == sum(lengths)
+    rows = model.new_kv_cache(len(lengths), 16)
+    start = 0
+    for i, (doc, n) in enumerate(zip(docs, lengths, strict=True)):
+        own = model.new_kv_cache(1, 16)
+        with torch.no_grad():
+            alone = model(doc, kv_cache=own)  # (1, n, V)
+        torch.testing.assert_close(packed[:, start : start + n], alone, rtol=1e-5, atol=1e-5)
+        rows.copy_rows(
+            packed_cache,
+            rows=torch.tensor([i]),
+            source_rows=torch.tensor([0]),
+            start=0,
+            source_start=start,
+            length=n,
+        )
+        for j in range(len(rows)):
+            layer, mine = rows[j], own[j]
+            torch.testing.assert_close(
+                layer.k_cache[i, :, :n], mine.k_cache[0, :, :n], rtol=1e-5, atol=1e-5
+            )
+            torch.testing.assert_close(
+                layer.v_cache[i, :, :n], mine.v_cache[0, :, :n], rtol=1e-5, atol=1e-5
+            )
+        start += n
 
 
 @pytest.mark.parametrize(

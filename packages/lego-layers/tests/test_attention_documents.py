@@ -232,13 +232,34 @@ def test_any_packing_equals_the_separate_runs(lengths: list[int], pad: int) -> N
         torch.testing.assert_close(packed[:, start:end], attn(doc), **EXACT)
 
 
-def test_refused_with_a_cache() -> None:
+def test_refused_with_a_cache_that_holds_positions() -> None:
     attn = _attention("gqa-rope", "sdpa")
     cache = StaticLayerKVCache(batch_size=1, max_seq_len=8, n_kv_heads=2, head_dim=8)
-    with pytest.raises(ConfigError, match="kv_cache") as info:
+    attn(torch.randn(1, 2, 32), kv_cache=cache)
+    with pytest.raises(ConfigError, match="kv_cache that holds 2") as info:
         attn(torch.randn(1, 3, 32), kv_cache=cache, document_ids=torch.zeros(1, 3).long())
     assert info.value.key == "document_ids"
-    assert cache.seq_len == 0  # refused before anything was appended
+    assert cache.seq_len == 2  # refused before anything was appended
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_a_packed_prefill_into_an_empty_cache_caches_each_document(backend: str) -> None:
+    torch.manual_seed(0)
+    attn = _attention("gqa-rope", backend).eval()
+    documents = [torch.randn(1, n, 32) for n in (4, 2, 3)]
+    row, doc_ids, positions, spans = _pack(documents, 9)  # no padding
+    cache = StaticLayerKVCache(batch_size=1, max_seq_len=16, n_kv_heads=2, head_dim=8)
+    with torch.no_grad():
+        packed = attn(row, position_ids=positions, kv_cache=cache, document_ids=doc_ids)
+    assert cache.seq_len == 9
+    for doc, (start, end) in zip(documents, spans, strict=True):
+        own = StaticLayerKVCache(batch_size=1, max_seq_len=16, n_kv_heads=2, head_dim=8)
+        with torch.no_grad():
+            alone = attn(doc, kv_cache=own)
+        torch.testing.assert_close(packed[:, start:end], alone, **EXACT)
+        torch.testing.assert_close(
+            cache.k_cache[:, :, start:end], own.k_cache[:, :, : end - start], **EXACT
+        )
 
 
 @pytest.mark.parametrize(

@@ -310,6 +310,28 @@ def test_copy_rows_of_an_empty_source_or_no_rows() -> None:
     torch.testing.assert_close(cache[0].k_cache[:, :, :3], keys[0], rtol=0, atol=0)
 
 
+def test_copy_rows_of_a_span_moves_packed_prompts_to_rows_of_their_own() -> None:
+    packed, keys = _filled(layers=2, batch=1, length=10, t=7)  # prompts of 3 and 4 positions
+    rows = _model(layers=2, batch=2, length=10)
+    rows.copy_rows(packed, rows=torch.tensor([1]), source_rows=torch.tensor([0]), start=2, length=3)
+    rows.copy_rows(
+        packed, rows=torch.tensor([0]), source_rows=torch.tensor([0]), start=1, source_start=3
+    )  # to the end: 4 positions
+    assert rows.seq_len == 5
+    for i in range(2):
+        torch.testing.assert_close(rows[i].k_cache[1, :, 2:5], keys[i][0, :, :3], rtol=0, atol=0)
+        torch.testing.assert_close(rows[i].k_cache[0, :, 1:5], keys[i][0, :, 3:7], rtol=0, atol=0)
+        torch.testing.assert_close(
+            rows[i].v_cache[0, :, 1:5], packed[i].v_cache[0, :, 3:7], rtol=0, atol=0
+        )
+    layer = _layer(batch=1, length=8)
+    layer.copy_rows(
+        packed[0], rows=torch.tensor([0]), source_rows=torch.tensor([0]), source_start=5
+    )
+    assert layer.seq_len == 2
+    torch.testing.assert_close(layer.k_cache[0, :, :2], keys[0][0, :, 5:7], rtol=0, atol=0)
+
+
 def test_layer_copy_rows() -> None:
     source = _layer(batch=1, length=4)
     k, v = _kv(1, 2)
@@ -338,6 +360,25 @@ def test_layer_copy_rows() -> None:
         ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": -1}, "start"),
         ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": 7}, "start"),
         ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "start": 1.0}, "start"),
+        (
+            {"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "source_start": 3},
+            "source_start",
+        ),
+        (
+            {"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "source_start": -1},
+            "source_start",
+        ),
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "length": 3}, "length"),
+        (
+            {
+                "rows": torch.tensor([0]),
+                "source_rows": torch.tensor([0]),
+                "source_start": 1,
+                "length": 2,
+            },
+            "length",
+        ),
+        ({"rows": torch.tensor([0]), "source_rows": torch.tensor([0]), "length": -1}, "length"),
     ],
 )
 def test_copy_rows_bad_arguments(kwargs: dict[str, object], key: str) -> None:

@@ -925,3 +925,71 @@ def test_a_sync_timeout_cancels_the_request(llama: nn.Module, make_engine: Any) 
     finish = finish_of(events)
     assert finish.reason == "cancelled"
     assert "no event within 0.05 s" in str(finish.error)
+
+
+# -- packed prefill ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen"])
+def test_a_burst_is_prefilled_packed_and_each_request_decodes_as_alone(
+    name: str, request: pytest.FixtureRequest, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = request.getfixturevalue(name)
+    engine = make_engine(model, max_batch=8, start=False, prefill_chunk=16)
+    packs: list[list[int]] = []
+    original = engine._prefill_pack
+
+    def spy(requests: list[Request]) -> None:
+        packs.append([len(r.prompt_ids) for r in requests])
+        original(requests)
+
+    monkeypatch.setattr(engine, "_prefill_pack", spy)
+    prompts = [prompt_of(n, offset=n) for n in (5, 30, 1, 12, 7)]  # 30: longer than a chunk
+    params = SamplingParams(max_tokens=12, temperature=0, logprobs=2)
+    requests = [engine.submit(p, params) for p in prompts]
+    engine.start()
+    got = [collect(r) for r in requests]
+    assert packs == [[5, 30, 1, 12, 7]]  # one forward for the whole burst
+    for prompt, events in zip(prompts, got, strict=True):
+        alone = run_alone(model, prompt, params)
+        assert tokens_of(events) == tokens_of(alone)
+        expected = generate(model, torch.tensor([prompt]), max_new_tokens=12)[0, len(prompt) :]
+        assert tokens_of(events) == expected.tolist()
+        first, first_alone = events[0], alone[0]
+        assert isinstance(first, TokenOutput)
+        assert isinstance(first_alone, TokenOutput)
+        assert first.logprob == pytest.approx(first_alone.logprob, abs=1e-4)
+
+
+def test_packs_take_queued_prompts_in_order_within_the_budget(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    engine = make_engine(llama, max_batch=4, start=False)
+    plain = SamplingParams(max_tokens=4, temperature=0)
+    scored = SamplingParams(max_tokens=4, temperature=0, prompt_logprobs=1)
+    queued = [
+        engine.submit(prompt_of(8), plain),
+        engine.submit(prompt_of(8), plain),
+        engine.submit(prompt_of(8), plain),
+        engine.submit(prompt_of(3), plain),
+        engine.submit(prompt_of(2), scored),
+        engine.submit(prompt_of(2), plain),
+    ]
+    assert engine._next_pack(20) == queued[:2]  # a third prompt of 8 would pass 20 tokens
+    assert engine._next_pack(10) == []  # 8 + 3 > 10: one request is prefilled alone
+    assert engine._next_pack(None) == queued[2:4]  # prompt log-probabilities end a pack
+    assert engine._next_pack(None) == []  # the scored request goes alone
+    engine._queue.popleft()
+    assert engine._next_pack(None) == []  # one request left: alone, in chunks
+    full = make_engine(llama, max_batch=2, start=False)
+    three = [full.submit(prompt_of(4), plain) for _ in range(3)]
+    assert full._next_pack(None) == three[:2]  # no more than the free slots
+
+
+def test_a_model_without_document_ids_prefills_one_prompt_at_a_time(
+    llama: nn.Module, make_engine: Any
+) -> None:
+    engine = make_engine(Gated(llama), max_batch=4, start=False)
+    for n in (3, 4):
+        engine.submit(prompt_of(n), SamplingParams(max_tokens=2, temperature=0))
+    assert engine._next_pack(None) == []

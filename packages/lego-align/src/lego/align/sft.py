@@ -27,7 +27,7 @@ tokens (lego-data's ``pack_examples``): position ids restart at 0 for every docu
 labels never cross a boundary. Keeping attention inside each document needs the model's
 help: the ``CausalLM`` contract takes a ``(B, S)`` padding mask only, so a model that keeps
 packed documents apart must accept a ``document_ids`` keyword (``(B, T)``, ``-1`` on
-padding; see [`accepts_document_ids()`][lego.align.sft.accepts_document_ids]), e.g. by
+padding; see [`accepts_document_ids()`][lego.protocols.accepts_document_ids]), e.g. by
 building lego-data's ``document_attention_mask``. For other models packing is refused unless
 ``cross_document_attention: true`` accepts attention across the documents of a row (what
 TRL's packing does without flash-attention).
@@ -44,7 +44,6 @@ every trained token of the step.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -67,6 +66,7 @@ from lego.protocols import (
     FolderLock,
     Tokenizer,
     TrainerCallback,
+    accepts_document_ids,
 )
 from lego.protocols.chat import ChatTemplate, Message, Segment, TrainOn, get_chat_template
 from lego.train import (
@@ -398,44 +398,6 @@ def _first(example: TokenizedExample) -> int:
 
 
 # -- the objective ---------------------------------------------------------------------------
-
-
-def accepts_document_ids(model: nn.Module) -> bool:
-    """Whether a model keeps packed documents apart: its forward takes ``document_ids``.
-
-    The ``CausalLM`` contract passes a ``(B, S)`` padding mask only, which cannot say
-    where packed documents meet; a model that can keep them apart declares a keyword
-    ``document_ids`` (``(B, T)`` long: ``0, 1, ...`` per document of a row, ``-1`` on
-    padding) in its ``forward``. A wrapper whose forward takes only ``**kwargs`` (lego-peft's
-    ``LoraModel``) is looked through to its ``model`` attribute.
-
-    Args:
-        model: The model (unwrapped).
-
-    Returns:
-        True when ``document_ids`` reaches a forward that names it.
-
-    Example:
-        >>> class M(nn.Module):
-        ...     def forward(self, input_ids, *, attention_mask=None, position_ids=None,
-        ...                 kv_cache=None, document_ids=None): ...
-        >>> accepts_document_ids(M()), accepts_document_ids(nn.Linear(2, 2))
-        (True, False)
-    """
-    seen: set[int] = set()
-    current: Any = model
-    while isinstance(current, nn.Module) and id(current) not in seen:
-        seen.add(id(current))
-        try:
-            parameters = inspect.signature(current.forward).parameters
-        except (TypeError, ValueError):
-            return False
-        if "document_ids" in parameters:
-            return True
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return False
-        current = getattr(current, "model", None)
-    return False
 
 
 class SFTObjective(TokenObjective):

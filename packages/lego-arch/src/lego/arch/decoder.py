@@ -338,8 +338,9 @@ class DecoderLM(nn.Module):
                 contiguous run): every token attends only to the tokens of its own document
                 before it, so a packed row gives the logits of its documents run one by
                 one. With ``position_ids`` None the positions restart at 0 at every
-                document (and at the padding run). None means one sequence per row. Not
-                with a ``kv_cache``.
+                document (and at the padding run). None means one sequence per row. With
+                a ``kv_cache`` only when it is empty (a packed prefill: the cache row then
+                holds every document, for ``copy_rows`` to move each to a row of its own).
             output_hidden_states: Also return the hidden states.
 
         Returns:
@@ -349,7 +350,7 @@ class DecoderLM(nn.Module):
         Raises:
             DataError: ``input_ids`` is not a ``(B, T)`` integer tensor, or a mask / position
                 / document shape is wrong.
-            ConfigError: ``document_ids`` given with a ``kv_cache``.
+            ConfigError: ``document_ids`` given with a ``kv_cache`` that is not empty.
             CompatibilityError: The cache does not match the model (layers, heads, batch).
         """
         self._check_inputs(input_ids, kv_cache, document_ids)
@@ -465,13 +466,14 @@ class DecoderLM(nn.Module):
                 hint="add a batch dimension with ids.unsqueeze(0)",
             )
         if document_ids is not None:
-            if kv_cache is not None:
+            if kv_cache is not None and kv_cache.seq_len:
                 raise ConfigError(
-                    "DecoderLM: document_ids cannot be combined with a kv_cache (packed "
-                    "documents are a training layout; cached decoding keeps one sequence "
-                    "per row)",
+                    f"DecoderLM: document_ids cannot be combined with a kv_cache that holds "
+                    f"{kv_cache.seq_len} positions (a packed prefill fills an empty cache; "
+                    "cached decoding keeps one sequence per row)",
                     key="document_ids",
-                    hint="decode each document in its own row, or run packed rows without a cache",
+                    hint="decode each document in its own row, or prefill packed rows into an "
+                    "empty cache",
                 )
             if (
                 document_ids.shape != input_ids.shape

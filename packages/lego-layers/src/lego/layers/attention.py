@@ -132,7 +132,8 @@ class CausalSelfAttention(nn.Module):
     apart: a query attends only to keys of the same document at or before it, within the
     window and ``attention_mask``; keys with a negative id (padding) are never attended. A
     query left with no key (a padding query) attends to its own slot, as with padding.
-    Decoding does not pack, so ``document_ids`` with a ``kv_cache`` is refused.
+    Decoding does not pack: ``document_ids`` with a ``kv_cache`` needs an empty cache (a
+    packed prefill, whose cache row then holds every document's keys and values).
 
     Args:
         out_proj: Output projection, ``n_heads * head_dim -> d_model`` (``o_proj``,
@@ -446,7 +447,7 @@ class CausalSelfAttention(nn.Module):
         Raises:
             DataError: ``x``, ``position_ids``, ``attention_mask`` or ``document_ids`` has
                 the wrong shape (or ``document_ids`` is not an integer tensor).
-            ConfigError: ``document_ids`` given with a ``kv_cache``.
+            ConfigError: ``document_ids`` given with a ``kv_cache`` that is not empty.
             CompatibilityError: The cache does not fit (batch size, heads, device).
         """
         out, _ = self._attend(
@@ -548,13 +549,14 @@ class CausalSelfAttention(nn.Module):
             )
         if document_ids is None:
             return
-        if kv_cache is not None:
+        if past:
             raise ConfigError(
-                f"{owner}: document_ids cannot be combined with a kv_cache (packed documents "
-                "are a training layout; cached decoding keeps one sequence per row)",
+                f"{owner}: document_ids cannot be combined with a kv_cache that holds "
+                f"{past} positions (a packed prefill fills an empty cache; cached decoding "
+                "keeps one sequence per row)",
                 key="document_ids",
                 hint="decode each document in its own row (left padding and attention_mask), "
-                "or run the packed rows without a cache",
+                "or prefill the packed rows into an empty cache",
             )
         if tuple(document_ids.shape) != (b, t) or document_ids.dtype.is_floating_point:
             raise DataError(
@@ -635,7 +637,7 @@ class CausalSelfAttention(nn.Module):
             return build_attention_mask(
                 q_len=t, kv_len=s, padding_mask=attention_mask, sliding_window=window, device=device
             )
-        # Packed documents (no cache, so S == T): same document, at or before the query,
+        # Packed documents (no cached prefix, so S == T): same document, at or before the query,
         # never a padding key (negative id), within the window and the padding mask.
         docs = document_ids.to(device)  # (B, T)
         keys = docs >= 0  # (B, S)

@@ -123,15 +123,22 @@ def _check_copy(
     *,
     batch_size: int,
     source_batch_size: int,
-    length: int,
+    source_len: int,
+    source_start: object,
+    length: object,
     max_seq_len: int,
     device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """Validate every argument of ``copy_rows`` but the source; return the indices as long.
+) -> tuple[Tensor, Tensor, int, int]:
+    """Validate every argument of ``copy_rows`` but the source.
+
+    Returns:
+        The destination and source rows as long tensors, the first source position and
+        the number of positions to copy.
 
     Raises:
         ConfigError: Bad ``rows`` / ``source_rows`` (see ``_check_rows``), different lengths,
-            repeated destination rows, or ``start`` out of range.
+            repeated destination rows, or ``start``, ``source_start`` or ``length`` out of
+            range.
     """
     index = _check_rows("rows", rows, batch_size, device)
     source_index = _check_rows("source_rows", source_rows, source_batch_size, device)
@@ -148,16 +155,22 @@ def _check_copy(
             key="rows",
             hint="write each destination row once (source_rows may repeat)",
         )
+    first = check_int(
+        "source_start", source_start, minimum=0, maximum=source_len, owner="copy_rows()"
+    )
+    count = source_len - first
+    if length is not None:
+        count = check_int("length", length, minimum=0, maximum=count, owner="copy_rows()")
     check_int("start", start, minimum=0, owner="copy_rows()")
     assert isinstance(start, int)  # for mypy: check_int raised otherwise
-    if start + length > max_seq_len:
+    if start + count > max_seq_len:
         raise ConfigError(
-            f"copy_rows() cannot write {length} positions from position {start}: the cache "
+            f"copy_rows() cannot write {count} positions from position {start}: the cache "
             f"has room for {max_seq_len}",
             key="start",
-            hint=f"use start <= {max_seq_len - length}, or allocate a larger max_seq_len",
+            hint=f"use start <= {max_seq_len - count}, or allocate a larger max_seq_len",
         )
-    return index, source_index
+    return index, source_index, first, count
 
 
 def _check_source_layer(
@@ -422,12 +435,15 @@ class StaticLayerKVCache(nn.Module):
         rows: Tensor,
         source_rows: Tensor,
         start: int = 0,
+        source_start: int = 0,
+        length: int | None = None,
     ) -> None:
         """Copy rows of ``source`` into rows of this layer cache at ``[start, start + L)``.
 
-        ``L`` is ``source.seq_len``. Row ``rows[i]`` receives the first ``L`` positions of
-        source row ``source_rows[i]``; afterwards ``seq_len == max(seq_len, start + L)``.
-        Positions of a row that were not written keep their old values.
+        ``L`` is ``length`` (default ``source.seq_len - source_start``). Row ``rows[i]``
+        receives positions ``[source_start, source_start + L)`` of source row
+        ``source_rows[i]``; afterwards ``seq_len == max(seq_len, start + L)``. Positions of
+        a row that were not written keep their old values.
 
         Args:
             source: A layer cache with the same ``n_kv_heads``, ``head_dim``, dtype and device
@@ -435,10 +451,13 @@ class StaticLayerKVCache(nn.Module):
             rows: Destination rows ``(R,)``, integer, distinct, in ``[0, batch_size)``.
             source_rows: Source rows ``(R,)``, integer, in ``[0, source.batch_size)``.
             start: First destination position.
+            source_start: First source position.
+            length: Positions to copy (None: to the end of ``source``).
 
         Raises:
             CompatibilityError: ``source`` does not fit.
-            ConfigError: Bad ``rows``, ``source_rows`` or ``start``.
+            ConfigError: Bad ``rows``, ``source_rows``, ``start``, ``source_start`` or
+                ``length``.
 
         Example:
             >>> prompt = StaticLayerKVCache(batch_size=1, max_seq_len=8, n_kv_heads=1, head_dim=2)
@@ -449,18 +468,20 @@ class StaticLayerKVCache(nn.Module):
             (3, 24.0)
         """
         source = _check_source_layer(self, source, "")
-        index, source_index = _check_copy(
+        index, source_index, first, count = _check_copy(
             rows,
             source_rows,
             start,
             batch_size=self.batch_size,
             source_batch_size=source.batch_size,
-            length=source.seq_len,
+            source_len=source.seq_len,
+            source_start=source_start,
+            length=length,
             max_seq_len=self.max_seq_len,
             device=self.k_cache.device,
         )
-        self._copy_rows(source, index, source_index, start, source.seq_len)
-        self._seq_len = max(self._seq_len, start + source.seq_len)
+        self._copy_rows(source, index, source_index, start, count, first)
+        self._seq_len = max(self._seq_len, start + count)
 
     def _copy_rows(
         self,
@@ -469,14 +490,16 @@ class StaticLayerKVCache(nn.Module):
         source_index: Tensor,
         start: int,
         length: int,
+        source_start: int = 0,
     ) -> None:
         """``copy_rows`` without the checks or the length update (the model cache's part)."""
         if length == 0 or index.numel() == 0:
             return
         end = start + length
+        span = slice(source_start, source_start + length)
         # index_select gathers into a new tensor first, so copying within one cache is safe.
-        keys = source.k_cache[:, :, :length].index_select(0, source_index)  # (R, H, L, hd)
-        values = source.v_cache[:, :, :length].index_select(0, source_index)  # (R, H, L, hd)
+        keys = source.k_cache[:, :, span].index_select(0, source_index)  # (R, H, L, hd)
+        values = source.v_cache[:, :, span].index_select(0, source_index)  # (R, H, L, hd)
         self.k_cache[:, :, start:end].index_copy_(0, index, keys)
         self.v_cache[:, :, start:end].index_copy_(0, index, values)
 
@@ -648,17 +671,27 @@ class StaticKVCache(nn.Module):
             layer._reorder(indices)
 
     def copy_rows(
-        self, source: KVCache, *, rows: Tensor, source_rows: Tensor, start: int = 0
+        self,
+        source: KVCache,
+        *,
+        rows: Tensor,
+        source_rows: Tensor,
+        start: int = 0,
+        source_start: int = 0,
+        length: int | None = None,
     ) -> None:
         """Copy cached rows of ``source`` into rows of this cache, in every layer.
 
-        For each ``i``, row ``source_rows[i]`` of ``source`` (its first ``source.seq_len``
-        positions, every layer) is written into row ``rows[i]`` at positions
-        ``[start, start + source.seq_len)``; afterwards every layer's ``seq_len`` is
-        ``max(seq_len, start + source.seq_len)``. Positions of a row that were not written
-        keep their old values: mask them with ``attention_mask``. Uses: ``n`` completions
-        sharing one prefill (``source`` of ``B`` rows copied to ``B * n`` rows), and a request
-        prefilled alone joining a running batch right-aligned (``start = seq_len - L``).
+        For each ``i``, positions ``[source_start, source_start + L)`` of row
+        ``source_rows[i]`` of ``source`` (every layer; ``L`` is ``length``, by default
+        ``source.seq_len - source_start``) are written into row ``rows[i]`` at positions
+        ``[start, start + L)``; afterwards every layer's ``seq_len`` is
+        ``max(seq_len, start + L)``. Positions of a row that were not written keep their old
+        values: mask them with ``attention_mask``. Uses: ``n`` completions sharing one
+        prefill (``source`` of ``B`` rows copied to ``B * n`` rows), a request prefilled
+        alone joining a running batch right-aligned (``start = seq_len - L``), and each
+        prompt of a packed prefill (several prompts in one row, run with ``document_ids``)
+        moving to a row of its own (``source_start`` and ``length`` pick its positions).
 
         Args:
             source: A [`StaticKVCache`][lego.layers.StaticKVCache] with the same number of
@@ -667,12 +700,16 @@ class StaticKVCache(nn.Module):
             rows: Destination rows ``(R,)``, integer, distinct, in ``[0, batch_size)``.
             source_rows: Source rows ``(R,)``, integer, in ``[0, source.batch_size)``;
                 repeats are allowed.
-            start: First destination position, ``start + source.seq_len <= max_seq_len``.
+            start: First destination position, ``start + L <= max_seq_len``.
+            source_start: First source position, in ``[0, source.seq_len]``.
+            length: Positions to copy, ``source_start + length <= source.seq_len``; None
+                copies to the end of ``source``.
 
         Raises:
             CompatibilityError: ``source`` does not fit (kind, layers, heads, head size,
                 dtype, device).
-            ConfigError: Bad ``rows``, ``source_rows`` or ``start``.
+            ConfigError: Bad ``rows``, ``source_rows``, ``start``, ``source_start`` or
+                ``length``.
 
         Example:
             >>> prompts = StaticKVCache(
@@ -702,20 +739,21 @@ class StaticKVCache(nn.Module):
             )
         for i, (mine, theirs) in enumerate(zip(self._caches, source._caches, strict=True)):
             _check_source_layer(mine, theirs, f" (layer {i})")
-        length = source.seq_len
-        index, source_index = _check_copy(
+        index, source_index, first, count = _check_copy(
             rows,
             source_rows,
             start,
             batch_size=self.batch_size,
             source_batch_size=source.batch_size,
+            source_len=source.seq_len,
+            source_start=source_start,
             length=length,
             max_seq_len=self.max_seq_len,
             device=self.device,
         )
-        new_len = max(self.seq_len, start + length)
+        new_len = max(self.seq_len, start + count)
         for mine, theirs in zip(self._caches, source._caches, strict=True):
-            mine._copy_rows(theirs, index, source_index, start, length)
+            mine._copy_rows(theirs, index, source_index, start, count, first)
             mine._seq_len = new_len
 
     def trim_front(self, count: int) -> None:

@@ -88,7 +88,13 @@ from lego.protocols.hf_names import HFNamedModel
 from lego.protocols.kv_cache import KVCache, LayerKVCache
 from lego.protocols.layers import Attention, FeedForward, Norm, PositionalEncoding
 from lego.protocols.locks import FolderLock
-from lego.protocols.model import CachedCausalLM, CausalLM, ModelConfigLike, PretrainedModel
+from lego.protocols.model import (
+    CachedCausalLM,
+    CausalLM,
+    ModelConfigLike,
+    PretrainedModel,
+    accepts_document_ids,
+)
 from lego.protocols.native import (
     NativeLibrary,
     NativeSpec,
@@ -119,6 +125,7 @@ __all__ = [
     "CachedCausalLM",
     "ModelConfigLike",
     "PretrainedModel",
+    "accepts_document_ids",
     "HFNamedModel",
     "Attention",
     "Norm",

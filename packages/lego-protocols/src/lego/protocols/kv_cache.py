@@ -101,15 +101,26 @@ class KVCache(Protocol):
         ...
 
     def copy_rows(
-        self, source: KVCache, *, rows: Tensor, source_rows: Tensor, start: int = 0
+        self,
+        source: KVCache,
+        *,
+        rows: Tensor,
+        source_rows: Tensor,
+        start: int = 0,
+        source_start: int = 0,
+        length: int | None = None,
     ) -> None:
         """Copy cached rows of ``source`` into rows of this cache, every layer at once.
 
-        For each ``i``, row ``source_rows[i]`` of ``source`` (its first ``source.seq_len``
-        positions) is written into row ``rows[i]`` of this cache at positions
-        ``[start, start + source.seq_len)``. Afterwards
-        ``seq_len == max(old seq_len, start + source.seq_len)``. Positions of a row that were
-        not written keep their old values: the caller masks them with ``attention_mask``.
+        For each ``i``, positions ``[source_start, source_start + L)`` of row
+        ``source_rows[i]`` of ``source`` are written into row ``rows[i]`` of this cache at
+        positions ``[start, start + L)``, where ``L`` is ``length`` (default: every position
+        of ``source`` from ``source_start``, ``source.seq_len - source_start``). Afterwards
+        ``seq_len == max(old seq_len, start + L)``. Positions of a row that were not written
+        keep their old values: the caller masks them with ``attention_mask``. Uses: ``n``
+        completions sharing one prefill, a request prefilled alone joining a running batch,
+        and each document of a packed prefill (one row holding several prompts, run with
+        ``document_ids``) moving to a row of its own.
 
         Args:
             source: A cache of the same kind, layer count, heads, head size, dtype and device
@@ -119,13 +130,17 @@ class KVCache(Protocol):
             source_rows: Source rows, shape ``(R,)``, integer dtype, each in
                 ``[0, source.batch_size)``; repeats are allowed (one prompt, ``n`` rows).
             start: First destination position, ``0 <= start`` and
-                ``start + source.seq_len <= max_seq_len``.
+                ``start + L <= max_seq_len``.
+            source_start: First source position, ``0 <= source_start <= source.seq_len``.
+            length: Positions to copy, ``source_start + length <= source.seq_len``; None
+                copies to the end of ``source``.
 
         Raises:
             CompatibilityError: ``source`` does not fit (kind, layers, heads, head size,
                 dtype, device).
             ConfigError: ``rows`` / ``source_rows`` are not 1-D integer tensors of equal
-                length in range, or ``start`` is out of range.
+                length in range, or ``start``, ``source_start`` or ``length`` is out of
+                range.
         """
         ...
 

@@ -7,6 +7,7 @@ preallocated cache, otherwise it recomputes the whole prefix each step.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -19,7 +20,13 @@ if TYPE_CHECKING:
 
     from lego.protocols.kv_cache import KVCache
 
-__all__ = ["ModelConfigLike", "CausalLM", "CachedCausalLM", "PretrainedModel"]
+__all__ = [
+    "ModelConfigLike",
+    "CausalLM",
+    "CachedCausalLM",
+    "PretrainedModel",
+    "accepts_document_ids",
+]
 
 
 @runtime_checkable
@@ -54,8 +61,11 @@ class CausalLM(Protocol):
     accept one more optional keyword, ``document_ids``: ``(B, T)`` integers, ``0, 1, ...``
     per document of a row and ``-1`` on padding, after which every token attends only to
     the tokens of its own document before it (lego-arch's ``DecoderLM`` does). It is not
-    part of this contract: callers check the model's ``forward`` for it (lego-align's
-    ``accepts_document_ids``) and never pass it with a ``kv_cache``.
+    part of this contract: callers check the model's ``forward`` for it
+    ([`accepts_document_ids()`][lego.protocols.accepts_document_ids]) and pass it with a
+    ``kv_cache`` only when the cache is empty (a packed prefill: the cache then holds the
+    packed row, and [`KVCache.copy_rows`][lego.protocols.KVCache.copy_rows] moves each
+    document's positions to a row of its own).
     """
 
     @property
@@ -166,3 +176,49 @@ class PretrainedModel(Protocol):
                 this model (listing every missing, unexpected and mis-shaped tensor).
         """
         ...
+
+
+def accepts_document_ids(model: object) -> bool:
+    """Whether a model keeps packed documents apart: its ``forward`` takes ``document_ids``.
+
+    The ``CausalLM`` contract passes a ``(B, S)`` padding mask only, which cannot say where
+    packed documents meet; a model that can keep them apart declares a keyword
+    ``document_ids`` (``(B, T)`` integers: ``0, 1, ...`` per document of a row, ``-1`` on
+    padding) in its ``forward``. A wrapper whose ``forward`` takes only ``**kwargs``
+    (lego-peft's ``LoraModel``) is looked through to its ``model`` attribute. Reads
+    signatures only (no torch import).
+
+    Args:
+        model: The model.
+
+    Returns:
+        True when ``document_ids`` reaches a ``forward`` that names it.
+
+    Example:
+        >>> class Packed:
+        ...     def forward(self, input_ids, *, kv_cache=None, document_ids=None): ...
+        >>> class Wrapper:
+        ...     def __init__(self, model): self.model = model
+        ...     def forward(self, *args, **kwargs): ...
+        >>> class Plain:
+        ...     def forward(self, input_ids, *, kv_cache=None): ...
+        >>> accepts_document_ids(Wrapper(Packed())), accepts_document_ids(Plain())
+        (True, False)
+    """
+    seen: set[int] = set()
+    current: Any = model
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        forward = getattr(current, "forward", None)
+        if not callable(forward):
+            return False
+        try:
+            parameters = inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            return False
+        if "document_ids" in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+        current = getattr(current, "model", None)
+    return False

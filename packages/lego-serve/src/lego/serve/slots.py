@@ -6,7 +6,8 @@ columns of each row hold that row's tokens, and the first real column of every r
 decode step appends one column to every row, so all rows end at the same column
 (``seq_len``); they begin at different columns.
 
-How a request joins. It is prefilled alone in a batch-1 cache, then copied with
+How a request joins. It is prefilled in a batch-1 cache (alone, or packed with other
+waiting prompts one after the other in that row), then its positions are copied with
 [`copy_rows`][lego.protocols.KVCache.copy_rows] into a free row, *right-aligned*: its
 ``L`` prompt positions go to columns ``[seq_len - L, seq_len)``, the columns before them
 are masked out (left padding). When the prompt is longer than the batch (``L > seq_len``)
@@ -102,14 +103,20 @@ class SlotCache:
 
     # -- rows joining and leaving ---------------------------------------------------------
 
-    def place(self, slot: int, source: KVCache) -> None:
+    def place(
+        self, slot: int, source: KVCache, *, source_start: int = 0, length: int | None = None
+    ) -> None:
         """Copy row 0 of a prefilled batch-1 cache into ``slot``, right-aligned.
 
         Args:
             slot: A free row.
-            source: The prefill's cache; its ``seq_len`` positions are the prompt's.
+            source: The prefill's cache; its positions from ``source_start`` are the prompt's.
+            source_start: Where the prompt begins in ``source`` (a packed prefill holds
+                several prompts one after the other).
+            length: The prompt's positions (None: to the end of ``source``).
         """
-        length = int(source.seq_len)
+        if length is None:
+            length = int(source.seq_len) - source_start
         old = self.seq_len
         if not any(self.live):
             self.cache.reset()
@@ -118,7 +125,14 @@ class SlotCache:
         start = max(old - length, 0)
         rows = torch.tensor([slot], dtype=torch.long, device=self.device)  # (1,)
         source_rows = torch.zeros(1, dtype=torch.long, device=self.device)  # (1,)
-        self.cache.copy_rows(source, rows=rows, source_rows=source_rows, start=start)
+        self.cache.copy_rows(
+            source,
+            rows=rows,
+            source_rows=source_rows,
+            start=start,
+            source_start=source_start,
+            length=length,
+        )
         if length > old:
             self.mask[:, old:length] = 0  # a gap in the running rows (see the module doc)
         self.mask[slot].zero_()
