@@ -28,9 +28,12 @@ __all__ = [
 SEED_MAX = 2**64 - 1
 """The largest seed (torch's generators take 64-bit unsigned seeds)."""
 
-Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"]
+Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "auto"]
 """How the model computes: fp32; bf16 or fp16 autocast over fp32 weights (fp16 with a
-GradScaler); or bf16 weights with an fp32 master copy in the optimizer (``bf16-true``)."""
+GradScaler); bf16 weights with an fp32 master copy in the optimizer (``bf16-true``); or
+``auto``: ``bf16-mixed`` or ``fp32``, whichever the device runs faster, measured when the
+trainer starts ([`choose_precision()`][lego.train.precision.choose_precision]; a resumed
+run keeps its checkpoint's)."""
 
 Strategy = Literal["auto", "single", "ddp", "fsdp"]
 """How several processes share the work: ``auto`` is DDP under torchrun, else one process."""

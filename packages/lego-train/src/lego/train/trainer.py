@@ -18,6 +18,7 @@ a lego-arch model and lego-data ``TokenLoader``s; ``examples/pretrain.py`` runs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -57,7 +58,7 @@ from lego.train.checkpoint import (
     torch_load,
     torch_save,
 )
-from lego.train.config import TrainConfig
+from lego.train.config import Precision, TrainConfig
 from lego.train.flops import flops_per_token, measure_peak_flops, mfu
 from lego.train.monitor import MetricsLog, TensorBoardWriter, format_step
 from lego.train.objective import Objective, TokenObjective, as_float, token_loss
@@ -65,7 +66,9 @@ from lego.train.optim import build_optimizer
 from lego.train.precision import (
     MasterWeights,
     autocast_context,
+    choose_precision,
     compute_dtype,
+    decide_precision,
     make_grad_scaler,
 )
 from lego.train.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -203,6 +206,10 @@ class Trainer:
                 current_tokenizer=tokenizer_hash,
             )
             load_model_dir(model, self.resumed_from / MODEL_DIR)
+
+        self.precision_reason: str | None = None  # what precision: auto resolved to, and why
+        if config.precision == "auto":
+            config = self._resolve_precision(model, saved)
 
         self.masters = MasterWeights(model) if config.precision == "bf16-true" else None
         wrapped = dd.wrap_model(model, self.strategy, self.device)
@@ -597,6 +604,28 @@ class Trainer:
             stream = self._console_stream if self._console_stream is not None else sys.stderr
             print(text, file=stream, flush=True)
 
+    def _resolve_precision(self, model: nn.Module, saved: TrainerStateFile | None) -> TrainConfig:
+        """Turn ``precision: auto`` into ``bf16-mixed`` or ``fp32`` (``self.config`` too).
+
+        A resumed run keeps the precision its checkpoint recorded. Otherwise
+        [`choose_precision()`][lego.train.precision.choose_precision] measures; under
+        ``torchrun`` every rank's times are summed first, so all ranks choose alike.
+        """
+        if saved is not None and saved.precision in ("fp32", "bf16-mixed"):
+            precision: Precision = "bf16-mixed" if saved.precision == "bf16-mixed" else "fp32"
+            reason = f"auto: {precision} (as the checkpoint it resumes from)"
+        else:
+            choice = choose_precision(model, self.device)
+            if choice.fp32_seconds == choice.fp32_seconds:  # measured (not NaN): agree
+                fp32, bf16 = dd.all_reduce_sum(
+                    [choice.fp32_seconds, choice.bf16_seconds], self.device
+                )
+                choice = decide_precision(fp32, bf16)
+            precision, reason = choice.precision, choice.reason
+        self.precision_reason = reason
+        self.config = dataclasses.replace(self.config, precision=precision)
+        return self.config
+
     def log_record(self, record: Mapping[str, Any]) -> None:
         """Append a record to ``metrics.jsonl`` (and TensorBoard) on rank 0.
 
@@ -732,6 +761,8 @@ class Trainer:
             )
             if self.resumed_from is not None:
                 self.message(f"resumed from {self.resumed_from} at step {state.step}")
+            if self.precision_reason is not None:
+                self.message(f"precision {self.precision_reason}")
         self._call("on_train_begin")
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < config.max_steps and not state.should_stop:
