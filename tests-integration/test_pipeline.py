@@ -47,6 +47,8 @@ SMALL = [
     *TINY_RUN,
     "report.max_new_tokens=8",
     "report.attention_tokens=8",
+    "sft.enabled=false",  # the stages after pretraining: tests/test_pipeline_stages.py
+    "dpo.enabled=false",
 ]
 
 

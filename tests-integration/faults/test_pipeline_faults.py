@@ -1,8 +1,10 @@
-"""Faults of ``legollm pipeline`` (issue 17), through real processes.
+"""Faults of ``legollm pipeline`` (issues 17 and 23), through real processes.
 
 Each test asserts the exit code, one message on stderr without "Traceback", and that every
 file that existed before is byte-identical afterwards. The prepared data (the tokenizer
-trained for the tiny run) is cached once per module by a finished 2-step pipeline.
+trained for the tiny run) is cached once per module by a finished 2-step pipeline, with the
+stages after pretraining switched off; the stage faults (issue 23: SIGINT / SIGTERM during
+SFT and DPO, an unwritable stage folder) switch them on, small, in a copy of that run.
 """
 
 from __future__ import annotations
@@ -27,7 +29,30 @@ SMALL = [
     *TINY_RUN,
     "report.max_new_tokens=8",
     "report.attention_tokens=8",
+    "model.overrides.context_length=128",  # room for the stages' rows (longer than 32 tokens)
+    "sft.enabled=false",
+    "dpo.enabled=false",
 ]
+STAGES = [
+    "eval.stages.enabled=false",
+    *[
+        f"{stage}.{key}"
+        for stage in ("sft", "dpo")
+        for key in (
+            "enabled=true",
+            "checkpoint_every=50",
+            "log_every=1",
+            "progress=plain",
+            "plots=false",
+            "schedule.warmup_steps=0",
+            "data.train_count=48",
+            "data.eval_count=8",
+            f"{stage}.max_length=128",
+            f"{stage}.batch_size=4",
+        )
+    ],
+]
+"""Overrides that switch SFT and DPO on, at the tiny run's sizes."""
 
 
 def pipeline(cache: Path, *extra: str) -> list[str]:
@@ -131,3 +156,75 @@ def test_garbage_in_checkpoints_latest(finished: tuple[Path, Path], tmp_path: Pa
     result = harness.run(pipeline(finished[1], f"out_dir={run}", "max_steps=4"), cwd=tmp_path)
     harness.assert_one_message(result, prog="legollm", phrase="latest-checkpoint file")
     harness.assert_unchanged(before, tmp_path)
+
+
+def _stage_run(finished: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the finished 2-step run, for the stages to continue."""
+    run = tmp_path / "run"
+    shutil.copytree(finished[0], run)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("stage", "signum", "code"),
+    [
+        ("sft", signal.SIGINT, 130),
+        ("sft", signal.SIGTERM, 143),
+        ("dpo", signal.SIGINT, 130),
+        ("dpo", signal.SIGTERM, 143),
+    ],
+)
+def test_a_signal_during_a_stage_exits_and_the_same_command_finishes(
+    finished: tuple[Path, Path], tmp_path: Path, stage: str, signum: int, code: int
+) -> None:
+    """Issue 23: a stage stopped mid-training keeps its checkpoint; a rerun finishes."""
+    run = _stage_run(finished, tmp_path)
+    lengths = ["sft.max_steps=4", "dpo.max_steps=4", f"{stage}.max_steps=100000"]
+    argv = pipeline(finished[1], f"out_dir={run}", "max_steps=2", *STAGES, *lengths)
+    before = harness.snapshot(run / "model")
+    process = harness.start(argv, cwd=tmp_path)
+    try:
+        harness.run_until(process, f"{stage}: from ")
+        harness.run_until(process, "train: 3 of 100,000")
+        stopped = harness.interrupt(process, signum)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert stopped.code == code, stopped.stdout
+    assert "Traceback" not in stopped.stdout
+    assert f"stopped the {stage} stage at step" in stopped.stdout
+    assert "run the same command again" in stopped.stdout
+    assert (run / stage / "checkpoints" / "latest").is_file()
+    assert not (run / stage / "model").exists()
+    record = json.loads((run / "pipeline.json").read_text())
+    assert record["status"] == "running"
+    assert record["stages"][stage] == "running"
+    # the same command, with a reachable length for the stopped stage: it continues it
+    again = [*argv[: -len(lengths)], "sft.max_steps=4", "dpo.max_steps=4", f"{stage}.max_steps=10"]
+    result = harness.run(again, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "resumed from" in result.stderr + result.stdout
+    assert (run / "chat" / "model.safetensors").is_file()
+    record = json.loads((run / "pipeline.json").read_text())
+    assert (record["status"], record["stages"]["sft"], record["stages"]["dpo"]) == (
+        "done",
+        "done",
+        "done",
+    )
+    if stage == "dpo":
+        assert "sft: done earlier" in result.stdout  # a finished stage is not redone
+    harness.assert_unchanged(before, run / "model")
+
+
+def test_an_unwritable_stage_folder_is_one_message(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Issue 23: ``run/sft`` cannot be a folder: exit 2, one message, nothing changed."""
+    run = _stage_run(finished, tmp_path)
+    (run / "sft").write_text("a file where the stage's folder goes\n")
+    before = harness.snapshot(run)
+    argv = pipeline(finished[1], f"out_dir={run}", "max_steps=2", *STAGES, "sft.max_steps=2")
+    result = harness.run(argv, cwd=tmp_path)
+    harness.assert_one_message(result, prog="legollm", phrase="the sft stage cannot write")
+    assert (run / "sft").is_file()
+    harness.assert_unchanged(before, run)  # refused before pretraining resumed

@@ -37,8 +37,10 @@ wants to see afterwards. One YAML file (``examples/pipelines/tiny.yaml``) holds 
    attention) are drawn, and ``report.md`` collects the configuration, the figures, the
    evaluations' tables, the stages and the samples; it ends with the command that starts
    the chat;
-10. ``chat/`` receives a copy of the last model of the chain (with its tokenizer, ChatML's
-    markers and the stop tokens): ``legollm serve --model runs/<timestamp>/chat``.
+10. ``chat/`` receives a copy of the last stage's model (with its tokenizer, ChatML's
+    markers and the stop tokens): ``legollm serve --model runs/<timestamp>/chat``; with
+    every stage switched off there is no ``chat/`` and the report names the run directory
+    (its ``model/``) instead.
 
 A stage switched off (``enabled: false``, the default for a section left out) is skipped:
 the next starts from the previous enabled stage's model. Everything the later stages need
@@ -102,6 +104,7 @@ from lego.recipes.pipeline_stages import (
     GRPOStage,
     SFTStage,
     StagesResult,
+    check_stage_folders,
     check_stages,
     run_stages,
     stage_fingerprint_data,
@@ -132,7 +135,7 @@ PIPELINE_FILE = "pipeline.json"
 """The file in a run directory that records the pipeline's configuration and status."""
 
 CHAT_DIR = "chat"
-"""The folder in a run directory with the model to talk to (the last stage's)."""
+"""The folder in a run directory with the model to talk to (the last stage's model)."""
 
 _DONE = "done"
 _RUNNING = "running"
@@ -289,7 +292,8 @@ class PipelineResult:
         stop_signal: The signal that interrupted training (after a checkpoint), or None.
         stage: The stage ``step`` counts: ``pretraining``, ``sft``, ``dpo`` or ``grpo``.
         stage_dir: Where that stage's checkpoints are (the run directory for pretraining).
-        chat: ``run_dir/chat``, the model to talk to, once the run finished.
+        chat: ``run_dir/chat``, the last stage's model to talk to, once the run finished
+            (None when no stage ran after pretraining).
     """
 
     run_dir: Path
@@ -411,6 +415,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
     config.check_later_stages(context=int(early.context_length), prompt_tokens=[1])
     run_dir = find_run_dir(config)
     _check_writable(run_dir)
+    check_stage_folders(config, run_dir)
     with (
         run_lock(run_dir) as lock,
         write_errors(run_dir, what="run", error=TrainingError, hint=_DISK_HINT),
@@ -485,8 +490,9 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         stage_evaluation = None
         if evaluation is not None and config.eval.stages.enabled and len(stages.models) > 1:
             stage_evaluation = _evaluate_stages(config, run_dir, stages, echo)
-        assert stages.model_dir is not None
-        chat = _copy_model(stages.model_dir, run_dir / CHAT_DIR)
+        chat: Path | None = None
+        if stages.model_dir is not None and stages.model_dir != model_dir:
+            chat = _copy_model(stages.model_dir, run_dir / CHAT_DIR)
         report = write_report(
             run_dir=run_dir,
             model_dir=model_dir,
@@ -496,12 +502,12 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
             train_seconds=seconds,
             evaluation=evaluation,
             stage_lines=_stage_lines(run_dir, stages, stage_evaluation),
-            closing=_closing_lines(chat, stages),
+            closing=_closing_lines(chat or run_dir, stages),
             echo=echo,
         )
         _write_record(run_dir, config, _DONE, statuses)
     echo(f"report: {report}")
-    echo(f"talk to the model: legollm serve --model {chat}")
+    echo(f"talk to the model: legollm serve --model {chat or run_dir}")
     return PipelineResult(
         run_dir=run_dir,
         report=report,
@@ -613,17 +619,16 @@ def _stage_lines(
 
 
 def _closing_lines(chat: Path, stages: StagesResult) -> list[str]:
-    """The report's last lines: the command that starts the chat."""
+    """The report's last lines: the command that starts the chat (or the server)."""
     last = [r.name for r in stages.runs if r.model_dir is not None]
-    source = f"the {last[-1]} stage's model" if last else "the pretrained model"
-    return [
-        "## Talk to it",
-        "",
-        f"`{chat.name}/` is {source}, with its tokenizer and stop tokens:",
-        "",
-        f"    legollm serve --model {chat}",
-        "",
-    ]
+    what = (
+        f"`{chat.name}/` is the {last[-1]} stage's model, with its tokenizer (ChatML's "
+        "markers) and stop tokens:"
+        if last
+        else "No stage ran after pretraining: the server offers completions of the "
+        "pretrained model (`model/`):"
+    )
+    return ["## Talk to it", "", what, "", f"    legollm serve --model {chat}", ""]
 
 
 def _evaluate(

@@ -60,6 +60,7 @@ from lego.protocols import (
     atomic_write_text,
     check_float,
     check_int,
+    temporary_name,
 )
 from lego.protocols.chat import get_chat_template
 from lego.protocols.layout import MODEL_DIR
@@ -91,6 +92,7 @@ __all__ = [
     "StageRun",
     "StagesResult",
     "check_stages",
+    "check_stage_folders",
     "stage_template",
     "stage_fingerprint_data",
     "write_stage_data",
@@ -522,6 +524,41 @@ def _check_stage_tokens(
     except ConfigError as exc:
         key = f"{name}.{method}.{exc.key}" if exc.key else f"{name}.{method}.eos_token"
         raise ConfigError(exc.message, key=key, hint=exc.hint) from None
+
+
+def check_stage_folders(config: Any, run_dir: Path) -> None:
+    """Check, before any work, that each enabled stage can write its folder.
+
+    ``run_dir/<stage>`` and ``run_dir/data`` must be folders (created here when missing)
+    that take a file.
+
+    Args:
+        config: The pipeline config.
+        run_dir: The run directory.
+
+    Raises:
+        ConfigError: A stage's folder is a file, or cannot be created or written, naming the
+            folder and the stage.
+    """
+    enabled = [name for name, stage in _sections(config) if stage.enabled]
+    folders = [(name, run_dir / name) for name in enabled]
+    if {"sft", "dpo"} & set(enabled):
+        folders.append(("sft" if "sft" in enabled else "dpo", run_dir / DATA_DIR))
+    for name, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = temporary_name(folder / ".write-test")
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            why = "a file is in its place" if folder.is_file() else exc.strerror or str(exc)
+            raise ConfigError(
+                f"the {name} stage cannot write its folder: {why}",
+                path=folder,
+                key=name,
+                hint=f"make {folder} a writable folder (or remove what is there), or switch "
+                f"the stage off with {name}.enabled=false",
+            ) from exc
 
 
 def stage_fingerprint_data(config: Any) -> dict[str, Any]:
