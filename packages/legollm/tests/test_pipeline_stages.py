@@ -418,3 +418,54 @@ def test_the_cli_says_which_stage_stopped(
     assert caught.value.message == (
         f"stopped the dpo stage at step 3 of 4: checkpoint saved in {run / 'dpo'}"
     )
+
+
+def test_grpo_runs_after_the_enabled_stages(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    run = tmp_path / "run"
+    grpo = {
+        **_TUNE,
+        "enabled": True,
+        "max_steps": 2,
+        "eval_every": 2,
+        "optim": {"lr": 1e-4, "min_lr": 1e-4, "weight_decay": 0.0},
+        "data": {"task": "addition", "train_count": 16, "eval_count": 4},
+        "sft": {"max_steps": 2, "batch_size": 4, "max_length": 64, "schedule": {"warmup_steps": 0}},
+        "grpo": {
+            "template": "chatml",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|pad|>",
+            "num_generations": 2,
+            "prompts_per_step": 2,
+            "max_prompt_length": 48,
+            "max_completion_length": 8,
+        },
+    }
+    config = _chain(run, corpus, dpo={"enabled": False}, grpo=grpo)
+    result = run_pipeline(config, echo=_quiet)
+    assert result.finished
+    assert (run / "grpo" / "sft" / "model").is_dir()  # its warm-up, configured here
+    assert _bytes(run / CHAT_DIR) == _bytes(run / "grpo" / "model")
+    adapterless = json.loads((run / "grpo" / "model" / "config.json").read_text())
+    assert (
+        adapterless["vocab_size"]
+        == json.loads((run / "sft/model/config.json").read_text())["vocab_size"]
+    )  # GRPO started from the SFT model (its grown vocabulary), DPO switched off
+    stages = json.loads((run / PIPELINE_FILE).read_text())["stages"]
+    assert (stages["sft"], stages["dpo"], stages["grpo"]) == ("done", "skipped", "done")
+
+
+def test_cli_overrides_reach_the_stage_keys(tmp_path: Path) -> None:
+    config = cli.read_recipe_config(
+        PipelineConfig,
+        Path(__file__).resolve().parents[3] / "examples" / "pipelines" / "tiny.yaml",
+        ["sft.max_steps=20", "dpo.enabled=false", "dpo.dpo.beta=0.3", "grpo.data.task=sort"],
+    )
+    assert (config.sft.max_steps, config.dpo.enabled, config.dpo.dpo.beta) == (20, False, 0.3)
+    assert config.grpo.data.task == "sort"
+    with pytest.raises(ConfigError) as caught:
+        cli.read_recipe_config(PipelineConfig, "tiny-missing.yaml", [])
+    assert caught.value.key == "--config"
+    tiny = Path(__file__).resolve().parents[3] / "examples" / "pipelines" / "tiny.yaml"
+    with pytest.raises(ConfigError) as bad:
+        cli.read_recipe_config(PipelineConfig, tiny, ["sft.sft.batchsize=4"])
+    assert bad.value.key == "sft.sft.batchsize"
