@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lego.protocols import ConfigError, Interrupted
-from lego.recipes import cli, pipeline_stages
+from lego.protocols import ConfigError, Interrupted, Terminated
+from lego.recipes import cli, pipeline, pipeline_stages
 from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 from lego.recipes.pipeline import (
     CHAT_DIR,
@@ -469,3 +469,46 @@ def test_cli_overrides_reach_the_stage_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         cli.read_recipe_config(PipelineConfig, tiny, ["sft.sft.batchsize=4"])
     assert bad.value.key == "sft.sft.batchsize"
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt(), 130), (Terminated(), 143)])
+def test_a_signal_while_a_stage_is_set_up_says_how_to_continue(
+    tmp_path: Path,
+    corpus: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: KeyboardInterrupt,
+    code: int,
+) -> None:
+    def stopped(recipe: Any) -> Any:
+        raise stop
+
+    monkeypatch.setattr(pipeline_stages, "build_finetune", stopped)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted) as caught:
+        run_pipeline(_chain(run, corpus), echo=_quiet)
+    assert caught.value.exit_code == code
+    assert caught.value.message.startswith("stopped during the sft stage")
+    assert "run the same command again" in str(caught.value.hint)
+    record = json.loads((run / PIPELINE_FILE).read_text())
+    assert (record["status"], record["stages"]["pretraining"]) == ("running", "done")
+
+
+def test_a_signal_during_the_stage_evaluation_keeps_the_stages(
+    chained: Path, tmp_path: Path, corpus: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(chained, run)
+    record = json.loads((run / PIPELINE_FILE).read_text())
+    (run / PIPELINE_FILE).write_text(json.dumps({**record, "status": "running"}))
+
+    def stopped(**kwargs: Any) -> dict[str, Any]:
+        raise Terminated
+
+    monkeypatch.setattr(pipeline, "evaluate_stages", stopped)
+    evaluation = {"enabled": True, "max_tokens": 256, "tasks": ["lego_arithmetic_mc"]}
+    with pytest.raises(Interrupted) as caught:
+        run_pipeline(_chain(run, corpus, eval=evaluation), echo=_quiet)
+    assert caught.value.exit_code == 143
+    assert "stopped during the stage evaluation" in caught.value.message
+    stages = json.loads((run / PIPELINE_FILE).read_text())["stages"]
+    assert (stages["sft"], stages["dpo"]) == ("done", "done")
