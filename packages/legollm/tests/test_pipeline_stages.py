@@ -20,7 +20,7 @@ from lego.recipes.pipeline import (
     PipelineResult,
     run_pipeline,
 )
-from lego.recipes.pipeline_stages import DATA_DIR, FILLED, check_stages
+from lego.recipes.pipeline_stages import DATA_DIR, FILLED, check_stage_data, check_stages
 from lego.recipes.serve import detect_template
 from lego.tokenize import RegexBPETokenizer
 
@@ -512,3 +512,22 @@ def test_a_signal_during_the_stage_evaluation_keeps_the_stages(
     assert "stopped during the stage evaluation" in caught.value.message
     stages = json.loads((run / PIPELINE_FILE).read_text())["stages"]
     assert (stages["sft"], stages["dpo"]) == ("done", "done")
+
+
+def test_the_stage_data_counts_are_checked_before_any_work(tmp_path: Path) -> None:
+    fits = _config(
+        tmp_path,
+        sft={"enabled": True, "data": {"train_count": 8, "eval_count": 4}},
+        grpo={"enabled": True, "data": {"task": "addition", "eval_count": 80}},
+    )
+    check_stage_data(fits)
+    too_many = _config(
+        tmp_path, grpo={"enabled": True, "data": {"task": "addition", "eval_count": 100}}
+    )
+    with pytest.raises(ConfigError, match="87 problems") as caught:
+        check_stage_data(too_many)
+    assert caught.value.key == "grpo.data.eval_count"
+    unknown = _config(tmp_path, sft={"enabled": True, "data": {"kinds": ["riddle"]}})
+    with pytest.raises(ConfigError) as kinds:
+        check_stage_data(unknown)
+    assert kinds.value.key == "sft.data.kinds"

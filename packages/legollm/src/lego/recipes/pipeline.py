@@ -104,6 +104,7 @@ from lego.recipes.pipeline_stages import (
     GRPOStage,
     SFTStage,
     StagesResult,
+    check_stage_data,
     check_stage_folders,
     check_stages,
     run_stages,
@@ -416,6 +417,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
     run_dir = find_run_dir(config)
     _check_writable(run_dir)
     check_stage_folders(config, run_dir)
+    check_stage_data(config)
     with (
         run_lock(run_dir) as lock,
         write_errors(run_dir, what="run", error=TrainingError, hint=_DISK_HINT),

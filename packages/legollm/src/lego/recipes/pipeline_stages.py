@@ -93,6 +93,7 @@ __all__ = [
     "StagesResult",
     "check_stages",
     "check_stage_folders",
+    "check_stage_data",
     "stage_template",
     "stage_fingerprint_data",
     "write_stage_data",
@@ -524,6 +525,37 @@ def _check_stage_tokens(
     except ConfigError as exc:
         key = f"{name}.{method}.{exc.key}" if exc.key else f"{name}.{method}.eos_token"
         raise ConfigError(exc.message, key=key, hint=exc.hint) from None
+
+
+def check_stage_data(config: Any) -> None:
+    """Generate each enabled stage's rows once, before any work, to check the counts.
+
+    The generators cache what they read, so the rows written later cost nothing more.
+
+    Args:
+        config: The pipeline config.
+
+    Raises:
+        ConfigError: A split that has fewer rows than asked for (or another refusal of the
+            generator), named as the stage's key (``grpo.data.eval_count``...).
+    """
+    for name, stage in _sections(config):
+        if not stage.enabled:
+            continue
+        data = stage.data
+        for split, key in (("train", "train_count"), ("test", "eval_count")):
+            count = int(getattr(data, key))
+            try:
+                if isinstance(stage, GRPOStage):
+                    if split == "train" or count:
+                        stage.data.task_records(split, count)
+                elif isinstance(stage, SFTStage):
+                    _qa_rows(stage.data, split, count)
+                else:
+                    _preference_rows(stage.data, split, count)
+            except ConfigError as exc:
+                known = exc.key if exc.key in data.to_dict() else key  # "count" is this one
+                raise ConfigError(exc.message, key=f"{name}.data.{known}", hint=exc.hint) from None
 
 
 def check_stage_folders(config: Any, run_dir: Path) -> None:
