@@ -342,7 +342,8 @@ def test_a_finished_stage_is_not_redone(
 
 def test_a_stage_switched_off_is_skipped(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
     run = tmp_path / "run"
-    config = _chain(run, corpus, sft={"enabled": False})
+    evaluation = {"enabled": True, "max_tokens": 256, "max_rows": 2, "tasks": ["lego_sort_exact"]}
+    config = _chain(run, corpus, sft={"enabled": False}, eval=evaluation)
     result = run_pipeline(config, echo=_quiet)
     assert result.finished
     assert not (run / "sft").exists()
@@ -352,6 +353,9 @@ def test_a_stage_switched_off_is_skipped(tmp_path: Path, corpus: tuple[Path, Pat
     assert Path(base) == (run / "model").resolve()  # DPO started from the pretrained model
     assert json.loads((run / PIPELINE_FILE).read_text())["stages"]["sft"] == "skipped"
     assert detect_template(load_tokenizer(None, run / CHAT_DIR)) == "chatml"  # DPO added them
+    measured = json.loads((run / "eval.json").read_text())["stages"]
+    assert list(measured["models"]) == ["pretrained", "dpo"]
+    assert "- `sft`: switched off (enabled: false)" in (run / "report.md").read_text()
 
 
 class _StopAt:
