@@ -210,8 +210,13 @@ def test_count_above_the_split_is_an_error_naming_the_number(split: str) -> None
         preference_rows(split=split, kinds=("snippet",), count=total + 1)  # type: ignore[arg-type]
 
 
-def test_the_splits_never_share_a_module_or_an_operation() -> None:
+def test_the_splits_never_share_a_module_or_an_expression() -> None:
     train, test = qa_rows(), qa_rows(split="test")
+    snippet_ops = [{r["name"] for r in rows if r["kind"] == "snippet"} for rows in (train, test)]
+    assert snippet_ops[0] == snippet_ops[1]  # held-out problems, every operation taught
+    assert not {r["prompt"] for r in train if r["kind"] == "snippet"} & {
+        r["prompt"] for r in test if r["kind"] == "snippet"
+    }
     for kind in QA_KINDS:
         train_groups = {r["group"] for r in train if r["kind"] == kind}
         test_groups = {r["group"] for r in test if r["kind"] == kind}
@@ -262,14 +267,14 @@ def test_every_snippet_answer_is_the_value(split: str) -> None:
         value = eval(_expression(row["prompt"]))  # the test's own, full-builtins evaluation
         assert row["completion"] == row["answer"] == repr(value)
         assert row["module"] == "builtins"
-        assert row["name"] == row["group"]
+        assert row["group"] == f"snippet:{_expression(row['prompt'])}"
 
 
 def test_snippets_change_with_the_seed_and_cover_the_operations() -> None:
     first = qa_rows(kinds=("snippet",), seed=0) + qa_rows(kinds=("snippet",), split="test")
     other = qa_rows(kinds=("snippet",), seed=1)
     assert {r["prompt"] for r in first} != {r["prompt"] for r in other}
-    assert len({r["group"] for r in first}) >= 30
+    assert len({r["name"] for r in first}) >= 30
     assert len(first) >= 3000
 
 

@@ -26,13 +26,15 @@ Two kinds of questions ([`QA_KINDS`][lego.data.stdlib_qa.QA_KINDS]):
   (``[1, 2, 3]``). The expressions are built from small literals by a fixed table of
   templates, one per operation (36: ``len``, ``sorted``, ``str.upper``, ``floordiv``,
   ``slice``, ``in`` ...), and evaluated with no builtins but the table's dozen names; up
-  to 100 distinct expressions per operation are drawn from ``seed``: 3,298 rows, 2,368
-  ``train`` (26 operations) and 930 ``test`` (10 operations) by default.
+  to 100 distinct expressions per operation are drawn from ``seed``: 3,298 rows, 2,666
+  ``train`` and 632 ``test`` by default, every operation in both.
 
 Held-out rows measure generalisation, not recall: the split is decided by a hash of the
 row's *group* ([`qa_split()`][lego.data.stdlib_qa.qa_split]), the module for docstring
-rows and the operation for snippets, so a held-out module's names and a held-out
-operation never appear in ``train``. A ``test`` docstring row whose answer text also
+rows and the expression for snippets, so a held-out module's names and a held-out
+expression never appear in ``train`` (snippets hold out problems, not operations: a model
+is asked to evaluate new literals with operations it was taught, as with lego-data's
+generated tasks). A ``test`` docstring row whose answer text also
 answers some ``train`` row (``"Close the file."``) is dropped as well.
 (The ``python-stdlib`` pretraining corpus holds the held-out modules' sources: a model
 pretrained on it has read their docstrings as source text, never as answers to questions.)
@@ -134,8 +136,8 @@ def qa_split(group: str, *, test_fraction: float) -> QaSplit:
     platform.
 
     Args:
-        group: A module name (docstring rows, e.g. ``"json.decoder"``) or an operation
-            (snippet rows, e.g. ``"sorted"``).
+        group: A module name (docstring rows, e.g. ``"json.decoder"``) or a snippet's
+            expression (``"snippet:sorted([3, 1, 2])"``).
         test_fraction: The share of groups held out, in ``[0, 1]``.
 
     Returns:
@@ -480,7 +482,7 @@ def _snippets(seed: int) -> tuple[_Item, ...]:
                 "kind": "snippet",
                 "module": "builtins",
                 "name": operation,
-                "group": operation,
+                "group": f"snippet:{expression}",
             }
             items.append(_Item(row, value))
     return tuple(items)
@@ -600,9 +602,9 @@ def qa_rows(
 
     Args:
         split: ``train`` or ``test``; they never share a module (docstring rows) or an
-            operation (snippet rows).
+            expression (snippet rows).
         kinds: Which of [`QA_KINDS`][lego.data.stdlib_qa.QA_KINDS] to include.
-        test_fraction: The share of modules and operations held out, in ``(0, 1)``.
+        test_fraction: The share of modules and expressions held out, in ``(0, 1)``.
         seed: Chooses the question phrasings, the snippets' literals and the order of a
             ``count`` draw.
         count: None for every row of the split in a fixed order (docstring rows sorted by
@@ -615,8 +617,8 @@ def qa_rows(
         ``completion`` is the text the model should write (no leading space; a docstring
         sentence ends with a full stop, a snippet's is ``repr`` of the value), ``answer``
         what an exact-answer verifier compares with (the completion), ``group`` what
-        decides the split (the module, or the operation; snippets' ``module`` is
-        ``"builtins"`` and ``name`` the operation).
+        decides the split (the module, or ``"snippet:<expression>"``; snippets'
+        ``module`` is ``"builtins"`` and ``name`` the operation).
 
     Raises:
         ConfigError: A bad argument (named in ``key``), a split with no rows, or ``count``
@@ -814,8 +816,8 @@ def preference_rows(
     never the chosen one and comes from the same split.
 
     Args:
-        split: ``train`` or ``test`` (split by module / operation as for ``qa_rows``).
-        test_fraction: The share of modules and operations held out, in ``(0, 1)``.
+        split: ``train`` or ``test`` (split by module / expression as for ``qa_rows``).
+        test_fraction: The share of modules and expressions held out, in ``(0, 1)``.
         seed: Chooses the phrasings, snippets, corruptions and the order of a ``count``
             draw.
         count: None for one pair per question of the split, in ``qa_rows``' order; ``k``
