@@ -82,6 +82,7 @@ __all__ = [
     "STAGES",
     "FILLED",
     "CHATML_TOKENS",
+    "END_OF_TURN",
     "DATA_DIR",
     "StageData",
     "QAData",
