@@ -182,16 +182,23 @@ def test_preference_accuracy_equals_the_direct_count(chain: dict[str, Any]) -> N
     model = _reference_model(chain, "sft")
     tokenizer = chain["tokenizer"]
     margins: dict[str, list[float]] = {}
+    per_token: list[float] = []
     for pair in PAIRS:
         if pair["chosen"] == pair["rejected"]:
             continue
         prompt, chosen = _answer_ids(tokenizer, pair["prompt"], pair["chosen"])
         _, rejected = _answer_ids(tokenizer, pair["prompt"], pair["rejected"])
-        margin = sum(_logprob(model, prompt, chosen)) - sum(_logprob(model, prompt, rejected))
+        good = _logprob(model, prompt, chosen)
+        bad = _logprob(model, prompt, rejected)
+        margin = sum(good) - sum(bad)
+        per_token.append(sum(good) / len(good) - sum(bad) / len(bad))
         for key in ("all", pair["corruption"]):
             margins.setdefault(key, []).append(margin)
     measured = chain["result"]["parts"]["sft"]["preference"]
     everything = margins["all"]
+    assert measured["accuracy_per_token"] == pytest.approx(
+        sum(m > 0 for m in per_token) / len(per_token)
+    )
     assert measured["pairs"] == len(everything) == len(PAIRS) - 1
     assert measured["identical"] == 1
     assert measured["correct"] == sum(m > 0 for m in everything)

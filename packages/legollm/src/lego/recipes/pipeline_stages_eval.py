@@ -25,7 +25,9 @@ The measurements, for each model (natural logarithms throughout):
   response an assistant turn up to its end-of-turn token); the pair counts as right when
   ``log p(chosen | prompt) > log p(rejected | prompt)`` (sums over the response tokens),
   and the mean margin is the mean of that difference; also per ``corruption``. Pairs
-  whose two responses are the same text are left out (counted). Chance is 0.5.
+  whose two responses are the same text are left out (counted). Chance is 0.5. Sums favour
+  the shorter response (a ``truncated`` answer always wins them), so the accuracy per token
+  is given too: the same comparison of the mean log-probability per response token.
 - **Exact answers**: on the ``snippet`` rows of ``qa_test``, the greedy answer (lego-eval's
   stopped generation, at most ``max_new_tokens`` tokens, stopping at the model's stop ids
   and the template's end-of-turn token) equals the row's ``answer``, both stripped.
@@ -409,19 +411,22 @@ def _preference(
     for _, prompt, chosen, rejected in use:
         requests += [(prompt, chosen), (prompt, rejected)]
     scores = _score(scored.model, requests, batch_size)
-    groups: dict[str, list[float]] = {}
-    for n, (row, *_) in enumerate(use):
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for n, (row, _, chosen, rejected) in enumerate(use):
         margin = scores[2 * n] - scores[2 * n + 1]
+        per_token = scores[2 * n] / len(chosen) - scores[2 * n + 1] / len(rejected)
         for key in ("all", str(pairs_test[row].get("corruption", ""))):
-            groups.setdefault(key, []).append(margin)
+            groups.setdefault(key, []).append((margin, per_token))
 
-    def summary(margins: list[float]) -> dict[str, Any]:
-        right = sum(1 for m in margins if m > 0)
+    def summary(margins: list[tuple[float, float]]) -> dict[str, Any]:
+        right = sum(1 for m, _ in margins if m > 0)
+        right_per_token = sum(1 for _, m in margins if m > 0)
         return {
             "pairs": len(margins),
             "correct": right,
             "accuracy": right / len(margins) if margins else math.nan,
-            "margin": sum(margins) / len(margins) if margins else math.nan,
+            "margin": sum(m for m, _ in margins) / len(margins) if margins else math.nan,
+            "accuracy_per_token": right_per_token / len(margins) if margins else math.nan,
         }
 
     return {
@@ -778,6 +783,10 @@ def stage_report_lines(
             [_num(_get(parts, n, "preference", "by_corruption", kind, "accuracy")) for n in names],
         )
     row("mean margin (nats)", [_num(_get(parts, n, "preference", "margin")) for n in names])
+    row(
+        "preference accuracy per token (mean log-prob per response token)",
+        [_num(_get(parts, n, "preference", "accuracy_per_token")) for n in names],
+    )
     exact = []
     for n in names:
         rows_ = _get(parts, n, "answers", "exact_rows")
