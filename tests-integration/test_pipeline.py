@@ -336,3 +336,19 @@ def test_full_disk_says_how_to_continue(
     err = capsys.readouterr().err
     assert "No space left on device" in err
     assert "run the same command again" in err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "examples" / "pipelines").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_example_pipeline_loads_with_its_stages(path: Path) -> None:
+    """Each shipped pipeline YAML is a valid config whose stages have the rows they ask for."""
+    from lego.protocols.configfile import read_config_file
+    from lego.recipes.pipeline import PipelineConfig
+    from lego.recipes.pipeline_stages import check_stage_data
+
+    config = PipelineConfig.from_dict(read_config_file(path))
+    check_stage_data(config)
+    assert config.sft.enabled
+    assert config.dpo.enabled
+    assert config.dpo.dpo.finetune == "lora"  # the reference is the disabled adapter
