@@ -119,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command(
         commands,
         "pipeline",
-        help_text="raw text to a talking model: tokenizer, data, pretraining, samples, report",
-        description="Train a model from raw text and write runs/<timestamp>/report.md with "
-        "samples, loss.png and attention.png. After an interruption, the same command "
-        "continues the run.",
-        example="legollm pipeline --config examples/pipelines/tiny.yaml max_steps=200",
+        help_text="raw text to a chat model: tokenizer, data, pretraining, SFT, DPO (GRPO), "
+        "evaluation, report",
+        description="Train a model from raw text, then the stages the YAML's sft:, dpo: and "
+        "grpo: sections switch on (each from the previous stage's model), and write "
+        "runs/<timestamp>/report.md with samples, loss.png, attention.png and stages.png; "
+        "runs/<timestamp>/chat is the model to serve. After an interruption, the same "
+        "command continues the run (finished stages are not redone).",
+        example="legollm pipeline --config examples/pipelines/tiny.yaml max_steps=200 "
+        "dpo.enabled=false",
     )
     _config_command(
         commands,
