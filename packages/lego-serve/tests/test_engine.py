@@ -993,3 +993,29 @@ def test_a_model_without_document_ids_prefills_one_prompt_at_a_time(
     for n in (3, 4):
         engine.submit(prompt_of(n), SamplingParams(max_tokens=2, temperature=0))
     assert engine._next_pack(None) == []
+
+
+def test_an_idle_engine_gathers_requests_sent_together_into_one_pack(
+    llama: nn.Module, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a long gathering window: the wait ends when max_batch requests wait, not on a clock
+    engine = make_engine(llama, max_batch=3, prefill_gather=1.0)
+    packs: list[int] = []
+    original = engine._prefill_pack
+
+    def spy(requests: list[Request]) -> None:
+        packs.append(len(requests))
+        original(requests)
+
+    monkeypatch.setattr(engine, "_prefill_pack", spy)
+    params = SamplingParams(max_tokens=3, temperature=0)
+    requests = [engine.submit(prompt_of(4 + i), params) for i in range(3)]
+    assert all(finish_of(collect(r)).reason == "length" for r in requests)
+    assert packs == [3]
+
+
+@pytest.mark.parametrize("value", [-0.1, 2.0, True])
+def test_prefill_gather_out_of_range_is_refused(llama: nn.Module, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Engine(model=llama, tokenizer=Words(), prefill_gather=value)  # type: ignore[arg-type]
+    assert info.value.key == "prefill_gather"

@@ -657,6 +657,42 @@ class CausalSelfAttention(nn.Module):
         window_bites = self.sliding_window is not None and self.sliding_window < s
         return attention_mask is not None or document_ids is not None or window_bites
 
+    def _document_spans(
+        self,
+        q: Tensor,
+        document_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        t: int,
+        s: int,
+    ) -> list[tuple[int, int]] | None:
+        """The ``(start, end)`` of each document of one packed row, when attention splits.
+
+        A single packed row (a packed prefill) without padding, window or gradients runs
+        each document's causal attention on its own slice: ``sum(L_i^2)`` scores instead of
+        the ``T^2`` of one masked product over the whole row, and each document's result is
+        what it gets alone. Training keeps the one masked product (its rounding is what the
+        packed-vs-padded equalities are checked with). None: use the mask.
+        """
+        if (
+            document_ids is None
+            or attention_mask is not None
+            or torch.is_grad_enabled()
+            or int(q.shape[0]) != 1
+            or t != s
+            or (self.sliding_window is not None and self.sliding_window < s)
+        ):
+            return None
+        ids = document_ids[0].tolist()
+        if not ids or min(ids) < 0:
+            return None  # padding in the row: the mask handles it
+        spans: list[tuple[int, int]] = []
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or ids[i] != ids[i - 1]:
+                spans.append((start, i))
+                start = i
+        return spans
+
     def _sdpa(
         self,
         q: Tensor,
@@ -668,6 +704,15 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         """``scaled_dot_product_attention``; is_causal without mask, else a boolean mask."""
         t, s = int(q.shape[2]), int(k.shape[2])
+        spans = self._document_spans(q, document_ids, attention_mask, t, s)
+        if spans is not None:  # one packed row at inference: each document on its own
+            return torch.cat(
+                [
+                    self._sdpa(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, None, dropout_p)
+                    for a, b in spans
+                ],
+                dim=2,
+            )  # (1, H, T, hd)
         mask: Tensor | None = None
         is_causal = False
         if self._needs_mask(t, s, attention_mask, document_ids):
