@@ -48,11 +48,12 @@ ways, drawn per row from the seed in fixed proportions (docstring rows: 30 %
 
 Example:
     >>> rows = qa_rows(kinds=("snippet",), count=2, seed=0)
-    >>> sorted(rows[0])
+    >>> row = rows[0]
+    >>> sorted(row)
     ['answer', 'completion', 'group', 'kind', 'module', 'name', 'prompt']
-    >>> expression = rows[0]["prompt"].removeprefix("What does ").removesuffix(" return?")
+    >>> expression = row["prompt"].removeprefix("What does ").removesuffix(" return?")
     >>> expression = expression.removeprefix("What is ").removesuffix("?")
-    >>> repr(eval(expression)) == rows[0]["completion"] == rows[0]["answer"]
+    >>> repr(eval(expression)) == row["completion"] == row["answer"]
     True
     >>> pair = preference_rows(kinds=("snippet",), count=1, seed=0)[0]
     >>> pair["corruption"], pair["chosen"] != pair["rejected"]
