@@ -378,6 +378,15 @@ def test_report_lines_read_the_figures(chain: dict[str, Any]) -> None:
     verb = "lowered" if after < before else "did not lower"
     assert f"SFT {verb} the held-out answer loss from {before:.3f} to {after:.3f}" in text
     assert "chance, 0.5" in text
+    a, b = (parts[n]["preference"]["accuracy_per_token"] for n in ("sft", "dpo"))
+    verb = "raised" if b > a else "did not raise"
+    assert f"DPO {verb} held-out preference accuracy (per token) from {a:.3f} to {b:.3f}" in text
+    sa, sb = (parts[n]["preference"]["accuracy"] for n in ("sft", "dpo"))
+    assert f"by sums of log-probs from {sa:.3f} to {sb:.3f}" in text
+    for kind, figures in parts["dpo"]["preference"]["by_corruption"].items():
+        cell = f"{figures['accuracy_per_token']:.3f} / {figures['accuracy']:.3f}"
+        assert f"| … {kind} pairs (per token / sums) |" in text
+        assert cell in text, kind
     assert "accuracy 0.750, margin 0.300" in text  # DPO's own last validation
     table = [line for line in lines if line.startswith("| What does str.upper do")]
     assert not table  # the fifth question is not in the table of four

@@ -22,12 +22,16 @@ The measurements, for each model (natural logarithms throughout):
   says nothing about the answers themselves.
 - **Held-out preference accuracy**: every pair of ``pairs_test`` is rendered as the DPO
   stage trains on it (lego-data's ``PreferenceDataset``: the prompt a user turn, each
-  response an assistant turn up to its end-of-turn token); the pair counts as right when
-  ``log p(chosen | prompt) > log p(rejected | prompt)`` (sums over the response tokens),
-  and the mean margin is the mean of that difference; also per ``corruption``. Pairs
-  whose two responses are the same text are left out (counted). Chance is 0.5. Sums favour
-  the shorter response (a ``truncated`` answer always wins them), so the accuracy per token
-  is given too: the same comparison of the mean log-probability per response token.
+  response an assistant turn up to its end-of-turn token); the pair counts as right when the
+  chosen response has the higher mean log-probability per response token (the headline
+  figure, ``accuracy_per_token``), and, as DPO compares them, when
+  ``log p(chosen | prompt) > log p(rejected | prompt)`` (sums over the response tokens,
+  ``accuracy``); the mean margin is the mean difference of the sums; all of them also per
+  ``corruption``. Sums favour the shorter response (any language model gives a
+  ``truncated`` answer a higher sum than the whole one, nearly always), which is why the
+  headline is per token, as lm-eval's length-normalised ``acc_norm`` and SimPO's average
+  log-probability are. Pairs whose two
+  responses are the same text are left out (counted). Chance is 0.5.
 - **Exact answers**: on the ``snippet`` rows of ``qa_test``, the greedy answer (lego-eval's
   stopped generation, at most ``max_new_tokens`` tokens, stopping at the model's stop ids
   and the template's end-of-turn token) equals the row's ``answer``, both stripped.
@@ -747,7 +751,10 @@ def stage_report_lines(
         "same token ids (`eval.json`, part `stages`). Answer loss: mean cross-entropy of the "
         "answer tokens and the end-of-turn token after the prompt as a chat user turn; "
         "answer text: the same without the end-of-turn token. Preference accuracy: share of "
-        "pairs where log p(chosen) > log p(rejected); margin: their mean difference.",
+        "pairs whose chosen response has the higher mean log-probability per response token "
+        "(by sums of log-probabilities, the shorter response is favoured: a truncated answer "
+        "always wins them; per corruption: per token / by sums); margin: the mean of "
+        "log p(chosen) - log p(rejected).",
         "",
         "| measure | " + " | ".join(_label(n) for n in names) + " |",
         "| --- |" + " ---: |" * len(names),
@@ -771,22 +778,27 @@ def stage_report_lines(
         [_num(_get(parts, n, "answer_loss", "text_loss")) for n in names],
     )
     row(
-        "held-out preference accuracy (chance 0.5)",
-        [_num(_get(parts, n, "preference", "accuracy")) for n in names],
+        "held-out preference accuracy, per token (chance 0.5)",
+        [_num(_get(parts, n, "preference", "accuracy_per_token")) for n in names],
     )
     corruptions = sorted(
         {k for n in names for k in (_get(parts, n, "preference", "by_corruption") or {})}
     )
     for kind in corruptions:
         row(
-            f"… {kind} pairs",
-            [_num(_get(parts, n, "preference", "by_corruption", kind, "accuracy")) for n in names],
+            f"… {kind} pairs (per token / sums)",
+            [
+                _num(_get(parts, n, "preference", "by_corruption", kind, "accuracy_per_token"))
+                + " / "
+                + _num(_get(parts, n, "preference", "by_corruption", kind, "accuracy"))
+                for n in names
+            ],
         )
-    row("mean margin (nats)", [_num(_get(parts, n, "preference", "margin")) for n in names])
     row(
-        "preference accuracy per token (mean log-prob per response token)",
-        [_num(_get(parts, n, "preference", "accuracy_per_token")) for n in names],
+        "held-out preference accuracy, by sums of log-probs",
+        [_num(_get(parts, n, "preference", "accuracy")) for n in names],
     )
+    row("mean margin (nats)", [_num(_get(parts, n, "preference", "margin")) for n in names])
     exact = []
     for n in names:
         rows_ = _get(parts, n, "answers", "exact_rows")
@@ -833,8 +845,10 @@ def _reading(names: list[str], parts: Mapping[str, Any], data: Mapping[str, Any]
                 f"model never saw: from {_num(ta)} to {_num(tb)})."
             )
     if "sft" in names and "dpo" in names:
-        a = _get(parts, "sft", "preference", "accuracy")
-        b = _get(parts, "dpo", "preference", "accuracy")
+        a = _get(parts, "sft", "preference", "accuracy_per_token")
+        b = _get(parts, "dpo", "preference", "accuracy_per_token")
+        sa = _get(parts, "sft", "preference", "accuracy")
+        sb = _get(parts, "dpo", "preference", "accuracy")
         ma = _get(parts, "sft", "preference", "margin")
         mb = _get(parts, "dpo", "preference", "margin")
         pairs = _get(parts, "dpo", "preference", "pairs")
@@ -842,9 +856,10 @@ def _reading(names: list[str], parts: Mapping[str, Any], data: Mapping[str, Any]
             verb = "raised" if b > a else "did not raise"
             above = "above" if b > 0.5 else "not above"
             said.append(
-                f"DPO {verb} held-out preference accuracy from {_num(a)} to {_num(b)} on "
-                f"{pairs} pairs ({above} chance, 0.5); the mean margin went from {_num(ma)} "
-                f"to {_num(mb)} nats."
+                f"DPO {verb} held-out preference accuracy (per token) from {_num(a)} to "
+                f"{_num(b)} on {pairs} pairs ({above} chance, 0.5); by sums of log-probs "
+                f"from {_num(sa)} to {_num(sb)}; the mean margin went from {_num(ma)} to "
+                f"{_num(mb)} nats."
             )
     dpo = data.get("dpo")
     if isinstance(dpo, Mapping):
