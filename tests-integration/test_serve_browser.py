@@ -12,6 +12,7 @@ asserts a duration.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -190,4 +191,35 @@ def test_replies_are_markdown_but_never_html(served: tuple[str, Engine], browser
     assert "<ul><li>a</li><li>b</li></ul>" in html
     assert 'href="javascript' not in html
     assert '<a href="https://example.org"' in html
+    page.close()
+
+
+def test_max_tokens_left_empty_gives_the_rest_of_the_context(
+    served: tuple[str, Engine], browser: Any
+) -> None:
+    """A model whose context is smaller than any fixed default still answers."""
+    url, engine = served
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    bodies: list[str] = []
+    page.on(
+        "request",
+        lambda r: bodies.append(r.post_data or "") if r.url.endswith("/completions") else None,
+    )
+    page.goto(url + "/")
+    page.click("#settings-button")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    _until(lambda: page.inner_text("#model-name") == "tiny-llama", "the model's name")
+    assert page.input_value("#max-tokens") == ""  # no default that may not fit
+    assert page.get_attribute("#max-tokens", "max") == str(engine.max_seq_len)
+    page.fill("#input", "hi")
+    page.press("#input", "Enter")
+    _until(lambda: len(_assistant_text(page)) > 0, "the first streamed characters")
+    page.click("#stop-button")
+    page.wait_for_selector(".message.assistant .meta")
+    (body,) = bodies
+    sent = json.loads(body)
+    assert "max_tokens" not in sent  # the server gives the reply the rest of the context
+    assert sent["messages"][-1] == {"role": "user", "content": "hi"}
     page.close()
