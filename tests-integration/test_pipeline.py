@@ -351,4 +351,8 @@ def test_every_example_pipeline_loads_with_its_stages(path: Path) -> None:
     check_stage_data(config)
     assert config.sft.enabled
     assert config.dpo.enabled
-    assert config.dpo.dpo.finetune == "lora"  # the reference is the disabled adapter
+    # the reference: the disabled adapter (LoRA), or a frozen copy (full fine-tuning)
+    assert (config.dpo.dpo.finetune, config.dpo.dpo.reference) in {
+        ("lora", "adapter"),
+        ("full", "copy"),
+    }

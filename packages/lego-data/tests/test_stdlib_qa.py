@@ -314,6 +314,21 @@ def test_word_corruptions_keep_the_words() -> None:
             assert len(rejected) < len(chosen)
         elif pair["corruption"] == "opposite":
             assert len([a for a, b in zip(chosen, rejected, strict=False) if a != b]) >= 1
+        elif pair["corruption"] == "looped":
+            assert len(rejected) >= len(chosen)
+            assert _loops(chosen, rejected), (pair["chosen"], pair["rejected"])
+
+
+def _loops(chosen: list[str], rejected: list[str]) -> bool:
+    """``rejected``: a prefix of ``chosen`` ending in a span of 2-4 words, then that span again."""
+    body = rejected[:-1]  # the last word may have lost a trailing comma
+    for width in (2, 3, 4):
+        for end in range(width, len(chosen) + 1):
+            span = chosen[end - width : end]
+            loop = chosen[:end] + span * len(rejected)
+            if len(body) >= end + width - 1 and loop[: len(body)] == body:
+                return True
+    return False
 
 
 @pytest.mark.parametrize(

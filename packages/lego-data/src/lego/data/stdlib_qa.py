@@ -42,9 +42,9 @@ pretrained on it has read their docstrings as source text, never as answers to q
 Preference pairs ([`preference_rows()`][lego.data.stdlib_qa.preference_rows]) take each
 question of a split with ``chosen`` = its answer and ``rejected`` = a plausible wrong one,
 made in one of the [`PREFERENCE_CORRUPTIONS`][lego.data.stdlib_qa.PREFERENCE_CORRUPTIONS]
-ways, drawn per row from the seed in fixed proportions (docstring rows: 30 %
-``other_function``, 20 % ``opposite``, 20 % ``swapped``, 15 % ``shuffled``, 15 %
-``truncated``; snippet rows: ``wrong_value``).
+ways, drawn per row from the seed in fixed proportions (docstring rows: 25 %
+``other_function``, 20 % ``looped``, 15 % ``opposite``, 15 % ``swapped``, 15 %
+``truncated``, 10 % ``shuffled``; snippet rows: ``wrong_value``).
 
 Example:
     >>> rows = qa_rows(kinds=("snippet",), count=2, seed=0)
@@ -101,6 +101,7 @@ PREFERENCE_CORRUPTIONS = (
     "swapped",
     "shuffled",
     "truncated",
+    "looped",
     "wrong_value",
 )
 """The ways a rejected answer is made.
@@ -113,6 +114,9 @@ PREFERENCE_CORRUPTIONS = (
 - ``swapped``: two different words of the sentence swapped;
 - ``shuffled``: the words of the sentence in another order;
 - ``truncated``: the sentence cut after 30 to 70 % of its words, a full stop added;
+- ``looped``: the sentence's words up to the end of a span of 2 to 4 of them, then that span
+  again and again, to at least the sentence's number of words (the loop greedy decoding of
+  a small model falls into: "the iterable of the iterable of the iterable");
 - ``wrong_value`` (snippets): a plausible wrong value (off by one, another order, another
   case, an element dropped or changed).
 """
@@ -121,11 +125,12 @@ QaSplit = Literal["train", "test"]
 """A split of ``python-stdlib-qa``."""
 
 _DOCSTRING_MIX: tuple[tuple[str, float], ...] = (
-    ("other_function", 0.30),
-    ("opposite", 0.20),
-    ("swapped", 0.20),
-    ("shuffled", 0.15),
+    ("other_function", 0.25),
+    ("opposite", 0.15),
+    ("swapped", 0.15),
+    ("shuffled", 0.10),
     ("truncated", 0.15),
+    ("looped", 0.20),
 )
 """The proportions of the corruptions of docstring rows (snippets: all ``wrong_value``)."""
 
@@ -700,11 +705,25 @@ def _truncated(sentence: str, rng: random.Random) -> str | None:
     return " ".join(words[:keep]).rstrip(",;:") + "."
 
 
+def _looped(sentence: str, rng: random.Random) -> str | None:
+    words = sentence[:-1].split(" ")
+    if len(words) < 3:
+        return None
+    width = rng.randint(2, min(4, len(words) - 1))
+    start = rng.randrange(len(words) - width + 1)
+    span = words[start : start + width]
+    out = words[: start + width]
+    while len(out) < max(len(words), start + 2 * width):
+        out += span
+    return " ".join(out[: max(len(words), start + 2 * width)]).rstrip(",;:") + "."
+
+
 _WORD_CORRUPTIONS: dict[str, Callable[[str, random.Random], str | None]] = {
     "opposite": _opposite,
     "swapped": _swapped,
     "shuffled": _shuffled,
     "truncated": _truncated,
+    "looped": _looped,
 }
 
 
