@@ -107,8 +107,6 @@ SHORT = [
     "dpo.data.train_count=16",
     "dpo.data.eval_count=8",
     "dpo.dpo.batch_size=4",
-    "dpo.dpo.lora.r=4",
-    "dpo.dpo.lora.lora_alpha=8",
 ]
 
 

@@ -7,6 +7,7 @@ warm-up step: small enough for a CPU test, a real run of every stage all the sam
 from __future__ import annotations
 
 TINY_RUN = [
+    "precision=fp32",  # exact comparisons; `auto` would measure and may pick bf16
     "schedule.warmup_steps=1",
     "data.vocab_size=320",
     "data.batch_size=4",

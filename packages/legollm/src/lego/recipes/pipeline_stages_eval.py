@@ -753,7 +753,7 @@ def stage_report_lines(
         "answer text: the same without the end-of-turn token. Preference accuracy: share of "
         "pairs whose chosen response has the higher mean log-probability per response token "
         "(by sums of log-probabilities, the shorter response is favoured: a truncated answer "
-        "always wins them; per corruption: per token / by sums); margin: the mean of "
+        "nearly always wins them; per corruption: per token / by sums); margin: the mean of "
         "log p(chosen) - log p(rejected).",
         "",
         "| measure | " + " | ".join(_label(n) for n in names) + " |",
