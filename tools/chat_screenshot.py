@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -275,8 +276,8 @@ class PageReply:
 
 def _playwright() -> Any:
     """The ``playwright.sync_api`` module, or a ConfigError saying how to install it."""
-    try:
-        import playwright.sync_api as api
+    try:  # by name: the typecheck environment has no playwright (an optional tool)
+        api = importlib.import_module("playwright.sync_api")
     except ImportError:
         raise ConfigError(
             "playwright is not installed",

@@ -114,6 +114,7 @@ def fit_and_save(trainer: Any, counter: str, delay: float, stop_at: int, out_dir
     state = {k: v.detach().clone() for k, v in trainer.trainer.unwrapped.state_dict().items()}
     torch.save(state, Path(out_dir) / f"final-{rank}.pt")
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears gloo down while another still saves
         torch.distributed.destroy_process_group()
 
 

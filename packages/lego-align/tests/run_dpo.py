@@ -80,6 +80,7 @@ def main() -> None:
     if trainer.trainer.dist.is_main:
         torch.save(state, Path(out_dir) / "final.pt")
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears gloo down while another still saves
         torch.distributed.destroy_process_group()
 
 
