@@ -35,12 +35,13 @@ from typing import Any
 
 import pytest
 import torch
-from chat_screenshot import ChatServer, ask_in_page, default_chromium, write_atomically
+from chat_screenshot import ChatServer, ask_in_page, default_chromium
 from chat_screenshot import main as screenshot_main
 
 from lego.generate import generate
 from lego.protocols import LegoError
 from lego.protocols.chat import get_chat_template
+from lego.protocols.files import atomic_write_bytes
 from lego.recipes.cli import main
 from lego.recipes.loading import default_eos_ids, load_model, load_tokenizer
 from lego.recipes.pipeline import CHAT_DIR
@@ -303,7 +304,8 @@ def test_the_chat_page_shows_the_clients_reply(
     assert page.meta == f"{end} · {reply.usage.completion_tokens} tokens"
     assert page.screenshot.startswith(PNG)
     shots = Path(os.environ.get("LEGO_SCREENSHOT_DIR") or tmp_path)
-    write_atomically(shots / "demo-chat.png", page.screenshot)
+    shots.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(shots / "demo-chat.png", page.screenshot)
     assert (shots / "demo-chat.png").read_bytes() == page.screenshot
 
 

@@ -85,14 +85,18 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def _open(browser: Any, url: str, *, key: str = API_KEY) -> Any:
-    page = browser.new_page()
+def _open(
+    browser: Any, url: str, *, key: str = API_KEY, max_tokens: str | None = "200", page: Any = None
+) -> Any:
+    """The chat page with the key set; ``max_tokens`` None keeps the page's default."""
+    page = page or browser.new_page()
     page.set_default_timeout(WAIT_MS)
     page.goto(url + "/")
     page.click("#settings-button")
     page.fill("#api-key", key)
     page.dispatch_event("#api-key", "change")
-    page.fill("#max-tokens", "200")
+    if max_tokens is not None:
+        page.fill("#max-tokens", max_tokens)
     page.fill("#temperature", "0")
     return page
 
@@ -200,16 +204,12 @@ def test_max_tokens_left_empty_gives_the_rest_of_the_context(
     """A model whose context is smaller than any fixed default still answers."""
     url, engine = served
     page = browser.new_page()
-    page.set_default_timeout(WAIT_MS)
     bodies: list[str] = []
     page.on(
         "request",
         lambda r: bodies.append(r.post_data or "") if r.url.endswith("/completions") else None,
     )
-    page.goto(url + "/")
-    page.click("#settings-button")
-    page.fill("#api-key", API_KEY)
-    page.dispatch_event("#api-key", "change")
+    _open(browser, url, max_tokens=None, page=page)
     _until(lambda: page.inner_text("#model-name") == "tiny-llama", "the model's name")
     assert page.input_value("#max-tokens") == ""  # no default that may not fit
     assert page.get_attribute("#max-tokens", "max") == str(engine.max_seq_len)

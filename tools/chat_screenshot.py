@@ -36,7 +36,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from lego.protocols import ConfigError, LegoError
 from lego.protocols.cli import make_parser, run_cli
+from lego.protocols.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,7 +57,6 @@ __all__ = [
     "ask_in_page",
     "default_chromium",
     "main",
-    "write_atomically",
 ]
 
 PROG = "chat_screenshot"
@@ -428,25 +427,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a unique temporary name in its folder, then rename.
-
-    Args:
-        path: The file to write (its folder is created when missing).
-        data: The bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _check_paths(model: Path, out: Path) -> None:
     """The model folder exists; the screenshot is a PNG outside it."""
     if not model.is_dir():
@@ -511,7 +491,8 @@ def _main(argv: list[str]) -> int:
             max_tokens=args.max_tokens,
             timeout_s=args.timeout,
         )
-    write_atomically(args.out, reply.screenshot)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, reply.screenshot, what="screenshot")
     print(f"{PROG}: wrote {args.out} ({reply.meta})", file=sys.stderr)
     print(reply.text)
     return 0
