@@ -256,6 +256,20 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _quiet_after_interrupt() -> None:
+    """After Ctrl-C: silence what Playwright's half-stopped machinery says on the way out.
+
+    A terminal's Ctrl-C also stops Playwright's driver (it shares our process group), so
+    asyncio logs its unread "connection closed" futures; and when the interrupt lands while
+    Playwright is building its event loop, the half-built loop fails in its finalizer
+    (``'_UnixSelectorEventLoop' object has no attribute '_closed'``), which Python prints as
+    an "Exception ignored" traceback. Neither is news to a user who pressed Ctrl-C: from here
+    to the exit the asyncio logger is quiet and such finalizer errors are dropped.
+    """
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+
+
 @dataclasses.dataclass(frozen=True)
 class PageReply:
     """What the chat page received and showed for one question.
@@ -363,10 +377,7 @@ def ask_in_page(
                 hint="a slow model needs a longer --timeout, or a lower --max-tokens",
             ) from None
     except KeyboardInterrupt:
-        # A terminal's Ctrl-C also stops Playwright's driver (it shares our process group);
-        # asyncio would then log its unread "connection closed" futures: no news to a user
-        # who pressed Ctrl-C, so that logger is quiet from here to the exit.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        _quiet_after_interrupt()
         raise
     finally:
         # Ctrl-C also reaches Playwright's driver; closing may fail then: never mask it.
