@@ -93,6 +93,26 @@ def test_pipeline_writes_the_report(tmp_path: Path, cache_dir: Path) -> None:
     assert not (second / pipeline_eval.EVAL_FILE).exists()
 
 
+def test_a_time_budget_sizes_pretraining_and_the_run_finishes(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    # a budget no step fits: pretraining takes the fewest steps it may (the 6 it timed,
+    # more than the 1 warmup step), and the pipeline counts that as finished
+    runs = tmp_path / "runs"
+    extra = ("max_steps=40", "time_budget_s=0.001", "eval.enabled=false")
+    assert _main(_args(runs, cache_dir, *extra)) == 0
+    (run,) = list(runs.iterdir())
+    assert json.loads((run / PIPELINE_FILE).read_text())["status"] == "done"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (budget,) = [r for r in records if r["split"] == "budget"]
+    assert (budget["step"], budget["fits"], budget["max_steps"]) == (6, 0, 6)
+    assert budget["time_budget_s"] == 0.001
+    assert max(r["step"] for r in records if r["split"] == "train") == 6
+    assert "| optimizer steps | 6 |" in (run / "report.md").read_text()
+    state = json.loads((run / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert (state["budget_steps"], state["max_steps"]) == (6, 6)
+
+
 def _evaluated(run: Path, report: str, cache: Path) -> None:
     """eval.json: what lego-eval gives on the saved model; the report: its tables, finite."""
     evaluation = json.loads((run / pipeline_eval.EVAL_FILE).read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 TINY_RUN = [
     "precision=fp32",  # exact comparisons; `auto` would measure and may pick bf16
+    "time_budget_s=0",  # the same: a budget would size the run by measured time
     "schedule.warmup_steps=1",
     "data.vocab_size=320",
     "data.batch_size=4",

@@ -75,7 +75,7 @@ def test_a_stage_becomes_its_recipe_config(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
         sft={"enabled": True, "max_steps": 7, "sft": {"template": "chatml", "max_length": 64}},
-        dpo={"enabled": True, "dpo": {"beta": 0.3, "finetune": "lora"}},
+        dpo={"enabled": True, "time_budget_s": 45, "dpo": {"beta": 0.3, "finetune": "lora"}},
     )
     sft = config.sft.recipe(
         model=tmp_path / "model",
@@ -88,6 +88,7 @@ def test_a_stage_becomes_its_recipe_config(tmp_path: Path) -> None:
     assert (sft.max_steps, sft.sft.max_length, sft.resume) == (7, 64, "auto")
     dpo = config.dpo.recipe(model=tmp_path / "sft" / "model", out_dir=tmp_path / "dpo")
     assert (dpo.dpo.beta, dpo.dpo.finetune, dpo.output) == (0.3, "lora", "merged")
+    assert (dpo.time_budget_s, sft.time_budget_s) == (45.0, 0.0)  # the trainer sizes by it
     fresh = config.dpo.recipe(model=tmp_path / "m", out_dir=tmp_path / "dpo", overwrite=True)
     assert (fresh.resume, fresh.overwrite) == ("", True)
     grpo = _config(tmp_path, grpo={"enabled": True, "data": {"task": "addition"}}).grpo
@@ -104,7 +105,12 @@ def test_the_stages_stay_out_of_pretraining(tmp_path: Path) -> None:
 
 def test_the_fingerprint_covers_stage_settings_not_switches_or_lengths(tmp_path: Path) -> None:
     base = _config(tmp_path)
-    same = _config(tmp_path, sft={"enabled": True, "max_steps": 50}, dpo={"enabled": True})
+    same = _config(
+        tmp_path,
+        sft={"enabled": True, "max_steps": 50, "time_budget_s": 30},
+        dpo={"enabled": True},
+        time_budget_s=90,
+    )
     assert same.fingerprint() == base.fingerprint()
     other = _config(tmp_path, sft={"optim": {"lr": 1e-2}})
     assert other.fingerprint() != base.fingerprint()

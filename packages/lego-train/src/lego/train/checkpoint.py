@@ -96,6 +96,7 @@ class TrainerStateFile(Config):
         version: The layout version (1).
         step: Optimizer steps taken.
         max_steps: Steps the run planned when it saved.
+        budget_steps: The length ``time_budget_s`` gave the run (0: not sized by a budget).
         tokens_seen: Training tokens consumed over all ranks.
         skipped_steps: Steps skipped for a non-finite loss.
         metrics: The latest finite metrics.
@@ -112,6 +113,7 @@ class TrainerStateFile(Config):
     version: int = CHECKPOINT_VERSION
     step: int
     max_steps: int = 0
+    budget_steps: int = 0
     tokens_seen: int
     skipped_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class TrainerStateFile(Config):
     def validate(self) -> None:
         """Non-negative counts, at least one process."""
         super().validate()
-        for name in ("step", "max_steps", "tokens_seen", "skipped_steps"):
+        for name in ("step", "max_steps", "budget_steps", "tokens_seen", "skipped_steps"):
             check_int(name, getattr(self, name), minimum=0)
         check_int("world_size", self.world_size, minimum=1)
 

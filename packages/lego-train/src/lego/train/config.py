@@ -10,6 +10,7 @@ closest valid key (see [`lego.protocols.Config`][lego.protocols.Config]).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -133,7 +134,12 @@ class TrainConfig(Config):
 
     Attributes:
         out_dir: The run directory (checkpoints, ``metrics.jsonl``, TensorBoard events).
-        max_steps: Optimizer steps to train for.
+        max_steps: Optimizer steps to train for (with ``time_budget_s``: at most).
+        time_budget_s: 0 trains ``max_steps``. Above 0, the seconds the run's steps may
+            take: the trainer times its first steps and trains the steps that fit, at most
+            ``max_steps`` and at least the warmup (see [`lego.train.budget`][lego.train.budget];
+            evaluations and checkpoints come on top). A resumed run keeps the length its
+            checkpoint recorded.
         grad_accum: Micro-batches per optimizer step (gradient accumulation).
         optim: The optimizer.
         schedule: The learning-rate schedule.
@@ -170,6 +176,7 @@ class TrainConfig(Config):
 
     out_dir: str = "runs/lego"
     max_steps: int = 1000
+    time_budget_s: float = 0.0
     grad_accum: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -209,6 +216,12 @@ class TrainConfig(Config):
                 f"({self.max_steps} steps)",
                 key="schedule.warmup_steps",
                 hint=f"use at most {self.max_steps} warmup steps (often 1-10% of max_steps)",
+            )
+        if not (math.isfinite(self.time_budget_s) and self.time_budget_s >= 0):
+            raise ConfigError(
+                f"time_budget_s must be >= 0 seconds (0: train max_steps), got "
+                f"{self.time_budget_s}",
+                key="time_budget_s",
             )
         if self.peak_flops < 0:
             raise ConfigError(f"peak_flops must be >= 0, got {self.peak_flops}", key="peak_flops")

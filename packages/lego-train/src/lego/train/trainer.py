@@ -46,6 +46,7 @@ from lego.protocols import (
 from lego.protocols.layout import HF_TOKENIZER_FILE, LEGO_TOKENIZER_FILE, MODEL_DIR
 from lego.protocols.progress import Progress, Task, make_progress
 from lego.train import distributed as dd
+from lego.train.budget import SIZING_STEPS, size_to_budget
 from lego.train.checkpoint import (
     TRAINER_STATE_FILE,
     CheckpointManager,
@@ -179,6 +180,7 @@ class Trainer:
         self.state = RunState(max_steps=config.max_steps)
         self._signal: int | None = None
         self._batch_rows = 0
+        self._untimed_done = False
         seed_everything(config.seed)
 
         self.model = model
@@ -210,6 +212,23 @@ class Trainer:
         self.precision_reason: str | None = None  # what precision: auto resolved to, and why
         if config.precision == "auto":
             config = self._resolve_precision(model, saved)
+
+        # time_budget_s: a resumed run keeps the length it was sized to; a fresh one times
+        # its first steps in _fit (self._timed collects them) and is sized then
+        self.budget_steps = 0
+        self.budget_reason: str | None = None
+        self._timed: list[float] | None = None
+        if config.time_budget_s > 0:
+            if saved is not None and saved.budget_steps > 0:
+                self.budget_steps = min(saved.budget_steps, config.max_steps)
+                self.budget_reason = (
+                    f"time budget: {self.budget_steps:,} steps (as the checkpoint it resumes "
+                    "from was sized)"
+                )
+                config = self.config = dataclasses.replace(config, max_steps=self.budget_steps)
+                self.state.max_steps = self.budget_steps
+            else:
+                self._timed = []
 
         self.masters = MasterWeights(model) if config.precision == "bf16-true" else None
         wrapped = dd.wrap_model(model, self.strategy, self.device)
@@ -262,13 +281,10 @@ class Trainer:
             )
             for fn, fields in zip(self.scheduler.lr_lambdas, current, strict=True):
                 vars(fn).update(fields)
-            step = self.scheduler.last_epoch
             self.scheduler.base_lrs = [self.config.optim.lr] * len(self.optimizer.param_groups)
             for group in self.optimizer.param_groups:
                 group["initial_lr"] = self.config.optim.lr
-            pairs = zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True)
-            for (group, base), fn in zip(pairs, self.scheduler.lr_lambdas, strict=True):
-                group["lr"] = base * fn(step)
+            self._refresh_rates()
             if self.scaler is not None and (checkpoint / "scaler.pt").is_file():
                 self.scaler.load_state_dict(torch_load(checkpoint / "scaler.pt", what="scaler"))
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -283,6 +299,57 @@ class Trainer:
         self.state.tokens_seen = saved.tokens_seen
         self.state.skipped_steps = saved.skipped_steps
         self.state.metrics = dict(saved.metrics)
+
+    def _refresh_rates(self) -> None:
+        """Set each group's rate to what the schedule gives the current step."""
+        step = self.scheduler.last_epoch
+        pairs = zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True)
+        for (group, base), fn in zip(pairs, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * fn(step)
+
+    def _time_step(self, seconds: float) -> None:
+        """Note one step's time; after the timed steps, size the run to ``time_budget_s``.
+
+        The process's first step is left out (it allocates and picks kernels). Under
+        ``torchrun`` the ranks' times are averaged first, so every rank sizes alike.
+        """
+        timed = self._timed
+        if timed is None:
+            return
+        if not self._untimed_done:
+            self._untimed_done = True
+            return
+        timed.append(seconds)
+        if len(timed) < SIZING_STEPS:
+            return
+        world = self.dist.world_size
+        times = [t / world for t in dd.all_reduce_sum(timed, self.device)]
+        config = self.config
+        at_least = min(config.max_steps, max(self.state.step, config.schedule.warmup_steps))
+        sizing = size_to_budget(
+            times, budget_s=config.time_budget_s, max_steps=config.max_steps, at_least=at_least
+        )
+        self._timed = None
+        self.budget_steps = sizing.max_steps
+        self.budget_reason = sizing.reason
+        self.config = dataclasses.replace(config, max_steps=sizing.max_steps)
+        self.state.max_steps = sizing.max_steps
+        for fn in self.scheduler.lr_lambdas:
+            vars(fn).update(max_steps=sizing.max_steps)  # the LRSchedule follows the length
+        self._refresh_rates()
+        if self._task is not None:
+            self._task.update(self.state.step, total=sizing.max_steps)
+        self.message(sizing.reason)
+        self.log_record(
+            {
+                "step": self.state.step,
+                "split": "budget",
+                "time_budget_s": config.time_budget_s,
+                "step_seconds": sizing.step_seconds,
+                "fits": sizing.fits,
+                "max_steps": sizing.max_steps,
+            }
+        )
 
     # -- batches -------------------------------------------------------------------------
 
@@ -551,6 +618,7 @@ class Trainer:
             trainer_state = TrainerStateFile(
                 step=step,
                 max_steps=self.config.max_steps,
+                budget_steps=self.budget_steps,
                 tokens_seen=self.state.tokens_seen,
                 skipped_steps=self.state.skipped_steps,
                 metrics={k: v for k, v in self.state.metrics.items() if math.isfinite(v)},
@@ -763,10 +831,16 @@ class Trainer:
                 self.message(f"resumed from {self.resumed_from} at step {state.step}")
             if self.precision_reason is not None:
                 self.message(f"precision {self.precision_reason}")
+            if self.budget_reason is not None:
+                self.message(self.budget_reason)
         self._call("on_train_begin")
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < config.max_steps and not state.should_stop:
+            began = time.perf_counter()
             result = self.train_step()
+            if self._timed is not None:
+                self._time_step(time.perf_counter() - began)
+                config = self.config  # sized: max_steps may have changed
             loss, lr, grad_norm = result["loss"], result["lr"], result["grad_norm"]
             window_tokens += int(result["tokens"])
             state.metrics.update({"loss": loss, "lr": lr})

@@ -561,8 +561,9 @@ class GRPORecipeConfig(TuningConfig):
             train: The GRPO stage's settings (default: this config's).
 
         Returns:
-            ``train`` with the warm-up's steps, optimizer and schedule, no evaluation, one
-            micro-batch per step, ``resume=auto`` when the run resumes.
+            ``train`` with the warm-up's steps (no ``time_budget_s``), optimizer and
+            schedule, no evaluation, one micro-batch per step, ``resume=auto`` when the run
+            resumes.
 
         Raises:
             ConfigError: No ``sft:`` section, or settings lego-train refuses (a warm-up
@@ -576,6 +577,7 @@ class GRPORecipeConfig(TuningConfig):
                 base,
                 out_dir=str(Path(base.out_dir) / SFT_STAGE_DIR),
                 max_steps=self.sft.max_steps,
+                time_budget_s=0.0,  # GRPO's budget is GRPO's: the warm-up trains its length
                 grad_accum=1,
                 optim=self.sft.optim,
                 schedule=self.sft.schedule,

@@ -57,8 +57,10 @@ stage (its ``model/`` written and ``pipeline.json`` saying ``done``) is not redo
 stopped one resumes from its last checkpoint (``resume: auto``). A finished run is never
 touched again, so the next command starts a new one. ``out_dir=...`` pins the run
 directory instead. The configuration's fingerprint leaves out paths and lengths
-(``max_steps``, a stage's ``max_steps``) and the stages' ``enabled`` switches, so a longer
-or switched-on stage continues the same run; any other change starts a new one. Ctrl-C
+(``max_steps``, ``time_budget_s``, a stage's too) and the stages' ``enabled`` switches, so
+a longer or switched-on stage continues the same run; any other change starts a new one.
+A stage sized by its ``time_budget_s`` keeps, when resumed, the length it was sized to.
+Ctrl-C
 during an evaluation exits 130 too, keeping the parts already in ``eval.json``; the same
 command computes only the rest (a finished evaluation is not redone).
 """
@@ -272,7 +274,8 @@ class PipelineConfig(PretrainConfig):
         giving it more steps, continues the unfinished one.
         """
         data = self.to_dict()
-        for key in ("runs_dir", "out_dir", "resume", "max_steps", "progress", "report", "eval"):
+        lengths = ("max_steps", "time_budget_s")
+        for key in ("runs_dir", "out_dir", "resume", *lengths, "progress", "report", "eval"):
             data.pop(key, None)
         data.update(stage_fingerprint_data(self))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -452,7 +455,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         seconds = time.perf_counter() - start
         val_loss = float(state.metrics.get("val_loss", math.nan))
         baseline = result.baseline
-        if state.step < config.max_steps:
+        if state.step < state.max_steps:  # the trainer's length (time_budget_s sizes it)
             return PipelineResult(
                 run_dir=run_dir,
                 report=run_dir / "report.md",
@@ -460,7 +463,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
                 val_loss=val_loss,
                 baseline=baseline,
                 step=state.step,
-                max_steps=config.max_steps,
+                max_steps=state.max_steps,
                 stop_signal=state.stop_signal,
                 stage_dir=run_dir,
             )
@@ -517,7 +520,7 @@ def run_pipeline(config: PipelineConfig, *, echo: Any = print) -> PipelineResult
         val_loss=val_loss,
         baseline=baseline,
         step=state.step,
-        max_steps=config.max_steps,
+        max_steps=state.max_steps,
         chat=chat,
     )
 

@@ -598,8 +598,8 @@ def stage_fingerprint_data(config: Any) -> dict[str, Any]:
     """The stage settings that shape a run, for the pipeline's fingerprint.
 
     Everything but ``enabled`` (a stage switched on later continues the same run), the
-    lengths (``max_steps``, the warm-up's ``sft.max_steps``) and ``progress``, as the
-    pretraining part leaves out ``max_steps``.
+    lengths (``max_steps``, ``time_budget_s``, the warm-up's ``sft.max_steps``) and
+    ``progress``, as the pretraining part leaves out ``max_steps`` and ``time_budget_s``.
 
     Args:
         config: The pipeline config.
@@ -617,7 +617,7 @@ def stage_fingerprint_data(config: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name, stage in _sections(config):
         data = stage.to_dict()
-        for key in ("enabled", "max_steps", "progress", "model", "out_dir"):
+        for key in ("enabled", "max_steps", "time_budget_s", "progress", "model", "out_dir"):
             data.pop(key, None)
         warmup = data.get("sft")
         if name == "grpo" and isinstance(warmup, dict):
