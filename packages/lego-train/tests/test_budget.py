@@ -28,6 +28,12 @@ def _clock(monkeypatch: pytest.MonkeyPatch, step_s: float = STEP_S) -> None:
     monkeypatch.setattr(trainer_module, "time", fake)
 
 
+def _same_weights(a: Trainer, b: Trainer) -> None:
+    left, right = a.model.state_dict(), b.model.state_dict()
+    assert left.keys() == right.keys()
+    assert all(torch.equal(left[k], right[k]) for k in left)
+
+
 def _rates(run: Path) -> list[float]:
     return [r["lr"] for r in read_metrics(run) if r.get("split") == "train"]
 
@@ -94,13 +100,10 @@ def test_a_budget_trains_what_fits_exactly_as_that_length_would(
     assert sized.budget_steps == 20
     assert sized.budget_reason is not None
     assert "20 steps fit; training 20 of the configured 50" in sized.budget_reason
-    for a, b in zip(plain.model.state_dict().values(), sized.model.state_dict().values()):
-        assert torch.equal(a, b)
+    _same_weights(plain, sized)
     rates = _rates(Path(sized.config.out_dir))
     assert rates == _rates(Path(plain.config.out_dir))
-    schedule = LRSchedule(
-        name="cosine", warmup_steps=SIZING_STEPS + 1, max_steps=20, min_ratio=0.1
-    )
+    schedule = LRSchedule(name="cosine", warmup_steps=SIZING_STEPS + 1, max_steps=20, min_ratio=0.1)
     assert rates[-1] == pytest.approx(1e-2 * schedule(19))
     (record,) = [r for r in read_metrics(Path(config.out_dir)) if r.get("split") == "budget"]
     assert record["step"] == SIZING_STEPS + 1  # one untimed step, then the timed ones
@@ -158,8 +161,7 @@ def test_a_resumed_run_keeps_its_length_and_one_stopped_before_sizing_sizes_itse
     assert later.config.max_steps == 20
     assert "as the checkpoint it resumes from" in (later.budget_reason or "")
     assert later.fit().step == 20
-    for a, b in zip(whole.model.state_dict().values(), later.model.state_dict().values()):
-        assert torch.equal(a, b)
+    _same_weights(whole, later)
     # from step 3 (before sizing): it times its own steps 5-9 and sizes at step 9
     early = whole.checkpoints.read_state(checkpoints / "step-00000003")
     assert (early.budget_steps, early.max_steps) == (0, 50)
