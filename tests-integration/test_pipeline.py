@@ -108,7 +108,9 @@ def test_a_time_budget_sizes_pretraining_and_the_run_finishes(
     assert (budget["step"], budget["fits"], budget["max_steps"]) == (6, 0, 6)
     assert budget["time_budget_s"] == 0.001
     assert max(r["step"] for r in records if r["split"] == "train") == 6
-    assert "| optimizer steps | 6 |" in (run / "report.md").read_text()
+    row = "| optimizer steps | 6 (time budget 0.001 s at "
+    assert row in (run / "report.md").read_text()
+    assert "a step: 6 of 40 steps) |" in (run / "report.md").read_text()
     state = json.loads((run / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
     assert (state["budget_steps"], state["max_steps"]) == (6, 6)
 

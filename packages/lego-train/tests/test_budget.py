@@ -108,7 +108,7 @@ def test_a_budget_trains_what_fits_exactly_as_that_length_would(
     (record,) = [r for r in read_metrics(Path(config.out_dir)) if r.get("split") == "budget"]
     assert record["step"] == SIZING_STEPS + 1  # one untimed step, then the timed ones
     assert record["step_seconds"] == STEP_S
-    assert (record["fits"], record["max_steps"]) == (20, 20)
+    assert (record["fits"], record["configured_steps"], record["max_steps"]) == (20, 50, 20)
     final = sized.checkpoints.read_state(sized.checkpoints.latest())
     assert (final.budget_steps, final.max_steps, final.step) == (20, 20, 20)
 

@@ -364,6 +364,27 @@ def test_a_stage_switched_off_is_skipped(tmp_path: Path, corpus: tuple[Path, Pat
     assert "- `sft`: switched off (enabled: false)" in (run / "report.md").read_text()
 
 
+def test_a_stage_sized_by_its_time_budget_finishes_at_that_length(
+    tmp_path: Path, corpus: tuple[Path, Path]
+) -> None:
+    # a budget no step fits: SFT trains the 6 steps it timed (1 untimed + 5), not its 10
+    run = tmp_path / "run"
+    sft = {"max_steps": 10, "time_budget_s": 0.001, "checkpoint_every": 0}
+    config = _chain(run, corpus, sft=sft, dpo={"enabled": False})
+    result = run_pipeline(config, echo=_quiet)
+    assert result.finished
+    assert json.loads((run / PIPELINE_FILE).read_text())["stages"]["sft"] == "done"
+    (latest,) = (run / "sft" / "checkpoints").glob("step-*")
+    assert latest.name == "step-00000006"
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert (state["step"], state["budget_steps"]) == (6, 6)
+    bullet = next(
+        x for x in (run / "report.md").read_text().splitlines() if x.startswith("- `sft`")
+    )
+    assert "; time budget 0.001 s at " in bullet
+    assert bullet.endswith("a step: 6 of 10 steps")
+
+
 class _StopAt:
     """A trainer callback that sends this process SIGINT after step ``step``."""
 

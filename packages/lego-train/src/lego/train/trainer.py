@@ -347,6 +347,7 @@ class Trainer:
                 "time_budget_s": config.time_budget_s,
                 "step_seconds": sizing.step_seconds,
                 "fits": sizing.fits,
+                "configured_steps": config.max_steps,
                 "max_steps": sizing.max_steps,
             }
         )

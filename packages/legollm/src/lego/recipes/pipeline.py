@@ -120,7 +120,7 @@ from lego.recipes.pipeline_stages_eval import (
 )
 from lego.recipes.preflight import check_fits_context, early_model_config
 from lego.recipes.pretrain import PretrainConfig, build_pretraining
-from lego.recipes.report import check_report_dependencies, write_report
+from lego.recipes.report import budget_text, check_report_dependencies, write_report
 from lego.train.config import SEED_MAX
 from lego.train.rundir import run_lock
 
@@ -605,6 +605,7 @@ def _stage_lines(
     lines += [
         f"- `{r.name}`: {said.get(r.status, r.status)}"
         + (f", model in `{r.model_dir.relative_to(run_dir)}/`" if r.model_dir else "")
+        + budget_text(run_dir / r.name, prefix="; ")
         for r in stages.runs
     ]
     lines.append("")

@@ -32,7 +32,7 @@ from lego.protocols.layout import LEGO_TOKENIZER_FILE
 from lego.recipes.loading import load_model
 from lego.recipes.pipeline_eval import report_lines
 from lego.tokenize import load as load_tokenizer_file
-from lego.train.monitor import read_metrics
+from lego.train.monitor import METRICS_FILE, read_metrics
 from lego.train.plot import matplotlib_modules, plot_run
 from lego.train.state import RunState
 
@@ -158,6 +158,35 @@ def _fmt(value: float, digits: int = 4) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def budget_text(run_dir: Path, *, prefix: str = "", suffix: str = "") -> str:
+    """What ``time_budget_s`` made of a run's length, from its ``metrics.jsonl``.
+
+    Args:
+        run_dir: A lego-train run directory.
+        prefix: Put before the text (when there is one).
+        suffix: Put after it.
+
+    Returns:
+        ``"time budget 250 s at 210.0 ms a step: 1,190 of 1,500 steps"`` (with the prefix
+        and suffix), or ``""`` when the run was not sized by a budget.
+    """
+    if not (run_dir / METRICS_FILE).is_file():
+        return ""
+    sized = [r for r in read_metrics(run_dir) if r.get("split") == "budget"]
+    if not sized:
+        return ""
+    last = sized[-1]
+    try:
+        steps, budget = int(last["max_steps"]), float(last["time_budget_s"])
+        pace, planned = float(last["step_seconds"]), int(last["configured_steps"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    text = (
+        f"time budget {budget:g} s at {pace * 1000:.1f} ms a step: {steps:,} of {planned:,} steps"
+    )
+    return f"{prefix}{text}{suffix}"
+
+
 def write_report(
     *,
     run_dir: Path,
@@ -220,7 +249,7 @@ def write_report(
         "",
         "| What | Value |",
         "| --- | ---: |",
-        f"| optimizer steps | {state.step} |",
+        f"| optimizer steps | {state.step}{budget_text(run_dir, prefix=' (', suffix=')')} |",
         f"| training tokens | {state.tokens_seen:,} |",
         f"| final training loss | {_fmt(float(state.metrics.get('loss', math.nan)))} |",
         f"| validation loss | {_fmt(val_loss)} |",
