@@ -124,6 +124,10 @@ class Trainer:
         state: The [`RunState`][lego.train.state.RunState] (step, tokens, metrics).
         checkpoints: The run's [`CheckpointManager`][lego.train.checkpoint.CheckpointManager].
         resumed_from: The checkpoint the run resumed from, or None.
+        precision_reason: What ``precision: auto`` resolved to and why, or None.
+        budget_steps: The length ``time_budget_s`` gave the run (0 until it is sized, and
+            without a budget).
+        budget_reason: The sizing's one line (the budget, the pace, the length), or None.
 
     Raises:
         ConfigError: On an impossible setting (activation checkpointing on a model without
