@@ -60,9 +60,8 @@ directory instead. The configuration's fingerprint leaves out paths and lengths
 (``max_steps``, ``time_budget_s``, a stage's too) and the stages' ``enabled`` switches, so
 a longer or switched-on stage continues the same run; any other change starts a new one.
 A stage sized by its ``time_budget_s`` keeps, when resumed, the length it was sized to.
-Ctrl-C
-during an evaluation exits 130 too, keeping the parts already in ``eval.json``; the same
-command computes only the rest (a finished evaluation is not redone).
+Ctrl-C during an evaluation exits 130 too, keeping the parts already in ``eval.json``; the
+same command computes only the rest (a finished evaluation is not redone).
 """
 
 from __future__ import annotations
