@@ -8,15 +8,23 @@ Bricks are discovered from ``packages/*/pyproject.toml``: adding a folder adds i
     python3 -m nox -t ci         # the whole test suite (what .ci/run runs)
     python3 -m nox -s demo       # the main job
     python3 -m nox -s release -- protocols minor
+
+Every session keeps its temporary files (``TMPDIR``: pytest's folders, torch's compile
+cache) in its own environment folder, ``.nox/<session>/tmp``. With ``LEGO_NOX_PRUNE=1``
+(``.ci/run`` sets it) each session deletes that folder, virtualenv included, when it ends,
+so a run holds one environment with torch at a time instead of all of them (about 17 GB).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -39,6 +47,41 @@ TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+
+
+SessionFunction = Callable[[nox.Session], None]
+
+
+def lego_session(**options: Any) -> Callable[[SessionFunction], SessionFunction]:
+    """``nox.session`` with temporary files kept in the session's folder, pruned on request.
+
+    The session's ``TMPDIR`` is ``.nox/<session>/tmp`` (``Session.create_tmp``). When
+    ``LEGO_NOX_PRUNE=1`` the whole ``.nox/<session>`` folder is deleted when the session
+    ends, passed or failed.
+    """
+
+    def register(function: SessionFunction) -> SessionFunction:
+        @functools.wraps(function)
+        def run(session: nox.Session) -> None:
+            session.create_tmp()
+            try:
+                function(session)
+            finally:
+                if os.environ.get("LEGO_NOX_PRUNE") == "1":
+                    prune(session)
+
+        nox.session(**options)(run)
+        return run
+
+    return register
+
+
+def prune(session: nox.Session) -> None:
+    """Delete the session's folder (its virtualenv and its ``tmp``)."""
+    location = getattr(session.virtualenv, "location", None)
+    if location and Path(location).is_dir():
+        shutil.rmtree(location, ignore_errors=True)
+        session.log(f"LEGO_NOX_PRUNE=1: deleted {location}")
 
 
 def group(name: str) -> tuple[str, ...]:
@@ -72,7 +115,7 @@ def pytest(session: nox.Session, *paths: str) -> None:
 # -- lint and types -------------------------------------------------------------------------
 
 
-@nox.session(tags=["ci"])
+@lego_session(tags=["ci"])
 def lint(session: nox.Session) -> None:
     """Ruff (check and format) and the layout rules of tools/check_layout.py."""
     install(session, *group("lint"))
@@ -81,7 +124,7 @@ def lint(session: nox.Session) -> None:
     session.run("python", "tools/check_layout.py")
 
 
-@nox.session(tags=["ci"])
+@lego_session(tags=["ci"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict, one run per brick, plus tools/, examples/ and benchmarks/."""
     install(session, *all_brick_paths(), "torch", *group("typecheck"), *group("bench"))
@@ -107,28 +150,28 @@ def _alone_session(brick: brick_tools.Brick) -> None:
         f"Test {brick.name} alone: a fresh venv with only it, the siblings it declares "
         "and its test group (sibling bricks named there come from their folders)."
     )
-    nox.session(name=f"test-{brick.short}", tags=["ci", "tests"])(test_brick)
+    lego_session(name=f"test-{brick.short}", tags=["ci", "tests"])(test_brick)
 
 
 for _brick in BRICKS.values():
     _alone_session(_brick)
 
 
-@nox.session(name="test-all", tags=["ci", "tests"])
+@lego_session(name="test-all", tags=["ci", "tests"])
 def test_all(session: nox.Session) -> None:
     """Every brick installed together in one venv; every brick's tests."""
     install(session, *all_brick_paths(), *all_test_requirements())
     pytest(session, *(str(brick.path / "tests") for brick in BRICKS.values()))
 
 
-@nox.session(tags=["ci", "tests"])
+@lego_session(tags=["ci", "tests"])
 def integration(session: nox.Session) -> None:
     """tests-integration/: cross-brick tests, oracles, examples, tools."""
     install(session, *all_brick_paths(), *group("integration"))
     pytest(session, "tests-integration")
 
 
-@nox.session(tags=["ci"])
+@lego_session(tags=["ci"])
 def docs(session: nox.Session) -> None:
     """Build the mkdocs-material site with --strict (API pages from packages/*/src)."""
     install(session, *group("docs"))
@@ -169,7 +212,7 @@ def check_wheel_alone(
             run(python, "-I", str(ROOT / "tools" / "check_dist.py"), "--no-torch")
 
 
-@nox.session(tags=["ci"])
+@lego_session(tags=["ci"])
 def build(session: nox.Session) -> None:
     """Wheel + sdist per brick into dist/; each wheel installed alone in a clean venv."""
     install(session, *group("build"))
@@ -179,7 +222,7 @@ def build(session: nox.Session) -> None:
         check_wheel_alone(session, brick, BRICKS)
 
 
-@nox.session(default=False)
+@lego_session(default=False)
 def release(session: nox.Session) -> None:
     """Release one brick: nox -s release -- <brick> <major|minor|patch|first>."""
     parts = ("major", "minor", "patch", "first")
@@ -204,14 +247,14 @@ def release(session: nox.Session) -> None:
 # -- running things -------------------------------------------------------------------------
 
 
-@nox.session(default=False)
+@lego_session(default=False)
 def bench(session: nox.Session) -> None:
     """Run benchmarks/ side by side with their peers; results in benchmarks/results/."""
     install(session, *all_brick_paths(), *group("bench"))
     session.run("python", "benchmarks/run.py", *session.posargs, env=TEST_ENV)
 
 
-@nox.session(default=False)
+@lego_session(default=False)
 def demo(session: nox.Session) -> None:
     """The main job: raw text to a talking model, with a report (examples/pipelines/tiny.yaml).
 
