@@ -1,6 +1,9 @@
 """Subprocess entry for the resume, signal and torchrun tests: train TinyLM on ListSource.
 
 python run_tiny.py OUT_DIR MAX_STEPS BATCH RESUME STRATEGY [DELAY]
+
+TINY_BUDGET=<seconds> sets ``time_budget_s``; TINY_RAGGED=1 gives rank 1 (only) a shorter
+batch every third step, so the ranks meet new batch shapes at different steps.
 """
 
 from __future__ import annotations
@@ -16,6 +19,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny
 
 from lego.train import TrainConfig, Trainer
+
+
+class Ragged:
+    """A source whose batches lose their last position every third draw."""
+
+    def __init__(self, source: tiny.ListSource) -> None:
+        self.source = source
+        self.batch_size = source.batch_size
+        self.draws = 0
+
+    def __iter__(self) -> object:
+        for batch in self.source:
+            self.draws += 1
+            if self.draws % 3 == 2:
+                batch = {key: value[:, :-1] for key, value in batch.items()}
+            yield batch
+
+    def state_dict(self) -> dict[str, object]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, object], /) -> None:
+        self.source.load_state_dict(state)  # type: ignore[arg-type]
 
 
 class Announce:
@@ -52,10 +77,12 @@ def main() -> None:
         peak_flops=1e12,
         resume=resume if resume != "-" else "",
         strategy=strategy,  # type: ignore[arg-type]
+        time_budget_s=float(os.environ.get("TINY_BUDGET", "0")),
         optim={"lr": 1e-2, "min_lr": 1e-3},  # type: ignore[arg-type]
         schedule={"warmup_steps": 2},  # type: ignore[arg-type]
     )
-    trainer = Trainer(model=model, train_data=source, config=config, callbacks=[Announce(delay)])
+    data = Ragged(source) if os.environ.get("TINY_RAGGED") == "1" and rank == 1 else source
+    trainer = Trainer(model=model, train_data=data, config=config, callbacks=[Announce(delay)])
     trainer.fit()
     if trainer.dist.is_main:
         torch.save(

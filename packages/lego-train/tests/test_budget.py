@@ -13,7 +13,7 @@ import torch
 
 from lego.protocols import ConfigError
 from lego.train import LRSchedule, TrainConfig, Trainer, read_metrics
-from lego.train.budget import SIZING_STEPS, size_to_budget
+from lego.train.budget import SIZING_PATIENCE, SIZING_STEPS, size_to_budget
 
 MakeTrainer = Callable[..., Trainer]
 STEP_S = 0.125  # a power of two: the fake clock's differences are exact
@@ -177,3 +177,74 @@ def test_a_resumed_run_keeps_its_length_and_one_stopped_before_sizing_sizes_itse
 def test_the_budget_key_reaches_the_trainer_from_a_mapping(base_config: TrainConfig) -> None:
     data: dict[str, Any] = {**base_config.to_dict(), "time_budget_s": 90}
     assert TrainConfig.from_dict(data).time_budget_s == 90.0
+
+
+# -- batches that change shape ---------------------------------------------------------------
+
+
+class _ShapedSource:
+    """Batches of the given lengths, in turn; drawing one moves the fake clock.
+
+    A batch of a length not drawn before costs ``8 * STEP_S`` (picking kernels for it),
+    one of a length already drawn ``STEP_S``: the trainer's step time is what its batch
+    cost, since the clock moves only here.
+    """
+
+    def __init__(self, lengths: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+        import lego.train.trainer as trainer_module
+
+        self.lengths = lengths
+        self.position = 0
+        self.now = 0.0
+        self.drawn: set[int] = set()
+        monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: self.now))
+
+    def __iter__(self) -> Any:
+        while True:
+            length = self.lengths[self.position % len(self.lengths)]
+            self.position += 1
+            self.now += STEP_S if length in self.drawn else 8 * STEP_S
+            self.drawn.add(length)
+            ids = (torch.arange(4 * (length + 1)).view(4, length + 1) * 5) % 32
+            yield {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None:
+        self.position = int(state["position"])
+
+
+def _shaped_trainer(
+    tiny: Any, config: TrainConfig, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+) -> Trainer:
+    torch.manual_seed(0)
+    source = _ShapedSource(lengths, monkeypatch)
+    return Trainer(model=tiny.TinyLM(), train_data=source, config=config)
+
+
+def test_steps_that_meet_a_new_batch_shape_are_not_timed(
+    tiny: Any, base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # new lengths at steps 1, 2, 3, 5 and 7: steps 4, 6, 8, 9 and 10 are timed, at STEP_S
+    lengths = [8, 7, 6, 8, 5, 7, 4, 8, 6, 7] + [8] * 40
+    config = base_config.replace(max_steps=50, time_budget_s=30 * STEP_S)
+    trainer = _shaped_trainer(tiny, config, lengths, monkeypatch)
+    assert trainer.fit().step == 30
+    (record,) = [r for r in read_metrics(Path(config.out_dir)) if r["split"] == "budget"]
+    assert (record["step"], record["step_seconds"], record["fits"]) == (10, STEP_S, 30)
+    # the rule this replaces (time steps 2 to 6 whatever their shapes) gives 8 x STEP_S
+    first_five = [8 * STEP_S, 8 * STEP_S, STEP_S, 8 * STEP_S, STEP_S]
+    assert size_to_budget(first_five, budget_s=30 * STEP_S, max_steps=50, at_least=2).fits == 3
+
+
+def test_shapes_that_keep_changing_size_after_the_patience_from_every_step_but_the_first(
+    tiny: Any, base_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every step a new length: no step is timed by the shape rule
+    lengths = [2 + i for i in range(SIZING_PATIENCE + 20)]
+    config = base_config.replace(max_steps=SIZING_PATIENCE + 20, time_budget_s=1e6)
+    trainer = _shaped_trainer(tiny, config, lengths, monkeypatch)
+    assert trainer.fit().step == SIZING_PATIENCE + 20
+    (record,) = [r for r in read_metrics(Path(config.out_dir)) if r["split"] == "budget"]
+    assert (record["step"], record["step_seconds"]) == (SIZING_PATIENCE, 8 * STEP_S)

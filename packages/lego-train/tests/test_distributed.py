@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,42 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path, strategy:
     for name in a:
         assert b[name].shape == a[name].shape
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_ranks_that_meet_new_batch_shapes_at_different_steps_size_the_run_together(
+    tmp_path: Path,
+) -> None:
+    # rank 1 meets a shorter batch at step 2 that rank 0 never sees: a step is left out of
+    # the timing on every rank when any rank met a new shape, so both size at one step
+    env = {**_env(), "TINY_BUDGET": "1000000", "TINY_RAGGED": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + (os.getpid() + 7) % 1000),
+            str(SCRIPT),
+            str(tmp_path),
+            "12",
+            "2",
+            "-",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (budget,) = [r for r in records if r["split"] == "budget"]
+    # steps 1 (both ranks' first) and 2 (rank 1's short batch) are left out: 3 to 7 timed
+    assert (budget["step"], budget["max_steps"]) == (7, 12)
+    assert max(r["step"] for r in records) == 12
 
 
 def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

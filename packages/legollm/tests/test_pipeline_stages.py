@@ -23,6 +23,8 @@ from lego.recipes.pipeline import (
 from lego.recipes.pipeline_stages import DATA_DIR, FILLED, check_stage_data, check_stages
 from lego.recipes.serve import detect_template
 from lego.tokenize import RegexBPETokenizer
+from lego.train import read_metrics
+from lego.train.budget import SIZING_PATIENCE, SIZING_STEPS
 
 
 def _config(runs: Path, **changes: Any) -> PipelineConfig:
@@ -367,22 +369,27 @@ def test_a_stage_switched_off_is_skipped(tmp_path: Path, corpus: tuple[Path, Pat
 def test_a_stage_sized_by_its_time_budget_finishes_at_that_length(
     tmp_path: Path, corpus: tuple[Path, Path]
 ) -> None:
-    # a budget no step fits: SFT trains the 6 steps it timed (1 untimed + 5), not its 10
+    # a budget no step fits: SFT trains the steps it took to size itself, not its 60 (its
+    # padded batches change length, so it waits for five of repeated shapes, at most 50)
     run = tmp_path / "run"
-    sft = {"max_steps": 10, "time_budget_s": 0.001, "checkpoint_every": 0}
+    sft = {"max_steps": SIZING_PATIENCE + 10, "time_budget_s": 0.001, "checkpoint_every": 0}
     config = _chain(run, corpus, sft=sft, dpo={"enabled": False})
     result = run_pipeline(config, echo=_quiet)
     assert result.finished
     assert json.loads((run / PIPELINE_FILE).read_text())["stages"]["sft"] == "done"
+    (budget,) = [r for r in read_metrics(run / "sft") if r["split"] == "budget"]
+    sized = budget["step"]
+    assert SIZING_STEPS + 1 <= sized <= SIZING_PATIENCE
+    assert (budget["fits"], budget["max_steps"]) == (0, sized)
     (latest,) = (run / "sft" / "checkpoints").glob("step-*")
-    assert latest.name == "step-00000006"
+    assert latest.name == f"step-{sized:08d}"
     state = json.loads((latest / "trainer_state.json").read_text())
-    assert (state["step"], state["budget_steps"]) == (6, 6)
+    assert (state["step"], state["budget_steps"]) == (sized, sized)
     bullet = next(
         x for x in (run / "report.md").read_text().splitlines() if x.startswith("- `sft`")
     )
     assert "; time budget 0.001 s at " in bullet
-    assert bullet.endswith("a step: 6 of 10 steps")
+    assert bullet.endswith(f"a step: {sized} of {SIZING_PATIENCE + 10} steps")
 
 
 class _StopAt:

@@ -8,9 +8,14 @@ the new length from there on; the warmup's rates do not depend on the length, so
 whose warmup covers the measured steps trains exactly as if it had been given the sized
 ``max_steps`` from the start.
 
-What is timed: the first step of a process is left out (it allocates and picks kernels),
-the next [`SIZING_STEPS`][lego.train.budget.SIZING_STEPS] are timed and their median is the
-step time. Evaluations and checkpoints are not steps: they come on top of the budget.
+What is timed: a step that meets a batch shape the process has not run before is left out
+(it allocates and picks kernels for that shape; the process's first step always does), and
+the median of the first [`SIZING_STEPS`][lego.train.budget.SIZING_STEPS] steps of shapes
+already run is the step time. Fixed-shape pretraining times its steps 2 to 6; a padded
+fine-tuning batch changes length often, and would be timed at its slower first-time pace
+without this rule. Where shapes keep changing, sizing waits at most
+[`SIZING_PATIENCE`][lego.train.budget.SIZING_PATIENCE] steps and then counts every step
+but the first. Evaluations and checkpoints are not steps: they come on top of the budget.
 A resumed run keeps the length its checkpoint recorded (as it keeps the precision), so a
 run never changes length half-way; one interrupted before it was sized sizes itself after
 resuming.
@@ -23,10 +28,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SIZING_STEPS", "BudgetSizing", "size_to_budget"]
+__all__ = ["SIZING_PATIENCE", "SIZING_STEPS", "BudgetSizing", "size_to_budget"]
 
 SIZING_STEPS = 5
-"""Steps timed (after the process's first, untimed one) before the length is fixed."""
+"""Steps timed before the length is fixed (steps of batch shapes the process has run)."""
+
+SIZING_PATIENCE = 50
+"""The most steps sizing waits for ``SIZING_STEPS`` of shapes already run; then all count."""
 
 
 @dataclass(frozen=True)

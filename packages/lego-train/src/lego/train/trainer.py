@@ -46,7 +46,7 @@ from lego.protocols import (
 from lego.protocols.layout import HF_TOKENIZER_FILE, LEGO_TOKENIZER_FILE, MODEL_DIR
 from lego.protocols.progress import Progress, Task, make_progress
 from lego.train import distributed as dd
-from lego.train.budget import SIZING_STEPS, size_to_budget
+from lego.train.budget import SIZING_PATIENCE, SIZING_STEPS, size_to_budget
 from lego.train.checkpoint import (
     TRAINER_STATE_FILE,
     CheckpointManager,
@@ -184,7 +184,11 @@ class Trainer:
         self.state = RunState(max_steps=config.max_steps)
         self._signal: int | None = None
         self._batch_rows = 0
-        self._untimed_done = False
+        # time_budget_s: the batch shapes this process has run (a step that meets a new one
+        # is not timed), the flag for the current step, and the steps left out so far
+        self._shapes_seen: set[tuple[tuple[str, tuple[int, ...]], ...]] = set()
+        self._new_shape = False
+        self._untimed: list[float] = []
         seed_everything(config.seed)
 
         self.model = model
@@ -314,26 +318,35 @@ class Trainer:
     def _time_step(self, seconds: float) -> None:
         """Note one step's time; after the timed steps, size the run to ``time_budget_s``.
 
-        The process's first step is left out (it allocates and picks kernels). Under
-        ``torchrun`` the ranks' times are averaged first, so every rank sizes alike.
+        A step that met a batch shape this process had not run is left out (it picks
+        kernels and allocates for that shape; the process's first step always does): on
+        any rank, so that every rank sizes at the same step. When ``SIZING_PATIENCE``
+        steps have passed without ``SIZING_STEPS`` timed ones, every step but the first
+        counts. Under ``torchrun`` the ranks' times are averaged, so every rank sizes alike.
         """
         timed = self._timed
         if timed is None:
             return
-        if not self._untimed_done:
-            self._untimed_done = True
-            return
-        timed.append(seconds)
-        if len(timed) < SIZING_STEPS:
+        (new_votes,) = dd.all_reduce_sum([1.0 if self._new_shape else 0.0], self.device)
+        if new_votes > 0:
+            self._untimed.append(seconds)
+        else:
+            timed.append(seconds)
+        if len(timed) >= SIZING_STEPS:
+            times = list(timed)
+        elif len(timed) + len(self._untimed) >= SIZING_PATIENCE:
+            times = timed + self._untimed[1:]  # shapes keep changing: all but the first
+        else:
             return
         world = self.dist.world_size
-        times = [t / world for t in dd.all_reduce_sum(timed, self.device)]
+        times = [t / world for t in dd.all_reduce_sum(times, self.device)]
         config = self.config
         at_least = min(config.max_steps, max(self.state.step, config.schedule.warmup_steps))
         sizing = size_to_budget(
             times, budget_s=config.time_budget_s, max_steps=config.max_steps, at_least=at_least
         )
         self._timed = None
+        self._shapes_seen.clear()
         self.budget_steps = sizing.max_steps
         self.budget_reason = sizing.reason
         self.config = dataclasses.replace(config, max_steps=sizing.max_steps)
@@ -359,6 +372,17 @@ class Trainer:
     # -- batches -------------------------------------------------------------------------
 
     def _next_batch(self) -> Mapping[str, Any]:
+        batch = self._draw_batch()
+        if self._timed is not None:  # sizing to a time budget: note a shape not run before
+            shapes = tuple(
+                sorted((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
+            )
+            if shapes not in self._shapes_seen:
+                self._shapes_seen.add(shapes)
+                self._new_shape = True
+        return batch
+
+    def _draw_batch(self) -> Mapping[str, Any]:
         if self._iterator is None:
             self._iterator = iter(self.train_data)
         try:
@@ -841,6 +865,7 @@ class Trainer:
         self._call("on_train_begin")
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < config.max_steps and not state.should_stop:
+            self._new_shape = False
             began = time.perf_counter()
             result = self.train_step()
             if self._timed is not None:
