@@ -21,6 +21,21 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _two_ranks(
+    out: Path, steps: int, strategy: str, *, port_offset: int = 0, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """run_tiny.py under torchrun: 2 CPU ranks of batch 2, ``steps`` steps into ``out``."""
+    port = 29500 + (os.getpid() + port_offset) % 1000
+    command = ["--nproc_per_node", "2", "--master_port", str(port), str(SCRIPT), str(out)]
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *command, str(steps), "2", "-", strategy],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), **env},
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path, strategy: str) -> None:
@@ -34,27 +49,7 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path: Path, strategy:
         env=_env(),
     )
     multi = tmp_path / "multi"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(29500 + os.getpid() % 1000),
-            str(SCRIPT),
-            str(multi),
-            "4",
-            "2",
-            "-",
-            strategy,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_env(),
-    )
+    result = _two_ranks(multi, 4, strategy)
     assert result.returncode == 0, result.stderr[-3000:]
     # rank 0 wrote the consolidated (full) weights into an ordinary model directory
     weights = Path("checkpoints") / "step-00000004" / "model" / "model.safetensors"
@@ -72,28 +67,7 @@ def test_ranks_that_meet_new_batch_shapes_at_different_steps_size_the_run_togeth
 ) -> None:
     # rank 1 meets a shorter batch at step 2 that rank 0 never sees: a step is left out of
     # the timing on every rank when any rank met a new shape, so both size at one step
-    env = {**_env(), "TINY_BUDGET": "1000000", "TINY_RAGGED": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(29500 + (os.getpid() + 7) % 1000),
-            str(SCRIPT),
-            str(tmp_path),
-            "12",
-            "2",
-            "-",
-            "ddp",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    result = _two_ranks(tmp_path, 12, "ddp", port_offset=7, TINY_BUDGET="1e6", TINY_RAGGED="1")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     (budget,) = [r for r in records if r["split"] == "budget"]
